@@ -1,0 +1,41 @@
+# licentia — `make run` and `make test` each set up everything they need on a fresh Debian machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck contracts pytest bench setup system clean
+
+setup: system $(STAMP)
+
+system:
+	@bash scripts/system-packages.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[runtime,token,central,dev]'
+	@touch $(STAMP)
+
+run: setup
+	@$(BIN)/licentia demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+contracts: $(STAMP)
+	$(BIN)/lint-imports
+
+pytest: setup
+	$(BIN)/python -m pytest -q
+
+test: setup lint typecheck contracts pytest
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,133 @@
+"""Stable error codes and the one exception type every layer raises.
+
+Codes follow CodeMeter's numbering where a refusal has a CodeMeter twin, so an
+administrator who knows "35" or "212" reads licentia's answers the same way.
+Codes of 1000 and above are licentia's own. A code, once published, never changes
+meaning; add new ones instead.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    # item options (1-99, CodeMeter "box" range)
+    FEATURE_MAP_INCOMPATIBLE = 30
+    UNITS_USED_UP = 32
+    UNIT_COUNTER_UNDERRUN = 33
+    EXPIRED = 35
+    NOT_YET_ACTIVE = 37
+    SIGNED_TIME_OBSOLETE = 39
+    UPDATE_COUNTER_WRONG = 48
+    CONTAINER_DISABLED = 52
+    ITEM_DISABLED = 54
+    USAGE_PERIOD_OVER = 71
+    LOCKED = 73
+    MAINTENANCE_MISSING = 76
+    MAINTENANCE_NOT_STARTED = 77
+    MAINTENANCE_OVER = 78
+    CLOCK_MANIPULATED = 88
+
+    # management (100-130)
+    NETWORK_FAULT = 100
+    SERVER_NOT_FOUND = 101
+    INVALID_PARAMETER = 105
+    INVALID_HANDLE = 106
+    SECURITY_PROBLEM = 109
+    NO_LOCAL_RUNTIME = 110
+
+    # command execution (200-239)
+    ENTRY_NOT_FOUND = 200
+    CONTAINER_NOT_FOUND = 201
+    NO_MORE_LICENSES = 212
+    EXCLUSIVE_CONFLICT = 213
+    WRONG_CONTENT = 215
+    REQUEST_WRITE_FAILED = 219
+    UPDATE_READ_FAILED = 220
+    WRONG_ACCESS_MODE = 223
+    INVALID_LICENSE_PARAMETER = 225
+    UPDATE_TOO_NEW = 228
+    UPDATE_TOO_OLD = 229
+    ACCESS_DENIED = 231
+    UPDATE_FAILED = 233
+    REMOTE_ACCESS_DENIED = 239
+
+    INTERNAL = 254
+
+    # soft containers (260-274)
+    REACTIVATION_REQUIRED = 263
+    LICENSE_INVALID = 264
+    ALREADY_EXISTS = 266
+    BINDING_NOT_POSSIBLE = 268
+    VM_NOT_ALLOWED = 273
+
+    # licentia's own (1000+)
+    VERSION_NOT_PERMITTED = 1001
+    WRONG_PASSPHRASE = 1002
+    KEYSTORE_NOT_FOUND = 1003
+    UPDATE_WRONG_CONTAINER = 1004
+    UPDATE_WRONG_FIRM = 1005
+    LOCAL_ONLY = 1006
+    TERMINAL_SESSION_DENIED = 1007
+    PROTOCOL_ERROR = 1008
+    FRAME_TOO_LARGE = 1009
+    CHECKPOINT_LAPSED = 1010
+    NOT_ENOUGH_UNITS = 1011
+
+
+# What a user should do next, per code. Kept short: a line on a terminal.
+_HINTS: dict[ErrorCode, str] = {
+    ErrorCode.FEATURE_MAP_INCOMPATIBLE: "the license does not include this feature; ask the vendor for an upgrade",
+    ErrorCode.UNITS_USED_UP: "all units are spent; buy more units from the vendor",
+    ErrorCode.NOT_ENOUGH_UNITS: "fewer units remain than requested; buy more units from the vendor",
+    ErrorCode.EXPIRED: "the license has expired; ask the vendor for a renewal",
+    ErrorCode.NOT_YET_ACTIVE: "the license starts later; wait for its activation time",
+    ErrorCode.USAGE_PERIOD_OVER: "the usage period has ended; ask the vendor for a renewal",
+    ErrorCode.ITEM_DISABLED: "the vendor has disabled this license",
+    ErrorCode.LOCKED: "the license is locked (container reported lost or stolen); contact the vendor",
+    ErrorCode.MAINTENANCE_MISSING: "this version needs a maintenance period the license does not have",
+    ErrorCode.MAINTENANCE_NOT_STARTED: "this version was released before the maintenance period starts",
+    ErrorCode.MAINTENANCE_OVER: "this version was released after the maintenance period ended; renew maintenance",
+    ErrorCode.VERSION_NOT_PERMITTED: "the license does not cover this program version",
+    ErrorCode.CLOCK_MANIPULATED: "the system clock is earlier than the time the container has seen; correct the clock, then sync with the vendor to heal the container",
+    ErrorCode.UPDATE_COUNTER_WRONG: "updates must be applied in order; request a fresh update from the vendor",
+    ErrorCode.UPDATE_TOO_OLD: "this update was already applied (or is older than the container); nothing changed",
+    ErrorCode.UPDATE_TOO_NEW: "an earlier update is missing; apply it first or request a fresh update",
+    ErrorCode.UPDATE_WRONG_CONTAINER: "this update was made for another container",
+    ErrorCode.UPDATE_WRONG_FIRM: "this update is not signed by the firm the container trusts",
+    ErrorCode.LICENSE_INVALID: "the file is damaged or was altered; restore it from a backup or ask the vendor for a replacement",
+    ErrorCode.REACTIVATION_REQUIRED: "the container no longer matches this machine; return it to its machine or ask the vendor for a replacement",
+    ErrorCode.VM_NOT_ALLOWED: "the vendor does not allow this license in a virtual machine; use it on physical hardware",
+    ErrorCode.ENTRY_NOT_FOUND: "no license for this firm and product code was found",
+    ErrorCode.CONTAINER_NOT_FOUND: "no container with that serial is known here; check `licentia container list`",
+    ErrorCode.NO_MORE_LICENSES: "all licenses are in use; try again later or ask the administrator to free a seat",
+    ErrorCode.EXCLUSIVE_CONFLICT: "the license is already used exclusively on this station",
+    ErrorCode.WRONG_PASSPHRASE: "the passphrase does not open the keystore",
+    ErrorCode.KEYSTORE_NOT_FOUND: "create one with `licentia vendor init`",
+    ErrorCode.LOCAL_ONLY: "this license is for the machine that holds it; it cannot be used over the network",
+    ErrorCode.TERMINAL_SESSION_DENIED: "this single-user license cannot be used from a terminal-server session",
+    ErrorCode.SERVER_NOT_FOUND: "no license server answered; check `licentia server list` and the network",
+    ErrorCode.NO_LOCAL_RUNTIME: "start the runtime with `licentia runtime serve` (or `make run`)",
+    ErrorCode.SECURITY_PROBLEM: "an answer failed verification; the runtime or server may have been replaced",
+    ErrorCode.CHECKPOINT_LAPSED: "the checkpoint license was not renewed in time; connect to the vendor to renew it",
+    ErrorCode.INVALID_HANDLE: "the license handle is not (or no longer) valid; access the license again",
+}
+
+
+class LicentiaError(Exception):
+    """A refusal with a stable code, a message naming what happened, and what to do."""
+
+    def __init__(self, code: ErrorCode, message: str, hint: str | None = None) -> None:
+        self.code = ErrorCode(code)
+        self.message = message
+        self.hint = hint if hint is not None else _HINTS.get(self.code, "")
+        super().__init__(f"[{int(self.code)} {self.code.name}] {message}")
+
+    def __str__(self) -> str:
+        base = f"error {int(self.code)} ({self.code.name.lower().replace('_', ' ')}): {self.message}"
+        return f"{base} — {self.hint}" if self.hint else base
+
+
+def hint_for(code: ErrorCode) -> str:
+    return _HINTS.get(code, "")
