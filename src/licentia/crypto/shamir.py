@@ -1,0 +1,156 @@
+"""Shamir secret sharing over GF(2^8), byte by byte, for a secret of any length.
+
+Each byte of the secret is the constant term of its own random polynomial of degree
+`threshold - 1` over GF(2^8) (the AES field, reduction polynomial x^8 + x^4 + x^3 + x + 1).
+Share `x` holds the values of all those polynomials at `x`, one byte per secret byte.
+Any `threshold` shares rebuild the secret by Lagrange interpolation at 0; fewer reveal
+nothing about it (every secret is equally consistent with them).
+
+The share arithmetic is constant-table driven: `_EXP`/`_LOG` for the field, and whole
+share strings are multiplied by a field constant with `bytes.translate`, so the cost is
+O(count x threshold) Python steps, each over the full secret length in C.
+
+`combine` cannot tell a right result from a wrong one: fed fewer than `threshold`
+shares (or shares of different secrets) it returns some other bytes. Callers that
+need to know (`licentia.crypto.fuzzy`) keep a commitment to the secret.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+__all__ = ["MAX_SHARES", "combine", "split"]
+
+MAX_SHARES = 255  # x-coordinates are the non-zero elements of GF(2^8)
+
+_POLY = 0x11B  # x^8 + x^4 + x^3 + x + 1
+_GENERATOR = 0x03  # generates the multiplicative group of GF(2^8) under _POLY
+
+
+def _tables() -> tuple[bytes, bytes]:
+    exp = bytearray(510)
+    log = bytearray(256)
+    value = 1
+    for power in range(255):
+        exp[power] = value
+        log[value] = power
+        # value *= 3, i.e. value ^ (value * 2), reduced by the field polynomial
+        doubled = value << 1
+        if doubled & 0x100:
+            doubled ^= _POLY
+        value ^= doubled
+    for power in range(255, 510):  # doubled so exp[log a + log b] needs no modulo
+        exp[power] = exp[power - 255]
+    return bytes(exp), bytes(log)
+
+
+_EXP, _LOG = _tables()
+
+
+def _mul(a: int, b: int) -> int:
+    if a == 0 or b == 0:
+        return 0
+    return _EXP[_LOG[a] + _LOG[b]]
+
+
+def _div(a: int, b: int) -> int:
+    if b == 0:
+        raise ZeroDivisionError("division by zero in GF(2^8)")
+    if a == 0:
+        return 0
+    return _EXP[_LOG[a] + 255 - _LOG[b]]
+
+
+@lru_cache(maxsize=256)
+def _mul_table(c: int) -> bytes:
+    """The 256-byte translation table for multiplying every byte by the constant `c`."""
+    return bytes(_mul(c, v) for v in range(256))
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    n = len(a)
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(n, "little")
+
+
+def split(
+    secret: bytes,
+    threshold: int,
+    count: int,
+    *,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> list[tuple[int, bytes]]:
+    """Split `secret` into `count` shares, any `threshold` of which rebuild it.
+
+    Returns `(x, y)` pairs with x = 1..count and `len(y) == len(secret)`.
+    `rng(n)` must return n uniformly random bytes (the default is the OS generator).
+    """
+    if not isinstance(secret, bytes | bytearray | memoryview):
+        raise TypeError("secret must be bytes")
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise TypeError("threshold must be an int")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError("count must be an int")
+    if not 1 <= count <= MAX_SHARES:
+        raise ValueError(f"share count must be between 1 and {MAX_SHARES}, got {count}")
+    if not 1 <= threshold <= count:
+        raise ValueError(f"threshold must be between 1 and the share count {count}, got {threshold}")
+    secret = bytes(secret)
+    length = len(secret)
+    # coefficients[0] is the secret; coefficients[k] holds the k-th coefficient of
+    # every byte's polynomial.
+    coefficients = [secret]
+    if threshold > 1:
+        randomness = rng((threshold - 1) * length)
+        if not isinstance(randomness, bytes) or len(randomness) != (threshold - 1) * length:
+            raise ValueError("rng returned the wrong number of bytes")
+        coefficients.extend(
+            randomness[k * length : (k + 1) * length] for k in range(threshold - 1)
+        )
+    shares: list[tuple[int, bytes]] = []
+    for x in range(1, count + 1):
+        table = _mul_table(x)
+        accumulator = coefficients[-1]
+        for coefficient in reversed(coefficients[:-1]):  # Horner
+            accumulator = _xor(accumulator.translate(table), coefficient)
+        shares.append((x, accumulator))
+    return shares
+
+
+def combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
+    """Rebuild the secret from shares by Lagrange interpolation at 0.
+
+    Pass at least `threshold` shares of one split; with fewer, the result is some other
+    byte string of the same length (this function cannot know the threshold).
+    Raises ValueError on no shares, an x outside 1..255, a repeated x, or shares of
+    different lengths.
+    """
+    if isinstance(shares, str | bytes) or len(shares) == 0:
+        raise ValueError("combine needs at least one share")
+    xs: list[int] = []
+    ys: list[bytes] = []
+    for share in shares:
+        if not isinstance(share, tuple) or len(share) != 2:
+            raise ValueError("a share is an (x, y) pair")
+        x, y = share
+        if isinstance(x, bool) or not isinstance(x, int) or not 1 <= x <= MAX_SHARES:
+            raise ValueError(f"share x-coordinate must be an int between 1 and {MAX_SHARES}")
+        if not isinstance(y, bytes | bytearray | memoryview):
+            raise ValueError("share value must be bytes")
+        xs.append(x)
+        ys.append(bytes(y))
+    if len(set(xs)) != len(xs):
+        raise ValueError("shares repeat an x-coordinate")
+    length = len(ys[0])
+    if any(len(y) != length for y in ys):
+        raise ValueError("shares have different lengths")
+    result = bytes(length)
+    for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
+        # Lagrange basis at 0: prod over j != i of x_j / (x_j - x_i); minus is xor here.
+        basis = 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                basis = _mul(basis, _div(xj, xj ^ xi))
+        result = _xor(result, yi.translate(_mul_table(basis)))
+    return result
