@@ -1,0 +1,99 @@
+"""What a container holds once opened: its keys, virtual clock, firm items and product items.
+
+Every container kind (soft file, token, cloud, virtual) presents its contents as a
+`ContainerContent`; the update cycle and item evaluation work on it without knowing where
+it is stored. Product items arrive as vendor-signed licenses (`licentia.core.licenses`),
+which are kept verbatim so any reader can verify them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from licentia.core.clock import VirtualClock
+from licentia.model import ContainerSerial, ErrorCode, ItemState, LicentiaError, ProductItem
+
+
+@dataclass(frozen=True)
+class ItemEntry:
+    item_id: int
+    license: bytes  # vendor-signed license artifact, verbatim
+    item: ProductItem  # decoded from `license` after its signature verified
+    state: ItemState
+
+
+@dataclass(frozen=True)
+class FirmEntry:
+    firm_code: int
+    firm_public_key: bytes  # pinned at the first update of this firm
+    update_counter: int = 0
+    text: str = ""
+    items: dict[int, ItemEntry] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerContent:
+    serial: ContainerSerial
+    created_at: int
+    sign_key: bytes  # the container's Ed25519 private key
+    box_key: bytes  # the container's X25519 private key (updates are sealed to it)
+    clock: VirtualClock = VirtualClock()
+    firms: dict[int, FirmEntry] = field(default_factory=dict)
+
+    def firm(self, firm_code: int) -> FirmEntry:
+        try:
+            return self.firms[firm_code]
+        except KeyError:
+            raise LicentiaError(
+                ErrorCode.ENTRY_NOT_FOUND,
+                f"container {self.serial} holds no licenses of firm {firm_code}",
+            ) from None
+
+    def with_firm(self, entry: FirmEntry) -> ContainerContent:
+        firms = dict(self.firms)
+        firms[entry.firm_code] = entry
+        return replace(self, firms=firms)
+
+    def with_item_state(self, firm_code: int, item_id: int, state: ItemState) -> ContainerContent:
+        firm = self.firm(firm_code)
+        items = dict(firm.items)
+        items[item_id] = replace(items[item_id], state=state)
+        return self.with_firm(replace(firm, items=items))
+
+    def with_clock(self, clock: VirtualClock) -> ContainerContent:
+        return self if clock == self.clock else replace(self, clock=clock)
+
+    def entries(self) -> list[tuple[int, ItemEntry]]:
+        return [(fc, e) for fc, firm in sorted(self.firms.items()) for _, e in sorted(firm.items.items())]
+
+    def find(self, firm_code: int, product_code: int) -> list[ItemEntry]:
+        firm = self.firms.get(firm_code)
+        if firm is None:
+            return []
+        return [e for _, e in sorted(firm.items.items()) if e.item.product_code == product_code]
+
+    # -- encoding: plain types for msgpack. Items are stored as their signed license bytes
+    #    and decoded again (after verification) by `licentia.core.licenses.load_content`.
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "serial": str(self.serial),
+            "created_at": self.created_at,
+            "sign_key": self.sign_key,
+            "box_key": self.box_key,
+            "clock": self.clock.to_dict(),
+            "firms": [
+                {
+                    "firm_code": f.firm_code,
+                    "firm_public_key": f.firm_public_key,
+                    "update_counter": f.update_counter,
+                    "text": f.text,
+                    "items": [
+                        {"item_id": e.item_id, "license": e.license, "state": e.state.to_dict()}
+                        for e in f.items.values()
+                    ],
+                }
+                for f in self.firms.values()
+            ],
+        }

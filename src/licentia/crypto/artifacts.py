@@ -1,0 +1,42 @@
+"""Signed artifacts: the envelope of `licentia.model.envelope` followed by an Ed25519 signature.
+
+Sign bytes, not objects: the signature covers the exact header and body bytes, and the
+body is decoded only after the signature verified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from licentia.crypto.recipes import SIGNATURE_SIZE, InvalidArtifact, sign, verify
+from licentia.model import envelope
+
+
+def sign_artifact(magic: bytes, version: int, body: bytes, private_key: bytes) -> bytes:
+    framed = envelope.pack(magic, version, body)
+    return framed + sign(private_key, framed)
+
+
+def split_signed(
+    data: bytes, magic: bytes, versions: Collection[int], *, what: str
+) -> tuple[int, bytes, bytes, bytes]:
+    """(version, body, signed bytes, signature) of a signed artifact, NOT yet verified.
+
+    For artifacts whose verifying key is named inside the body (proof of possession).
+    """
+    version, body, signature = envelope.unpack(
+        data, magic, versions, trailer=SIGNATURE_SIZE, what=what
+    )
+    return version, body, data[: len(data) - SIGNATURE_SIZE], signature
+
+
+def open_signed_artifact(
+    data: bytes, magic: bytes, versions: Collection[int], public_key: bytes, *, what: str
+) -> tuple[int, bytes]:
+    """(version, body) of an artifact signed by `public_key`; InvalidArtifact otherwise."""
+    version, body, signed, signature = split_signed(data, magic, versions, what=what)
+    verify(public_key, signed, signature)
+    return version, body
+
+
+__all__ = ["InvalidArtifact", "open_signed_artifact", "sign_artifact", "split_signed"]

@@ -1,0 +1,217 @@
+"""Named cryptographic operations: the only place licentia picks algorithms, nonces and key sizes.
+
+Every operation that fails on its input raises `InvalidArtifact` and nothing else, with no
+detail an attacker could use (which byte, which key). Callers translate it into a
+`LicentiaError` with a stable code where the user can see it.
+
+Choices:
+- signatures: Ed25519 (firm keys, container keys);
+- sealing: AES-256-GCM, 96-bit random nonces, a version byte leading the sealed blob;
+- sealing to a public key: X25519 ephemeral-static + HKDF-SHA256 + AES-256-GCM;
+- key derivation: HKDF-SHA256 from keys, scrypt from passphrases;
+- digests: SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+PUBLIC_KEY_SIZE = 32
+DIGEST_SIZE = 32
+_NONCE_SIZE = 12
+
+_SEAL_V1 = b"\x01"
+_SEAL_TO_V1 = b"\x01"
+_WRAP_V1 = b"\x01"
+_WRAP_SCRYPT_LOG2_N = 15
+
+
+class InvalidArtifact(Exception):
+    """A signature, seal or wrapped key did not verify. Deliberately without detail."""
+
+    def __init__(self) -> None:
+        super().__init__("artifact failed verification")
+
+
+# -- randomness and digests --------------------------------------------------------------
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def new_key() -> bytes:
+    """A fresh random 256-bit symmetric key."""
+    return os.urandom(KEY_SIZE)
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def keyed_digest(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def derive(key: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
+    """A subkey for one purpose (`info` names it) from a master key."""
+    return HKDF(algorithm=SHA256(), length=length, salt=None, info=info).derive(key)
+
+
+# -- signatures --------------------------------------------------------------------------
+
+
+def new_signing_key() -> bytes:
+    """A fresh Ed25519 private key, as 32 raw bytes."""
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def signing_public_key(private_key: bytes) -> bytes:
+    return (
+        _ed_private(private_key)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def sign(private_key: bytes, data: bytes) -> bytes:
+    return _ed_private(private_key).sign(data)
+
+
+def verify(public_key: bytes, data: bytes, signature: bytes) -> None:
+    """Raise InvalidArtifact unless `signature` is `public_key`'s over exactly `data`."""
+    if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        raise InvalidArtifact()
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        raise InvalidArtifact() from None
+
+
+def key_id(public_key: bytes) -> str:
+    """A short printable name for a public key (first 8 bytes of its digest, hex)."""
+    return digest(public_key)[:8].hex()
+
+
+def _ed_private(private_key: bytes) -> Ed25519PrivateKey:
+    if len(private_key) != KEY_SIZE:
+        raise InvalidArtifact()
+    return Ed25519PrivateKey.from_private_bytes(private_key)
+
+
+# -- symmetric sealing ---------------------------------------------------------------------
+
+
+def seal(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """Encrypt and authenticate: version byte, nonce, ciphertext with tag."""
+    nonce = os.urandom(_NONCE_SIZE)
+    return _SEAL_V1 + nonce + AESGCM(key).encrypt(nonce, plaintext, _SEAL_V1 + aad)
+
+
+def unseal(key: bytes, sealed: bytes, aad: bytes = b"") -> bytes:
+    """Open what `seal` made with the same key and aad, or raise InvalidArtifact."""
+    if len(key) != KEY_SIZE or len(sealed) < 1 + _NONCE_SIZE + 16 or sealed[:1] != _SEAL_V1:
+        raise InvalidArtifact()
+    nonce, body = sealed[1 : 1 + _NONCE_SIZE], sealed[1 + _NONCE_SIZE :]
+    try:
+        return AESGCM(key).decrypt(nonce, body, _SEAL_V1 + aad)
+    except InvalidTag:
+        raise InvalidArtifact() from None
+
+
+# -- sealing to a public key ---------------------------------------------------------------
+
+
+def new_box_key() -> bytes:
+    """A fresh X25519 private key (32 raw bytes) for receiving sealed messages."""
+    return X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def box_public_key(private_key: bytes) -> bytes:
+    return (
+        X25519PrivateKey.from_private_bytes(private_key)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def seal_to(public_key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """Encrypt for the holder of the X25519 private key that matches `public_key`."""
+    if len(public_key) != PUBLIC_KEY_SIZE:
+        raise InvalidArtifact()
+    ephemeral = X25519PrivateKey.generate()
+    eph_public = ephemeral.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    try:
+        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError:
+        raise InvalidArtifact() from None
+    key = derive(shared, b"licentia seal-to v1" + eph_public + public_key)
+    return _SEAL_TO_V1 + eph_public + seal(key, plaintext, aad)
+
+
+def open_sealed(private_key: bytes, sealed: bytes, aad: bytes = b"") -> bytes:
+    if len(sealed) < 1 + PUBLIC_KEY_SIZE or sealed[:1] != _SEAL_TO_V1 or len(private_key) != KEY_SIZE:
+        raise InvalidArtifact()
+    eph_public = sealed[1 : 1 + PUBLIC_KEY_SIZE]
+    own = X25519PrivateKey.from_private_bytes(private_key)
+    try:
+        shared = own.exchange(X25519PublicKey.from_public_bytes(eph_public))
+    except ValueError:
+        raise InvalidArtifact() from None
+    own_public = own.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    key = derive(shared, b"licentia seal-to v1" + eph_public + own_public)
+    return unseal(key, sealed[1 + PUBLIC_KEY_SIZE :], aad)
+
+
+# -- passphrase wrapping -----------------------------------------------------------------
+
+
+def wrap_with_passphrase(secret: bytes, passphrase: str, *, cost: int = _WRAP_SCRYPT_LOG2_N) -> bytes:
+    """Encrypt `secret` under a key stretched from `passphrase` (scrypt). Never store keys bare."""
+    if not passphrase:
+        raise ValueError("an empty passphrase does not protect anything")
+    salt = os.urandom(16)
+    key = _stretch(passphrase, salt, cost)
+    return _WRAP_V1 + bytes([cost]) + salt + seal(key, secret, b"licentia passphrase wrap")
+
+
+def unwrap_with_passphrase(wrapped: bytes, passphrase: str) -> bytes:
+    if len(wrapped) < 18 or wrapped[:1] != _WRAP_V1 or not 10 <= wrapped[1] <= 22:
+        raise InvalidArtifact()
+    cost, salt = wrapped[1], wrapped[2:18]
+    return unseal(_stretch(passphrase, salt, cost), wrapped[18:], b"licentia passphrase wrap")
+
+
+def _stretch(passphrase: str, salt: bytes, cost: int) -> bytes:
+    return Scrypt(salt=salt, length=KEY_SIZE, n=2**cost, r=8, p=1).derive(passphrase.encode())
