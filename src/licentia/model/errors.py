@@ -75,6 +75,25 @@ class ErrorCode(IntEnum):
     CHECKPOINT_LAPSED = 1010
     NOT_ENOUGH_UNITS = 1011
 
+    # certificate vault and PKCS#11 tokens (1100-1199)
+    PIN_INCORRECT = 1100
+    PIN_LOCKED = 1101
+    PIN_CHANGE_REQUIRED = 1102
+    VAULT_SLOTS_FULL = 1103
+    TOKEN_NOT_FOUND = 1104
+    PKCS11_MODULE_NOT_FOUND = 1105
+    TOKEN_OBJECT_NOT_FOUND = 1106
+    VAULT_NOT_INITIALIZED = 1107
+    VAULT_PACKAGE_INVALID = 1108
+    VAULT_PACKAGE_WRONG_TOKEN = 1109
+    CSR_INVALID = 1110
+    CERTIFICATE_INVALID = 1111
+    PIN_INVALID = 1112
+    MECHANISM_NOT_SUPPORTED = 1113
+    TOKEN_FAILURE = 1114
+    TOKEN_OBJECT_EXISTS = 1115
+    CA_NOT_TRUSTED = 1116
+
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
@@ -112,6 +131,23 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.SECURITY_PROBLEM: "an answer failed verification; the runtime or server may have been replaced",
     ErrorCode.CHECKPOINT_LAPSED: "the checkpoint license was not renewed in time; connect to the vendor to renew it",
     ErrorCode.INVALID_HANDLE: "the license handle is not (or no longer) valid; access the license again",
+    ErrorCode.PIN_INCORRECT: "check the PIN and try once more; tokens lock after a few wrong PINs",
+    ErrorCode.PIN_LOCKED: "the user PIN is locked; the security officer must unlock it (e.g. `pkcs11-tool --init-pin --login --login-type so`)",
+    ErrorCode.PIN_CHANGE_REQUIRED: "change the PIN first with `licentia vault change-pin`",
+    ErrorCode.VAULT_SLOTS_FULL: "all certificate slots are in use; delete one with `licentia vault delete LABEL`",
+    ErrorCode.TOKEN_NOT_FOUND: "check `licentia vault tokens` for the labels and slots this module offers",
+    ErrorCode.PKCS11_MODULE_NOT_FOUND: "name the PKCS#11 module with --module PATH or $LICENTIA_PKCS11_MODULE (e.g. install softhsm2)",
+    ErrorCode.TOKEN_OBJECT_NOT_FOUND: "check `licentia vault list` for the labels on this token",
+    ErrorCode.VAULT_NOT_INITIALIZED: "prepare the token once with `licentia vault init`",
+    ErrorCode.VAULT_PACKAGE_INVALID: "the package is damaged, altered, or not signed by a trusted CA; ask the CA for a new one",
+    ErrorCode.VAULT_PACKAGE_WRONG_TOKEN: "this package was made for another token; send the CA a request made on this token",
+    ErrorCode.CSR_INVALID: "the signing request is damaged or its self-signature does not verify; make a new one",
+    ErrorCode.CERTIFICATE_INVALID: "the certificate could not be read or does not fit; check the file",
+    ErrorCode.PIN_INVALID: "choose a PIN the token accepts (usually 4 or more characters) that differs from the old one",
+    ErrorCode.MECHANISM_NOT_SUPPORTED: "this token cannot do that operation; use another key type or token",
+    ErrorCode.TOKEN_FAILURE: "the token refused the operation; check that it is present and not write-protected",
+    ErrorCode.TOKEN_OBJECT_EXISTS: "choose another label or delete the old entry with `licentia vault delete LABEL`",
+    ErrorCode.CA_NOT_TRUSTED: "name the issuing CA certificate with --ca FILE or import it with `licentia vault import --ca`",
 }
 
 
