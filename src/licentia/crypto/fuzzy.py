@@ -255,8 +255,7 @@ def unbind(blob: bytes, properties: Sequence[MachineProperty]) -> BindingOutcome
         matched_weight += record.weight
         size = info.secret_length
         shares.extend(
-            (record.first_x + k, plaintext[k * size : (k + 1) * size])
-            for k in range(record.weight)
+            (record.first_x + k, plaintext[k * size : (k + 1) * size]) for k in range(record.weight)
         )
     if matched_weight < info.threshold:
         raise BindingBroken(

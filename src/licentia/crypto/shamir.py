@@ -95,7 +95,9 @@ def split(
     if not 1 <= count <= MAX_SHARES:
         raise ValueError(f"share count must be between 1 and {MAX_SHARES}, got {count}")
     if not 1 <= threshold <= count:
-        raise ValueError(f"threshold must be between 1 and the share count {count}, got {threshold}")
+        raise ValueError(
+            f"threshold must be between 1 and the share count {count}, got {threshold}"
+        )
     secret = bytes(secret)
     length = len(secret)
     # coefficients[0] is the secret; coefficients[k] holds the k-th coefficient of
@@ -105,9 +107,7 @@ def split(
         randomness = rng((threshold - 1) * length)
         if not isinstance(randomness, bytes) or len(randomness) != (threshold - 1) * length:
             raise ValueError("rng returned the wrong number of bytes")
-        coefficients.extend(
-            randomness[k * length : (k + 1) * length] for k in range(threshold - 1)
-        )
+        coefficients.extend(randomness[k * length : (k + 1) * length] for k in range(threshold - 1))
     shares: list[tuple[int, bytes]] = []
     for x in range(1, count + 1):
         table = _mul_table(x)
