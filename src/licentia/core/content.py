@@ -38,7 +38,7 @@ class ContainerContent:
     created_at: int
     sign_key: bytes  # the container's Ed25519 private key
     box_key: bytes  # the container's X25519 private key (updates are sealed to it)
-    clock: VirtualClock = VirtualClock()
+    clock: VirtualClock = field(default_factory=VirtualClock)
     firms: dict[int, FirmEntry] = field(default_factory=dict)
 
     def firm(self, firm_code: int) -> FirmEntry:

@@ -18,9 +18,11 @@ from licentia.crypto.recipes import (
     new_box_key,
     new_key,
     new_signing_key,
+    open_hidden_data,
     open_sealed,
     random_bytes,
     seal,
+    seal_hidden_data,
     seal_to,
     sign,
     signing_public_key,
@@ -32,7 +34,7 @@ from licentia.crypto.recipes import (
 
 __all__ = [
     "InvalidArtifact", "box_public_key", "derive", "digest", "equal", "key_id",
-    "keyed_digest", "new_box_key", "new_key", "new_signing_key", "open_sealed",
-    "random_bytes", "seal", "seal_to", "sign", "signing_public_key", "unseal",
+    "keyed_digest", "new_box_key", "new_key", "new_signing_key", "open_hidden_data", "open_sealed",
+    "random_bytes", "seal", "seal_hidden_data", "seal_to", "sign", "signing_public_key", "unseal",
     "unwrap_with_passphrase", "verify", "wrap_with_passphrase",
 ]

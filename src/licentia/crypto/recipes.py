@@ -215,3 +215,17 @@ def unwrap_with_passphrase(wrapped: bytes, passphrase: str) -> bytes:
 
 def _stretch(passphrase: str, salt: bytes, cost: int) -> bytes:
     return Scrypt(salt=salt, length=KEY_SIZE, n=2**cost, r=8, p=1).derive(passphrase.encode())
+
+
+# -- hidden data -------------------------------------------------------------------------
+
+
+def seal_hidden_data(firm_private_key: bytes, firm_code: int, data: bytes) -> bytes:
+    """Hidden data travels in the item sealed under a key only the firm's private key gives."""
+    key = derive(firm_private_key, b"licentia hidden data v1")
+    return seal(key, data, firm_code.to_bytes(4, "big"))
+
+
+def open_hidden_data(firm_private_key: bytes, firm_code: int, sealed: bytes) -> bytes:
+    key = derive(firm_private_key, b"licentia hidden data v1")
+    return unseal(key, sealed, firm_code.to_bytes(4, "big"))

@@ -50,7 +50,8 @@ def _invalid(what: str, why: str) -> LicentiaError:
 
 def encode(obj: Any) -> bytes:
     """The one encoding of structured bodies: msgpack, binary-safe, no custom types."""
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def decode(data: bytes, *, what: str = "file") -> Any:

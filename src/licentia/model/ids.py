@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from licentia.model.errors import ErrorCode, LicentiaError
 
@@ -36,7 +36,7 @@ def _uint32(value: int, what: str, *, allow_zero: bool) -> int:
     return value
 
 
-class ContainerKind(str, Enum):
+class ContainerKind(StrEnum):
     TOKEN = "token"
     SOFT = "soft"
     TMR = "tmr"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from licentia.model.errors import ErrorCode, LicentiaError
@@ -26,7 +26,7 @@ DATA_MAX = 256
 HIDDEN_MAX = 4096
 
 
-class ItemStatus(str, Enum):
+class ItemStatus(StrEnum):
     VALID = "valid"
     EXPIRED = "expired"
     NOT_YET_ACTIVE = "not yet active"
@@ -35,14 +35,14 @@ class ItemStatus(str, Enum):
     LOCKED = "locked"
 
 
-class ContainerStatus(str, Enum):
+class ContainerStatus(StrEnum):
     OK = "ok"
     INVALID = "invalid"  # tampered with, or not ours
     BROKEN = "broken"  # the machine binding no longer holds
     CLOCK_MANIPULATED = "clock manipulated"
 
 
-class AccessMode(str, Enum):
+class AccessMode(StrEnum):
     PER_ACCESS = "per-access"  # each handle takes a seat
     PER_STATION = "per-station"  # all handles of one station share a seat
     NONE = "none"  # no seat; the item must only be valid

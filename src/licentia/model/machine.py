@@ -7,12 +7,12 @@ them; the core uses the environment to decide station identity and the VM rule.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from licentia.model.errors import ErrorCode, LicentiaError
 
 
-class Tolerance(str, Enum):
+class Tolerance(StrEnum):
     """How much of a machine may change before a soft container breaks.
 
     The rule is exact: the container key is rebuilt when the properties that still
@@ -56,13 +56,13 @@ class MachineProperty:
     stability: str = ""
 
 
-class MachineKind(str, Enum):
+class MachineKind(StrEnum):
     BARE_METAL = "bare metal"
     VM = "virtual machine"
     CONTAINER = "container"
 
 
-class SessionKind(str, Enum):
+class SessionKind(StrEnum):
     LOCAL = "local console"
     REMOTE_DESKTOP = "remote desktop"  # a remote view of this machine's own session
     TERMINAL_SERVER = "terminal server session"  # one of many user sessions on a shared host

@@ -1,0 +1,137 @@
+"""`licentia container …`: create, list and show the containers of this home."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from licentia.cli.common import (
+    binding_cost,
+    containers_dir,
+    fingerprint,
+    fmt_duration,
+    fmt_time,
+    now,
+    parse_serial,
+    print_json,
+)
+from licentia.containers import ContainerStore, item_rows
+from licentia.model import ContainerStatus, ErrorCode, LicentiaError, Tolerance
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("container", help="license containers on this machine")
+    cs = p.add_subparsers(dest="container_command", metavar="ACTION", required=True)
+
+    create = cs.add_parser("create", help="create an empty soft container bound to this machine")
+    create.add_argument(
+        "--binding", default="medium", help="tolerance to machine changes: loose, medium (default), strict"
+    )
+    create.set_defaults(handler=cmd_create)
+
+    lst = cs.add_parser("list", help="list containers and their state")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=cmd_list)
+
+    show = cs.add_parser("show", help="show a container: state, binding health, items")
+    show.add_argument("serial")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_show)
+
+
+def store(args: argparse.Namespace) -> ContainerStore:
+    return ContainerStore(containers_dir(args), fingerprint())
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    tolerance = Tolerance.parse(args.binding)
+    fp = fingerprint()
+    container = store(args).create_soft(tolerance, now(), cost=binding_cost())
+    print(container.serial)
+    print(
+        f"soft container {container.serial} bound to this machine ({tolerance.value} tolerance; "
+        f"{len(container.health.matched)} properties; binding {fp.strength or 'n/a'})"
+    )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = store(args).inspect_all(now())
+    if args.json:
+        print_json([{"serial": r.serial, "kind": r.kind, "status": r.status.value, "detail": r.detail,
+                     "items": len(r.content.entries()) if r.content else None} for r in rows])
+        return 0
+    if not rows:
+        print("no containers; create one with `licentia container create`")
+        return 0
+    print(f"{'SERIAL':<16} {'KIND':<6} {'STATUS':<18} {'ITEMS':>5}  BINDING")
+    for r in rows:
+        items = str(len(r.content.entries())) if r.content else "-"
+        print(f"{r.serial:<16} {r.kind:<6} {r.status.value:<18} {items:>5}  {r.detail}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    serial = parse_serial(args.serial)
+    st = store(args)
+    path = st.path_of(serial)
+    if not path.exists():
+        raise LicentiaError(ErrorCode.CONTAINER_NOT_FOUND, f"no container {serial} in {st.directory}")
+    t = now()
+    r = st.inspect(path, t)
+    rows = item_rows(r.content, t) if r.content else []
+    if args.json:
+        firms: list[dict[str, Any]] = []
+        if r.content:
+            firms = [{"firm_code": f.firm_code, "update_counter": f.update_counter, "text": f.text}
+                     for f in r.content.firms.values()]
+        print_json({"serial": r.serial, "kind": r.kind, "status": r.status.value, "binding": r.detail,
+                    "firms": firms, "items": rows})
+        return 0 if r.status is not ContainerStatus.INVALID and r.status is not ContainerStatus.BROKEN else 2
+    print(f"container {r.serial} ({r.kind})")
+    print(f"  status   {r.status.value}")
+    if r.error is not None:
+        print(f"  problem  {r.error}")
+        return 2
+    print(f"  binding  {r.detail}")
+    assert r.content is not None
+    if r.content.clock.manipulated:
+        print(f"  clock    manipulated (set back at {fmt_time(r.content.clock.manipulated_at)}); "
+              "time-limited items stay closed until a signed time from the vendor heals it")
+    for f in r.content.firms.values():
+        print(f"  firm {f.firm_code}  update step {f.update_counter}" + (f"  {f.text}" if f.text else ""))
+    if not rows:
+        print("  no items: request an update with `licentia update request`")
+    for row in rows:
+        _print_item(row)
+    return 0
+
+
+def _print_item(row: dict[str, Any]) -> None:
+    state = row["status"] + (f" (error {row['error']}: {row['reason']})" if row["error"] else "")
+    print(f"  item {row['item_id']}: firm {row['firm_code']} product {row['product_code']}  {state}")
+    opts = [f"quantity {row['quantity']}" + (" (local only)" if row["quantity"] == 0 else "")]
+    if row["expires_at"] is not None:
+        opts.append(f"expires {fmt_time(row['expires_at'])}")
+    if row["activates_at"] is not None:
+        opts.append(f"active from {fmt_time(row['activates_at'])}")
+    if row["usage_period"] is not None:
+        started = fmt_time(row["usage_started_at"]) if row["usage_started_at"] else "not started"
+        opts.append(f"usage period {fmt_duration(row['usage_period'])} ({started})")
+    if row["units"] is not None:
+        opts.append(f"units {row['units_remaining']}/{row['units']}")
+    if row["feature_map"]:
+        opts.append(f"features {row['feature_map']:#010x}")
+    if row["versions"]:
+        opts.append(f"versions {row['versions']}")
+    if row["maintenance_until"] is not None or row["maintenance_from"] is not None:
+        opts.append(f"maintenance {fmt_time(row['maintenance_from'])} .. {fmt_time(row['maintenance_until'])}")
+    if row["checkpoint_period"]:
+        opts.append(f"checkpoint every {fmt_duration(row['checkpoint_period'])}")
+    if not row["vm_allowed"]:
+        opts.append("no virtual machines")
+    if row["locked"]:
+        opts.append("LOCKED")
+    print("    " + "; ".join(opts))
+    if row["text"]:
+        print(f"    text: {row['text']}")

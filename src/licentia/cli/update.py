@@ -1,0 +1,65 @@
+"""`licentia update …`: request files out, update files in, receipts out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from licentia.cli.common import containers_dir, fingerprint, now, parse_serial, read_file
+from licentia.containers import ContainerStore
+from licentia.core import updates
+from licentia.core.content import ContainerContent
+from licentia.fsutil import atomic_write
+from licentia.model import ErrorCode, LicentiaError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("update", help="license updates through files: request, apply")
+    us = p.add_subparsers(dest="update_command", metavar="ACTION", required=True)
+
+    req = us.add_parser("request", help="write a request file for the vendor")
+    req.add_argument("serial")
+    req.add_argument("--firm-code", type=int, required=True)
+    req.add_argument("-o", "--output", required=True)
+    req.set_defaults(handler=cmd_request)
+
+    apply = us.add_parser("apply", help="apply an update file and write its receipt")
+    apply.add_argument("file")
+    apply.add_argument("--receipt", help="receipt file to write (default: FILE with .receipt)")
+    apply.set_defaults(handler=cmd_apply)
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    fp = fingerprint()
+    container = ContainerStore(containers_dir(args), fp).open(parse_serial(args.serial), now())
+    env = {"kind": fp.environment.kind.value, "hypervisor": fp.environment.hypervisor}
+    t = now()
+    content = container.observe_clock(t)
+    data = updates.make_request(content, args.firm_code, t, env)
+    try:
+        atomic_write(Path(args.output), data, mode=0o644)
+    except OSError as exc:
+        raise LicentiaError(ErrorCode.REQUEST_WRITE_FAILED, f"cannot write {args.output}: {exc.strerror}") from None
+    print(f"request for container {container.serial}, firm {args.firm_code}: {args.output}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    data = read_file(args.file, "update file")
+    header = updates.peek_update(data)
+    fp = fingerprint()
+    container = ContainerStore(containers_dir(args), fp).open(header.serial, now())
+    t = now()
+
+    def change(content: ContainerContent) -> tuple[ContainerContent, updates.Applied]:
+        applied = updates.apply_update(content, data, t, in_vm=fp.environment.in_vm)
+        return applied.content, applied
+
+    applied = container.transact(change)
+    receipt_path = Path(args.receipt) if args.receipt else Path(args.file).with_suffix(".receipt")
+    atomic_write(receipt_path, applied.receipt, mode=0o644)
+    print(f"applied update step {applied.counter} of firm {applied.firm_code} to container {container.serial}:")
+    for change_text in applied.changes:
+        print(f"  {change_text}")
+    print(f"receipt: {receipt_path}")
+    return 0

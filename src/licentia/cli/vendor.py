@@ -1,0 +1,188 @@
+"""`licentia vendor …`: the firm keystore, and issuing update files from request files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from licentia.cli.common import (
+    now,
+    parse_duration,
+    parse_time,
+    read_file,
+    read_passphrase,
+    vendor_dir,
+)
+from licentia.core import updates
+from licentia.crypto import seal_hidden_data
+from licentia.fsutil import atomic_write
+from licentia.model import ErrorCode, LicentiaError, ProductItem, VersionRange
+from licentia.vendor.keystore import (
+    create_keystore,
+    export_public,
+    load_keystore,
+    read_keystore_info,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("vendor", help="firm keys and update files (the vendor's side)")
+    vs = p.add_subparsers(dest="vendor_command", metavar="ACTION", required=True)
+
+    init = vs.add_parser("init", help="create the firm keystore")
+    init.add_argument("--firm-code", type=int, required=True)
+    init.add_argument("--name", required=True)
+    _keystore_args(init)
+    init.set_defaults(handler=cmd_init)
+
+    show = vs.add_parser("show", help="show the firm keystore (no secrets)")
+    _keystore_args(show, passphrase=False)
+    show.set_defaults(handler=cmd_show)
+
+    exp = vs.add_parser("export-public", help="write the firm public key programs embed")
+    _keystore_args(exp, passphrase=False)
+    exp.add_argument("-o", "--output", help="file to write (default: standard output)")
+    exp.set_defaults(handler=cmd_export_public)
+
+    issue = vs.add_parser("issue", help="write an update file for the container of a request file")
+    issue.add_argument("request", help="request file from `licentia update request`")
+    issue.add_argument("-o", "--output", required=True, help="update file to write")
+    issue.add_argument("--product", type=int, help="product code of the item to add or change")
+    issue.add_argument("--item-id", type=int, help="item to change (default: a new item)")
+    issue.add_argument("--remove", type=int, metavar="ITEM_ID", action="append", default=[], help="remove this item")
+    issue.add_argument("--lock", action="store_true", help="lock all items of the firm in the container")
+    issue.add_argument("--unlock", action="store_true", help="unlock the firm's items")
+    issue.add_argument("--quantity", default="1", help="concurrent seats: N, 0 (local only) or unlimited")
+    issue.add_argument("--expires", help="expiration date (YYYY-MM-DD or ISO time, UTC)")
+    issue.add_argument("--activates", help="activation date: not valid before")
+    issue.add_argument("--usage-period", help="valid for this long from first use, e.g. 30d")
+    issue.add_argument("--units", type=int, help="unit counter (pay per use)")
+    issue.add_argument("--features", default="0", help="feature map, e.g. 0x0f")
+    issue.add_argument("--text", default="", help="text shown for the item")
+    issue.add_argument("--maintenance-from", help="maintenance period start date")
+    issue.add_argument("--maintenance-until", help="maintenance period end date")
+    issue.add_argument("--versions", help="permitted program versions, e.g. 2.0-3")
+    issue.add_argument("--protected-data", default="", help="vendor data programs can read (text)")
+    issue.add_argument("--hidden-data", default="", help="data only the vendor's key can read (text)")
+    issue.add_argument("--checkpoint", help="checkpoint period, e.g. 30d: lapses unless renewed")
+    issue.add_argument("--borrow-max", type=int, default=0)
+    issue.add_argument("--tmr-id", type=int)
+    issue.add_argument("--deny-vm", action="store_true", help="refuse the item in virtual machines")
+    issue.add_argument("--disabled", action="store_true", help="issue the item disabled")
+    _keystore_args(issue)
+    issue.set_defaults(handler=cmd_issue)
+
+
+def _keystore_args(p: argparse.ArgumentParser, *, passphrase: bool = True) -> None:
+    p.add_argument("--keystore", help="firm keystore file (default: the one in the home's vendor/)")
+    if passphrase:
+        p.add_argument("--passphrase-file", help="file holding the keystore passphrase")
+
+
+def keystore_path(args: argparse.Namespace, firm_code: int | None = None) -> Path:
+    if args.keystore:
+        return Path(args.keystore)
+    directory = vendor_dir(args)
+    if firm_code is not None:
+        return directory / f"firm-{firm_code}.keystore"
+    found = sorted(directory.glob("firm-*.keystore")) if directory.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise LicentiaError(ErrorCode.KEYSTORE_NOT_FOUND, f"no firm keystore in {directory}")
+    raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"several keystores in {directory}; name one with --keystore")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = keystore_path(args, args.firm_code)
+    passphrase = read_passphrase(args, confirm=True)
+    info = create_keystore(path, args.firm_code, args.name, passphrase)
+    print(f"firm {info.firm_code} ({info.name}): keystore {path}")
+    print(f"public key id {info.key_id}; export it with `licentia vendor export-public`")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    path = keystore_path(args)
+    info = read_keystore_info(path)
+    print(f"firm code   {info.firm_code}")
+    print(f"name        {info.name}")
+    print(f"public key  {info.public_key.hex()} (id {info.key_id})")
+    print(f"keystore    {path} (private key wrapped by passphrase)")
+    return 0
+
+
+def cmd_export_public(args: argparse.Namespace) -> int:
+    text = export_public(read_keystore_info(keystore_path(args)))
+    if args.output:
+        atomic_write(Path(args.output), text.encode(), mode=0o644)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    request = updates.read_request(read_file(args.request, "request file"))
+    keys = load_keystore(keystore_path(args, None if args.keystore else request.firm_code), read_passphrase(args))
+    if keys.firm_code != request.firm_code:
+        raise LicentiaError(
+            ErrorCode.UPDATE_WRONG_FIRM,
+            f"the request asks for firm {request.firm_code} but the keystore is firm {keys.firm_code}",
+        )
+    ops: list[updates.Operation] = [updates.RemoveItem(i) for i in args.remove]
+    if args.lock:
+        ops.append(updates.LockFirm())
+    if args.unlock:
+        ops.append(updates.UnlockFirm())
+    if args.product is not None:
+        item_id = args.item_id
+        if item_id is None:
+            item_id = max((s.item_id for s in request.items), default=0) + 1
+        ops.append(updates.PutItem(item_id, _item_from_args(args, keys.private_key, keys.firm_code)))
+    elif args.item_id is not None:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--item-id needs --product with the item's new options")
+    if not ops:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "nothing to issue: give --product, --remove, --lock or --unlock")
+    data = updates.issue_update(request, keys.firm_code, keys.private_key, ops, now())
+    atomic_write(Path(args.output), data, mode=0o644)
+    print(f"update for container {request.serial}, firm {keys.firm_code}, step {request.update_counter + 1}: {args.output}")
+    return 0
+
+
+def _item_from_args(args: argparse.Namespace, firm_private: bytes, firm_code: int) -> ProductItem:
+    q = str(args.quantity).strip().lower()
+    if q == "unlimited":
+        quantity: int | None = None
+    elif q.isdigit():
+        quantity = int(q)
+    else:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"--quantity {args.quantity!r}: use a number or 'unlimited'")
+    try:
+        features = int(str(args.features), 0)
+    except ValueError:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"--features {args.features!r} is not a number") from None
+    hidden = b""
+    if args.hidden_data:
+        hidden = seal_hidden_data(firm_private, firm_code, args.hidden_data.encode())
+    return ProductItem(
+        product_code=args.product,
+        quantity=quantity,
+        feature_map=features,
+        expires_at=parse_time(args.expires) if args.expires else None,
+        activates_at=parse_time(args.activates) if args.activates else None,
+        usage_period=parse_duration(args.usage_period) if args.usage_period else None,
+        units=args.units,
+        maintenance_from=parse_time(args.maintenance_from) if args.maintenance_from else None,
+        maintenance_until=parse_time(args.maintenance_until) if args.maintenance_until else None,
+        versions=VersionRange.parse(args.versions) if args.versions else None,
+        text=args.text,
+        protected_data=args.protected_data.encode(),
+        hidden_data=hidden,
+        tmr_id=args.tmr_id,
+        borrow_max=args.borrow_max,
+        checkpoint_period=parse_duration(args.checkpoint) if args.checkpoint else None,
+        vm_allowed=not args.deny_vm,
+        disabled=args.disabled,
+    )
