@@ -94,9 +94,37 @@ class ErrorCode(IntEnum):
     TOKEN_OBJECT_EXISTS = 1115
     CA_NOT_TRUSTED = 1116
 
+    # back office: central, activation, replacement, blacklist, cloud (1200-1299)
+    UNAUTHORIZED = 1200
+    FORBIDDEN = 1201
+    TICKET_INVALID = 1202
+    TICKET_NOT_FOUND = 1203
+    HOST_NAME_INVALID = 1204
+    MANIPULATION_DETECTED = 1205
+    REPLACEMENT_REFUSED = 1206
+    REPLACEMENT_PENDING = 1207
+    LICENSE_TYPE_CONFLICT = 1208
+    LICENSE_NOT_AVAILABLE = 1209
+    CREDENTIAL_INVALID = 1210
+    BLACKLIST_INVALID = 1211
+    CENTRAL_ERROR = 1212
+
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
+    ErrorCode.UNAUTHORIZED: "send a valid API token (Authorization: Bearer …); the first one is in the central home's admin.token",
+    ErrorCode.FORBIDDEN: "this API token's role does not allow that; ask an administrator for an operator or admin token",
+    ErrorCode.TICKET_INVALID: "check the ticket as printed on your order (five groups of five characters)",
+    ErrorCode.TICKET_NOT_FOUND: "check the ticket as printed on your order, or ask the vendor",
+    ErrorCode.HOST_NAME_INVALID: "use a host name of ASCII letters, digits and hyphens",
+    ErrorCode.MANIPULATION_DETECTED: "the container's update history does not match the vendor's records; contact the vendor, who reviews it",
+    ErrorCode.REPLACEMENT_REFUSED: "the product's replacement policy does not allow this; contact the vendor",
+    ErrorCode.REPLACEMENT_PENDING: "the replacement is beyond the product's policy and waits for the vendor's approval; try again once approved",
+    ErrorCode.LICENSE_TYPE_CONFLICT: "the customer's license type does not allow this; the vendor can change the license type or license server",
+    ErrorCode.LICENSE_NOT_AVAILABLE: "every license of this ticket is in use; return one first or ask the vendor",
+    ErrorCode.CREDENTIAL_INVALID: "the credential file was replaced or revoked; download a new one from the portal",
+    ErrorCode.BLACKLIST_INVALID: "the blacklist file is damaged or not signed by this firm; take it from the vendor's release",
+    ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",
     ErrorCode.FEATURE_MAP_INCOMPATIBLE: "the license does not include this feature; ask the vendor for an upgrade",
     ErrorCode.UNITS_USED_UP: "all units are spent; buy more units from the vendor",
     ErrorCode.NOT_ENOUGH_UNITS: "fewer units remain than requested; buy more units from the vendor",
