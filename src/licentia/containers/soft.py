@@ -236,13 +236,13 @@ class SoftContainer:
                 ErrorCode.REACTIVATION_REQUIRED,
                 f"container {header.serial} is broken: it no longer matches this machine "
                 f"(matching weight {exc.matched_weight} of {exc.total_weight}, {exc.needed_weight} needed; "
-                f"changed or missing: {', '.join(exc.missing) or 'none'})",
+                f"changed or missing: {', '.join(exc.changed + exc.missing) or 'none'})",
             ) from None
         except fuzzy.MalformedBinding:
             raise LicentiaError(ErrorCode.LICENSE_INVALID, f"container {header.serial} is invalid: its binding is damaged") from None
         health = BindingHealth(
             outcome.matched_weight, outcome.total_weight, outcome.needed_weight,
-            tuple(outcome.matched), tuple(outcome.missing),
+            tuple(outcome.matched), tuple(outcome.changed + outcome.missing),
         )
         container = cls(path, header, outcome.secret, health)
         container.read()  # verifies the sealed state and every license in it

@@ -19,6 +19,9 @@ from licentia.model import ErrorCode, LicentiaError
 CLOCK_SKEW = 600
 # A signed time heals the clock only when the system clock agrees with it this closely.
 SIGNED_TIME_TOLERANCE = 86_400
+# The mark moves in steps of at least this much, so a busy container is not rewritten on
+# every access only to record a few seconds; the lag stays far inside CLOCK_SKEW.
+CLOCK_STEP = 60
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class VirtualClock:
             if self.manipulated:
                 return self
             return replace(self, manipulated=True, manipulated_at=now)
-        if now > self.high_water:
+        if now >= self.high_water + CLOCK_STEP or (self.high_water == 0 and now > 0):
             return replace(self, high_water=now)
         return self
 
