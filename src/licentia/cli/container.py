@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from licentia.cli.common import (
@@ -50,7 +51,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     print(container.serial)
     print(
         f"soft container {container.serial} bound to this machine ({tolerance.value} tolerance; "
-        f"{len(container.health.matched)} properties; binding {fp.strength or 'n/a'})"
+        f"{len(container.health.matched)} properties; binding {fp.strength or 'n/a'})",
+        file=sys.stderr,
     )
     return 0
 
