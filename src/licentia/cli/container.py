@@ -17,6 +17,7 @@ from licentia.cli.common import (
     print_json,
 )
 from licentia.containers import ContainerStore, item_rows
+from licentia.containers.operations import set_user_fields
 from licentia.model import ContainerStatus, ErrorCode, LicentiaError, Tolerance
 
 
@@ -38,6 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.add_argument("serial")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_show)
+
+    user = cs.add_parser("set-user-data", help="write an item's user-writable text or user data")
+    user.add_argument("serial")
+    user.add_argument("--firm-code", type=int, required=True)
+    user.add_argument("--item-id", type=int, required=True)
+    user.add_argument("--text")
+    user.add_argument("--data", help="user data (text, stored as UTF-8 bytes)")
+    user.set_defaults(handler=cmd_set_user_data)
 
 
 def store(args: argparse.Namespace) -> ContainerStore:
@@ -137,3 +146,15 @@ def _print_item(row: dict[str, Any]) -> None:
     print("    " + "; ".join(opts))
     if row["text"]:
         print(f"    text: {row['text']}")
+
+
+def cmd_set_user_data(args: argparse.Namespace) -> int:
+    if args.text is None and args.data is None:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "give --text and/or --data")
+    container = store(args).open(parse_serial(args.serial), now())
+    set_user_fields(
+        container, args.firm_code, args.item_id, text=args.text,
+        user_data=None if args.data is None else args.data.encode(),
+    )
+    print(f"item {args.item_id} of firm {args.firm_code} in {container.serial} updated")
+    return 0

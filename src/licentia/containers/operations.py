@@ -75,3 +75,33 @@ def spend_units(container: Transactional, firm_code: int, item_id: int, units: i
         return content.with_item_state(firm_code, item_id, state), remaining
 
     return container.transact(change)
+
+
+def set_user_fields(
+    container: Transactional,
+    firm_code: int,
+    item_id: int,
+    *,
+    text: str | None = None,
+    user_data: bytes | None = None,
+) -> None:
+    """Write the user-writable options of an item (text, user data); vendor options stay."""
+    from licentia.model.item import DATA_MAX, TEXT_MAX
+
+    if text is not None and len(text.encode()) > TEXT_MAX:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"text is longer than {TEXT_MAX} bytes")
+    if user_data is not None and len(user_data) > DATA_MAX:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"user data is longer than {DATA_MAX} bytes")
+
+    def change(content: ContainerContent) -> tuple[ContainerContent, None]:
+        entry = content.firm(firm_code).items.get(item_id)
+        if entry is None:
+            raise LicentiaError(ErrorCode.ENTRY_NOT_FOUND, f"no item {item_id} of firm {firm_code}")
+        state = entry.state
+        if text is not None:
+            state = state.with_(text=text)
+        if user_data is not None:
+            state = state.with_(user_data=user_data)
+        return content.with_item_state(firm_code, item_id, state), None
+
+    container.transact(change)
