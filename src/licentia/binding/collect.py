@@ -168,22 +168,28 @@ def read_dmi(tree: Tree) -> list[Reading]:
 # mitigation flags (ibrs, ssbd, md_clear, ...) are left out because microcode and kernel
 # updates change them.
 CPU_FEATURES = frozenset(
-    """
-    fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx
-    fxsr sse sse2 ss ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm 3dnowext 3dnow pni
-    pclmulqdq dtes64 monitor ds_cpl vmx smx est tm2 ssse3 sdbg fma cx16 xtpr pdcm pcid dca
-    sse4_1 sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave avx f16c rdrand lahf_lm
-    cmp_legacy svm extapic cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw ibs xop skinit
-    wdt lwp fma4 tce nodeid_msr tbm topoext perfctr_core perfctr_nb bpext perfctr_llc mwaitx
-    fsgsbase tsc_adjust sgx bmi1 hle avx2 fdp_excptn_only smep bmi2 erms invpcid rtm cqm mpx
-    rdt_a avx512f avx512dq rdseed adx smap avx512ifma clflushopt clwb intel_pt avx512pf
-    avx512er avx512cd sha_ni avx512bw avx512vl xsaveopt xsavec xgetbv1 xsaves avx_vnni
-    avx512_bf16 clzero irperf xsaveerptr rdpru wbnoinvd avx512vbmi umip pku waitpkg
-    avx512_vbmi2 shstk gfni vaes vpclmulqdq avx512_vnni avx512_bitalg tme avx512_vpopcntdq
-    la57 rdpid bus_lock_detect cldemote movdiri movdir64b enqcmd sgx_lc avx512_vp2intersect
-    fsrm serialize tsxldtrk pconfig arch_lbr ibt amx_bf16 avx512_fp16 amx_tile amx_int8
-    sev sev_es sev_snp sme avx_vnni_int8 avx_ne_convert cmpccxadd amx_fp16 prefetchi
-    """.split()
+    {
+        "fpu", "vme", "de", "pse", "tsc", "msr", "pae", "mce", "cx8", "apic", "sep", "mtrr", "pge",
+        "mca", "cmov", "pat", "pse36", "clflush", "mmx", "fxsr", "sse", "sse2", "ss", "ht",
+        "syscall", "nx", "mmxext", "fxsr_opt", "pdpe1gb", "rdtscp", "lm", "3dnowext", "3dnow",
+        "pni", "pclmulqdq", "dtes64", "monitor", "ds_cpl", "vmx", "smx", "est", "tm2", "ssse3",
+        "sdbg", "fma", "cx16", "xtpr", "pdcm", "pcid", "dca", "sse4_1", "sse4_2", "x2apic", "movbe",
+        "popcnt", "tsc_deadline_timer", "aes", "xsave", "avx", "f16c", "rdrand", "lahf_lm",
+        "cmp_legacy", "svm", "extapic", "cr8_legacy", "abm", "sse4a", "misalignsse",
+        "3dnowprefetch", "osvw", "ibs", "xop", "skinit", "wdt", "lwp", "fma4", "tce", "nodeid_msr",
+        "tbm", "topoext", "perfctr_core", "perfctr_nb", "bpext", "perfctr_llc", "mwaitx",
+        "fsgsbase", "tsc_adjust", "sgx", "bmi1", "hle", "avx2", "fdp_excptn_only", "smep", "bmi2",
+        "erms", "invpcid", "rtm", "cqm", "mpx", "rdt_a", "avx512f", "avx512dq", "rdseed", "adx",
+        "smap", "avx512ifma", "clflushopt", "clwb", "intel_pt", "avx512pf", "avx512er", "avx512cd",
+        "sha_ni", "avx512bw", "avx512vl", "xsaveopt", "xsavec", "xgetbv1", "xsaves", "avx_vnni",
+        "avx512_bf16", "clzero", "irperf", "xsaveerptr", "rdpru", "wbnoinvd", "avx512vbmi", "umip",
+        "pku", "waitpkg", "avx512_vbmi2", "shstk", "gfni", "vaes", "vpclmulqdq", "avx512_vnni",
+        "avx512_bitalg", "tme", "avx512_vpopcntdq", "la57", "rdpid", "bus_lock_detect", "cldemote",
+        "movdiri", "movdir64b", "enqcmd", "sgx_lc", "avx512_vp2intersect", "fsrm", "serialize",
+        "tsxldtrk", "pconfig", "arch_lbr", "ibt", "amx_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+        "sev", "sev_es", "sev_snp", "sme", "avx_vnni_int8", "avx_ne_convert", "cmpccxadd",
+        "amx_fp16", "prefetchi",
+    }
 )
 
 

@@ -181,7 +181,7 @@ def assess_strength(
     *,
     unreadable: Sequence[str] = (),
 ) -> str:
-    """"strong", "fair" or "weak", a colon, and why; see docs/binding.md for the rules.
+    """Say "strong", "fair" or "weak", a colon, and why; see docs/binding.md for the rules.
 
     `unreadable` lists machine paths that exist but could not be read (permission).
     """
