@@ -9,10 +9,51 @@ which are kept verbatim so any reader can verify them again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from licentia.core.clock import VirtualClock
+from licentia.crypto import box_public_key, open_sealed, sign, signing_public_key
 from licentia.model import ContainerSerial, ErrorCode, ItemState, LicentiaError, ProductItem
+
+
+class ContainerKeys(Protocol):
+    """The container's own keys, wherever they live (in the sealed file, inside a token).
+
+    Ed25519 signs requests, receipts and answers to a program's challenge; X25519 opens
+    the operations of update files sealed to the container.
+    """
+
+    @property
+    def sign_public(self) -> bytes: ...
+
+    @property
+    def box_public(self) -> bytes: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def open_sealed(self, sealed: bytes, aad: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class SoftwareKeys:
+    """Keys held as bytes (a soft container keeps them inside its sealed state)."""
+
+    sign_key: bytes = field(repr=False)
+    box_key: bytes = field(repr=False)
+
+    @property
+    def sign_public(self) -> bytes:
+        return signing_public_key(self.sign_key)
+
+    @property
+    def box_public(self) -> bytes:
+        return box_public_key(self.box_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return sign(self.sign_key, data)
+
+    def open_sealed(self, sealed: bytes, aad: bytes) -> bytes:
+        return open_sealed(self.box_key, sealed, aad)
 
 
 @dataclass(frozen=True)
@@ -36,10 +77,16 @@ class FirmEntry:
 class ContainerContent:
     serial: ContainerSerial
     created_at: int
-    sign_key: bytes  # the container's Ed25519 private key
-    box_key: bytes  # the container's X25519 private key (updates are sealed to it)
+    sign_key: bytes = field(repr=False)  # Ed25519 private key; b"" when it lives in a token
+    box_key: bytes = field(repr=False)  # X25519 private key (updates are sealed to it)
     clock: VirtualClock = field(default_factory=VirtualClock)
     firms: dict[int, FirmEntry] = field(default_factory=dict)
+
+    def software_keys(self) -> SoftwareKeys:
+        """The keys kept in the content itself (soft containers)."""
+        if not self.sign_key:
+            raise LicentiaError(ErrorCode.INTERNAL, "this container's signing key lives in a token")
+        return SoftwareKeys(self.sign_key, self.box_key)
 
     def firm(self, firm_code: int) -> FirmEntry:
         try:

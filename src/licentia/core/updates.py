@@ -23,17 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from licentia.core.content import ContainerContent, FirmEntry, ItemEntry
+from licentia.core.content import ContainerContent, ContainerKeys, FirmEntry, ItemEntry
 from licentia.core.licenses import License, check_license_for, issue_license, read_license
-from licentia.crypto import (
-    InvalidArtifact,
-    digest,
-    open_sealed,
-    seal_to,
-    signing_public_key,
-)
-from licentia.crypto.artifacts import sign_artifact, split_signed
-from licentia.crypto.recipes import box_public_key, verify
+from licentia.crypto import InvalidArtifact, digest, seal_to, signing_public_key
+from licentia.crypto.artifacts import sign_artifact, sign_artifact_with, split_signed
+from licentia.crypto.recipes import verify
 from licentia.model import ContainerSerial, ErrorCode, ItemState, LicentiaError, ProductItem
 from licentia.model import envelope as env
 
@@ -69,21 +63,28 @@ class Request:
     environment: dict[str, Any] = field(default_factory=dict)
 
 
-def make_request(content: ContainerContent, firm_code: int, now: int, environment: dict[str, Any]) -> bytes:
+def make_request(
+    content: ContainerContent,
+    firm_code: int,
+    now: int,
+    environment: dict[str, Any],
+    keys: ContainerKeys | None = None,
+) -> bytes:
+    keys = keys or content.software_keys()
     firm = content.firms.get(firm_code)
-    sign_public = signing_public_key(content.sign_key)
+    sign_public = keys.sign_public
     body = {
         "serial": str(content.serial),
         "firm_code": firm_code,
         "update_counter": firm.update_counter if firm else 0,
-        "box_public": box_public_key(content.box_key),
+        "box_public": keys.box_public,
         "firm_public_key": firm.firm_public_key if firm else None,
         "items": _summaries(firm),
         "created_at": now,
         "environment": environment,
     }
     payload = _CONTAINER_PREFIX.pack(sign_public) + env.encode(body)
-    return sign_artifact(REQUEST_MAGIC, VERSION, payload, content.sign_key)
+    return sign_artifact_with(REQUEST_MAGIC, VERSION, payload, keys.sign)
 
 
 def read_request(data: bytes) -> Request:
@@ -220,11 +221,19 @@ class Applied:
     changes: tuple[str, ...]
 
 
-def apply_update(content: ContainerContent, data: bytes, now: int, *, in_vm: bool) -> Applied:
+def apply_update(
+    content: ContainerContent,
+    data: bytes,
+    now: int,
+    *,
+    in_vm: bool,
+    keys: ContainerKeys | None = None,
+) -> Applied:
     """Check an update against the container and return the new content and its receipt.
 
     Nothing is changed on refusal; the caller persists `Applied.content` atomically.
     """
+    keys = keys or content.software_keys()
     header = peek_update(data)
     if header.serial != content.serial:
         raise LicentiaError(
@@ -264,13 +273,13 @@ def apply_update(content: ContainerContent, data: bytes, now: int, *, in_vm: boo
             f"this update expects step {counter_from} but the container is at step {current}; an earlier update is missing",
         )
     try:
-        ops = env.decode(open_sealed(content.box_key, sealed, str(content.serial).encode()), what="update file")
+        ops = env.decode(keys.open_sealed(sealed, str(content.serial).encode()), what="update file")
     except InvalidArtifact:
         raise _invalid("update file", "its contents cannot be opened by this container") from None
     if not isinstance(ops, list):
         raise _invalid("update file", "its operations are malformed")
 
-    sign_public = signing_public_key(content.sign_key)
+    sign_public = keys.sign_public
     entry = firm or FirmEntry(header.firm_code, header.firm_public_key)
     items = dict(entry.items)
     text = entry.text
@@ -316,7 +325,7 @@ def apply_update(content: ContainerContent, data: bytes, now: int, *, in_vm: boo
 
     new_firm = FirmEntry(header.firm_code, header.firm_public_key, counter_to, text, items)
     new_content = content.with_firm(new_firm).with_clock(content.clock.heal(issued_at, now).observe(now))
-    receipt = _make_receipt(new_content, new_firm, digest(data), now)
+    receipt = _make_receipt(new_content, new_firm, digest(data), now, keys)
     return Applied(new_content, receipt, header.firm_code, counter_to, tuple(changes))
 
 
@@ -334,8 +343,10 @@ class Receipt:
     sign_public: bytes
 
 
-def _make_receipt(content: ContainerContent, firm: FirmEntry, update_digest: bytes, now: int) -> bytes:
-    sign_public = signing_public_key(content.sign_key)
+def _make_receipt(
+    content: ContainerContent, firm: FirmEntry, update_digest: bytes, now: int, keys: ContainerKeys
+) -> bytes:
+    sign_public = keys.sign_public
     body = {
         "serial": str(content.serial),
         "firm_code": firm.firm_code,
@@ -345,7 +356,7 @@ def _make_receipt(content: ContainerContent, firm: FirmEntry, update_digest: byt
         "applied_at": now,
     }
     payload = _CONTAINER_PREFIX.pack(sign_public) + env.encode(body)
-    return sign_artifact(RECEIPT_MAGIC, VERSION, payload, content.sign_key)
+    return sign_artifact_with(RECEIPT_MAGIC, VERSION, payload, keys.sign)
 
 
 def read_receipt(data: bytes, expected_sign_public: bytes | None = None) -> Receipt:

@@ -6,15 +6,25 @@ body is decoded only after the signature verified.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from licentia.crypto.recipes import SIGNATURE_SIZE, InvalidArtifact, sign, verify
 from licentia.model import envelope
 
 
 def sign_artifact(magic: bytes, version: int, body: bytes, private_key: bytes) -> bytes:
+    return sign_artifact_with(magic, version, body, lambda data: sign(private_key, data))
+
+
+def sign_artifact_with(
+    magic: bytes, version: int, body: bytes, signer: Callable[[bytes], bytes]
+) -> bytes:
+    """Like `sign_artifact`, for keys that sign elsewhere (inside a token)."""
     framed = envelope.pack(magic, version, body)
-    return framed + sign(private_key, framed)
+    signature = signer(framed)
+    if len(signature) != SIGNATURE_SIZE:
+        raise InvalidArtifact()
+    return framed + signature
 
 
 def split_signed(
@@ -39,4 +49,4 @@ def open_signed_artifact(
     return version, body
 
 
-__all__ = ["InvalidArtifact", "open_signed_artifact", "sign_artifact", "split_signed"]
+__all__ = ["InvalidArtifact", "open_signed_artifact", "sign_artifact", "sign_artifact_with", "split_signed"]
