@@ -1,0 +1,1 @@
+"""Alembic migrations of the back office's database (applied at every start)."""
