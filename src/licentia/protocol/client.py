@@ -1,0 +1,308 @@
+"""Clients of the runtime's protocol: `Client` (blocking) and `AsyncClient` (asyncio).
+
+Both send requests (maps with "op") and match replies by id, so several requests may
+be in flight on one connection; an error reply raises the `LicentiaError` it carries.
+
+The address is a Unix socket path (`/run/licentia/runtime.sock`, or `unix:PATH`) or
+`host:port` (`[::1]:22350`; the port defaults to 22350); TLS when an
+`ssl.SSLContext` is given (see `licentia.protocol.tls.client_context`).
+
+This module stays cheap to import: a protected program pays for it at start. It
+imports neither asyncio (`AsyncClient` loads `licentia.protocol.aio` on first use)
+nor ssl nor cryptography.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from licentia.model import ErrorCode, LicentiaError
+from licentia.protocol.frames import (
+    CONNECTION_ID,
+    MAX_FRAME,
+    FrameDecoder,
+    Message,
+    ProtocolError,
+    encode,
+    reply_error,
+)
+from licentia.protocol.messages import DEFAULT_PORT, HELLO, SUPPORTED_VERSIONS
+
+if TYPE_CHECKING:
+    import ssl
+
+    from licentia.protocol.aio import AsyncClient as AsyncClient
+
+__all__ = ["AsyncClient", "Client", "Endpoint", "parse_address"]
+
+DEFAULT_TIMEOUT = 10.0
+_RECV_SIZE = 1 << 16
+
+
+class Endpoint(NamedTuple):
+    """Where a client connects: a Unix socket path, or a host and port."""
+
+    path: str | None = None
+    host: str = ""
+    port: int = DEFAULT_PORT
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(address: str | tuple[str, int] | Endpoint) -> Endpoint:
+    """`/path`, `unix:/path`, `host`, `host:port`, `[v6]:port` or `(host, port)`."""
+    if isinstance(address, Endpoint):
+        return address
+    if isinstance(address, tuple):
+        host, port = address
+        return Endpoint(None, host, _port(port, address))
+    if not isinstance(address, str) or not address:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{address!r} is not a server address")
+    if address.startswith("unix:"):
+        return Endpoint(address[5:])
+    if address.startswith(("/", "./", "../")):
+        return Endpoint(address)
+    if address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{address!r} is not a server address")
+        return Endpoint(None, host, _port(rest[1:], address) if rest else DEFAULT_PORT)
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        return Endpoint(None, address, DEFAULT_PORT)
+    if ":" in host:  # a bare IPv6 address
+        return Endpoint(None, address, DEFAULT_PORT)
+    return Endpoint(None, host, _port(port_text, address))
+
+
+def _port(value: object, address: object) -> int:
+    port = -1
+    if isinstance(value, int | str):
+        try:
+            port = int(value)
+        except ValueError:
+            port = -1
+    if isinstance(value, bool) or not 0 < port < 65536:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{address!r} has no valid port")
+    return port
+
+
+def connect_error(endpoint: Endpoint, exc: BaseException) -> LicentiaError:
+    """The `LicentiaError` for a connection that could not be made."""
+    if _is_ssl_error(exc):
+        return LicentiaError(
+            ErrorCode.SECURITY_PROBLEM, f"the TLS handshake with {endpoint} failed: {exc}"
+        )
+    if endpoint.path is not None:
+        return LicentiaError(ErrorCode.NO_LOCAL_RUNTIME, f"no runtime answers on {endpoint.path} ({exc})")
+    return LicentiaError(ErrorCode.SERVER_NOT_FOUND, f"no license server answers at {endpoint} ({exc})")
+
+
+def _is_ssl_error(exc: BaseException) -> bool:
+    # ssl is imported only by callers who use TLS; if it is not loaded, this is no TLS error
+    import sys
+
+    ssl_mod = sys.modules.get("ssl")
+    return ssl_mod is not None and isinstance(exc, ssl_mod.SSLError)
+
+
+class Client:
+    """A blocking connection to a runtime or license server.
+
+    `request(op, **fields)` sends and waits; `send()` and `receive()` pipeline several
+    requests. Safe to share between threads (socket I/O is serialised; a reply read by
+    one thread is handed to the thread waiting for it)."""
+
+    def __init__(
+        self,
+        address: str | tuple[str, int] | Endpoint,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_frame: int = MAX_FRAME,
+    ) -> None:
+        self.endpoint = parse_address(address)
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self._decoder = FrameDecoder(max_frame)
+        self._io = threading.Lock()  # serialises socket reads and writes
+        self._state = threading.Lock()  # guards the fields below
+        self._next_id = 1
+        self._replies: dict[int, Message] = {}
+        self._waiting: set[int] = set()
+        self._broken: LicentiaError | None = None
+        self._sock = self._connect(ssl_context, server_hostname)
+
+    def _connect(self, ssl_context: ssl.SSLContext | None, server_hostname: str | None) -> socket.socket:
+        ep = self.endpoint
+        sock: socket.socket | None = None
+        try:
+            if ep.path is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.timeout)
+                sock.connect(ep.path)
+            else:
+                sock = socket.create_connection((ep.host, ep.port), timeout=self.timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or ep.host or None)
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            raise connect_error(ep, exc) from None
+        return sock
+
+    # -- requests ------------------------------------------------------------
+
+    def request(self, op: str, /, **fields: Any) -> Message:
+        """Send one request and wait for its reply (raises `LicentiaError` on a refusal)."""
+        return self.receive(self.send(op, **fields))
+
+    def hello(self, client: dict[str, Any], versions: tuple[int, ...] = SUPPORTED_VERSIONS) -> Message:
+        """Introduce this program (pid, pid_start, program, user, host, station...)."""
+        reply = self.request(HELLO, versions=list(versions), client=client)
+        if reply.get("version") not in versions:
+            raise LicentiaError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"the server chose protocol version {reply.get('version')!r}; this client speaks {list(versions)}",
+            )
+        return reply
+
+    def send(self, op: str, /, **fields: Any) -> int:
+        """Send a request without waiting; return its id for `receive()`."""
+        with self._state:
+            if self._broken is not None:
+                raise _again(self._broken)
+            rid = self._next_id
+            self._next_id = rid + 1
+            self._waiting.add(rid)
+        msg: Message = {"id": rid, "op": op}
+        msg.update(fields)
+        try:
+            frame = encode(msg, self.max_frame)
+        except ProtocolError:
+            with self._state:
+                self._waiting.discard(rid)
+            raise
+        with self._io:
+            try:
+                self._sock.settimeout(self.timeout)
+                self._sock.sendall(frame)
+            except OSError as exc:
+                self._fail(LicentiaError(ErrorCode.NETWORK_FAULT, f"sending to {self.endpoint} failed: {exc}"))
+                raise _again(self._broken or LicentiaError(ErrorCode.NETWORK_FAULT, str(exc))) from None
+        return rid
+
+    def receive(self, request_id: int, timeout: float | None = None) -> Message:
+        """Wait for the reply to `request_id`; raise its error if it is a refusal."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            with self._state:
+                reply = self._replies.pop(request_id, None)
+                if reply is not None:
+                    self._waiting.discard(request_id)
+                    if reply.get("ok") is True:
+                        return reply
+                    raise reply_error(reply)
+                if request_id not in self._waiting:
+                    raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"no request {request_id} is waiting")
+                if self._broken is not None:
+                    self._waiting.discard(request_id)
+                    raise _again(self._broken)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._io.acquire(timeout=remaining):
+                with self._state:
+                    if request_id in self._replies:
+                        continue
+                    self._waiting.discard(request_id)  # a late reply will be dropped
+                raise LicentiaError(
+                    ErrorCode.NETWORK_FAULT, f"{self.endpoint} did not answer request {request_id} in time"
+                )
+            try:
+                with self._state:
+                    if request_id in self._replies or self._broken is not None:
+                        continue
+                self._read(max(deadline - time.monotonic(), 0.001))
+            finally:
+                self._io.release()
+
+    def _read(self, timeout: float) -> None:
+        """Read once (the I/O lock is held) and file the replies that arrived."""
+        try:
+            self._sock.settimeout(timeout)
+            data = self._sock.recv(_RECV_SIZE)
+        except TimeoutError:
+            return
+        except OSError as exc:
+            self._fail(LicentiaError(ErrorCode.NETWORK_FAULT, f"reading from {self.endpoint} failed: {exc}"))
+            return
+        if not data:
+            self._fail(LicentiaError(ErrorCode.NETWORK_FAULT, f"{self.endpoint} closed the connection"))
+            return
+        try:
+            replies = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._file(exc.messages)
+            self._fail(LicentiaError(ErrorCode.PROTOCOL_ERROR, f"unreadable reply from {self.endpoint}: {exc.message}"))
+            return
+        self._file(replies)
+
+    def _file(self, replies: list[Message]) -> None:
+        with self._state:
+            for reply in replies:
+                rid = reply["id"]
+                if rid in self._waiting:
+                    self._replies[rid] = reply
+                elif rid == CONNECTION_ID and reply.get("ok") is not True:
+                    self._broken = reply_error(reply)
+        if self._broken is not None:
+            self._close_socket()
+
+    def _fail(self, error: LicentiaError) -> None:
+        with self._state:
+            if self._broken is None:
+                self._broken = error
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    # -- life ----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._broken is not None
+
+    def close(self) -> None:
+        self._fail(LicentiaError(ErrorCode.NETWORK_FAULT, "the client was closed"))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<licentia Client {self.endpoint}{' closed' if self.closed else ''}>"
+
+
+def _again(error: LicentiaError) -> LicentiaError:
+    """A fresh exception carrying the same refusal (an exception object is raised once)."""
+    return LicentiaError(error.code, error.message, error.hint)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AsyncClient":
+        from licentia.protocol.aio import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
