@@ -69,6 +69,8 @@ DEFAULT_APPLICATION: Final = "licentia"
 
 _P256_PARAMS: Final = bytes.fromhex("06082a8648ce3d030107")  # OID secp256r1
 _ED25519_PARAMS: Final = bytes.fromhex("06032b6570")  # OID 1.3.101.112
+# Some tools (pkcs11-tool) name the curve instead: PrintableString "edwards25519".
+_ED25519_NAMED: Final = bytes.fromhex("130c") + b"edwards25519"
 _SHA256_DIGEST_INFO: Final = bytes.fromhex("3031300d060960864801650304020105000420")
 
 
@@ -135,6 +137,23 @@ def load_module(path: str | os.PathLike[str] | None = None) -> Module:
             ) from None
         _conf_at_init[so] = conf
     return lib
+
+
+def reinitialize(path: str | os.PathLike[str] | None = None) -> None:
+    """Finalise and initialise a loaded module again, closing its sessions.
+
+    SoftHSM2 reads its token directory at C_Initialize: tokens another process made
+    (softhsm2-util) appear in this process only after this. A module not loaded yet is
+    left alone.
+    """
+    so = str(find_module(path))
+    with _lock:
+        if so in _conf_at_init:
+            try:
+                pkcs11.lib(so).reinitialize()
+            except p11e.PKCS11Error as exc:
+                raise _failure("re-initialising the PKCS#11 module", exc) from None
+            _conf_at_init[so] = os.environ.get("SOFTHSM2_CONF")
 
 
 # -- tokens -------------------------------------------------------------------------------
@@ -524,6 +543,10 @@ class TokenSession:
         """
         priv = self._private_key(label)
         kind = _kind_of(priv)
+        if not hasattr(priv, "sign"):  # python-pkcs11 offers sign() only when CKA_SIGN is true
+            raise LicentiaError(
+                ErrorCode.MECHANISM_NOT_SUPPORTED, f"key '{label}' is not allowed to sign"
+            )
         try:
             if kind is KeyKind.EC_P256:
                 raw = priv.sign(hashlib.sha256(data).digest(), mechanism=Mechanism.ECDSA)
@@ -701,30 +724,37 @@ class TokenSession:
         private: bool = True,
         replace: bool = True,
     ) -> None:
-        """Store `value` as a CKO_DATA object; an existing one with this label is updated."""
+        """Store `value` as a CKO_DATA object; an existing one with this label is replaced.
+
+        Tokens that let CKA_VALUE change (C_SetAttributeValue) update in place; others
+        (SoftHSM2 keeps a data object's value read-only) get the new object first and
+        lose the old one after, so a crash in between leaves the old value or both.
+        """
         existing = self._data_objects(label, application)
+        if existing and not replace:
+            raise LicentiaError(
+                ErrorCode.TOKEN_OBJECT_EXISTS,
+                f"token '{self.info.label}' already holds data labelled '{label}'",
+            )
         try:
             if existing:
-                if not replace:
-                    raise LicentiaError(
-                        ErrorCode.TOKEN_OBJECT_EXISTS,
-                        f"token '{self.info.label}' already holds data labelled '{label}'",
-                    )
-                existing[0][Attribute.VALUE] = value
-                for extra in existing[1:]:
-                    extra.destroy()
-                return
+                with suppress(p11e.AttributeReadOnly):
+                    existing[0][Attribute.VALUE] = value
+                    for extra in existing[1:]:
+                        extra.destroy()
+                    return
             self._s.create_object(
                 {
                     Attribute.CLASS: ObjectClass.DATA,
                     Attribute.TOKEN: True,
                     Attribute.PRIVATE: private,
-                    Attribute.MODIFIABLE: True,
                     Attribute.LABEL: label,
                     Attribute.APPLICATION: application,
                     Attribute.VALUE: value,
                 }
             )
+            for old in existing:
+                old.destroy()
         except p11e.PKCS11Error as exc:
             raise _failure(f"storing data '{label}'", exc) from None
 
@@ -888,7 +918,8 @@ def _kind_of(key: Any) -> KeyKind | None:
         if key_type == KeyType.EC:
             return KeyKind.EC_P256 if bytes(key[Attribute.EC_PARAMS]) == _P256_PARAMS else None
         if key_type == KeyType.EC_EDWARDS:
-            return KeyKind.ED25519 if bytes(key[Attribute.EC_PARAMS]) == _ED25519_PARAMS else None
+            params = bytes(key[Attribute.EC_PARAMS])
+            return KeyKind.ED25519 if params in (_ED25519_PARAMS, _ED25519_NAMED) else None
     except (p11e.PKCS11Error, KeyError):
         return None
     return None
