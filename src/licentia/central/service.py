@@ -740,6 +740,8 @@ class Central:
         self, ticket: str, request: bytes, now: int, *, licenses: Sequence[int] | None = None,
         how: str = "offline", actor: str = "user",
     ) -> Issued:
+        if how not in ("online", "offline", "portal"):
+            raise _err(ErrorCode.INVALID_PARAMETER, "how must be online, offline or portal")
         req = self._read_request(request)
 
         def body(s: Session) -> Issued | LicentiaError:

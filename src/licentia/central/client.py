@@ -1,0 +1,93 @@
+"""Talking to central over HTTP: the user side (activate, return, receipts, sync) and the
+operator side (any API call with a token). Refusals come back as the LicentiaError central
+raised, with the same code."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+
+from licentia.model import ErrorCode, LicentiaError
+
+
+class CentralClient:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> CentralClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self.http.request(method, path, json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise LicentiaError(ErrorCode.NETWORK_FAULT, f"central at {self.url} cannot be reached: {exc}",
+                                "check the URL and the network, then try again") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.is_success:
+            return data
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("code"), int):
+            try:
+                code = ErrorCode(error["code"])
+            except ValueError:
+                code = ErrorCode.CENTRAL_ERROR
+            raise LicentiaError(code, str(error.get("message", "")), error.get("hint") or None)
+        raise LicentiaError(ErrorCode.CENTRAL_ERROR, f"central answered HTTP {response.status_code}")
+
+    # -- user side ---------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/api/health")
+        return result
+
+    def ticket(self, ticket: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"/api/tickets/{ticket}")
+        return result
+
+    def activate(self, ticket: str, request: bytes, licenses: list[int] | None = None, how: str = "online") -> tuple[bytes, dict[str, Any]]:
+        body: dict[str, Any] = {"request": _b64(request), "how": how}
+        if licenses:
+            body["licenses"] = licenses
+        result = self.call("POST", f"/api/tickets/{ticket}/activate", body)
+        return base64.b64decode(result["update"]), result
+
+    def return_licenses(self, ticket: str, request: bytes, licenses: list[int] | None = None) -> tuple[bytes, dict[str, Any]]:
+        body: dict[str, Any] = {"request": _b64(request)}
+        if licenses:
+            body["licenses"] = licenses
+        result = self.call("POST", f"/api/tickets/{ticket}/return", body)
+        return base64.b64decode(result["update"]), result
+
+    def receipt(self, receipt: bytes) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/api/receipts", {"receipt": _b64(receipt)})
+        return result
+
+    def sync(self, request: bytes) -> tuple[bytes, dict[str, Any]]:
+        result = self.call("POST", "/api/sync", {"request": _b64(request)})
+        return base64.b64decode(result["update"]), result
+
+    def replace(self, ticket: str, old_serial: str, *, same_device: bool = False, request: bytes | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"old_serial": old_serial, "same_device": same_device}
+        if request is not None:
+            body["request"] = _b64(request)
+        result: dict[str, Any] = self.call("POST", f"/api/tickets/{ticket}/replace", body)
+        return result
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -1,0 +1,130 @@
+"""The portal: one page where an end user enters a ticket, sees its licenses, activates them
+into a container by uploading a request file (and downloads the update), confirms with the
+receipt, and returns licenses. It uses the public ticket endpoints of the API, nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from licentia.central.service import Central
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>__FIRM__ — license portal</title>
+<style>
+ body { font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+ h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 1.6rem; }
+ input[type=text] { font-family: monospace; font-size: 1.1rem; width: 22rem; text-transform: uppercase; }
+ table { border-collapse: collapse; width: 100%; margin-top: .8rem; }
+ th, td { border-bottom: 1px solid #ddd; padding: .3rem .5rem; text-align: left; }
+ .error { color: #a00; } .ok { color: #070; }
+ section[hidden] { display: none; }
+</style>
+</head>
+<body>
+<h1>__FIRM__ — license portal</h1>
+<form id="ticket-form">
+  <label for="ticket">Ticket</label>
+  <input id="ticket" type="text" autocomplete="off" placeholder="XXXXX-XXXXX-XXXXX-XXXXX-XXXXX">
+  <button id="show" type="submit">Show licenses</button>
+</form>
+<p id="message" role="status"></p>
+<section id="licenses-section" hidden>
+  <h2>Licenses of ticket <span id="ticket-id"></span></h2>
+  <table><thead><tr><th>#</th><th>Product</th><th>Quantity</th><th>Status</th><th>Container</th></tr></thead>
+  <tbody id="licenses"></tbody></table>
+  <h2>Activate into a container</h2>
+  <p>On the computer that holds the container, write a request file
+  (<code>licentia update request SERIAL --firm-code __FIRMCODE__ -o request.lcrq</code>),
+  upload it here, then apply the update file you receive
+  (<code>licentia update apply update.lcup</code>) and upload its receipt.</p>
+  <label for="activate-request">Request file</label> <input id="activate-request" type="file">
+  <button id="activate" type="button">Activate</button>
+  <h2>Return licenses</h2>
+  <label for="return-request">Request file</label> <input id="return-request" type="file">
+  <button id="return" type="button">Return</button>
+  <h2>Confirm with the receipt</h2>
+  <label for="receipt">Receipt file</label> <input id="receipt" type="file">
+  <button id="confirm" type="button">Send receipt</button>
+  <p><a id="download" hidden>Download the update file</a></p>
+</section>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+let ticket = "";
+function say(text, ok) { const m = $("message"); m.textContent = text; m.className = ok ? "ok" : "error"; }
+async function api(method, path, body) {
+  const r = await fetch(path, { method, headers: { "Content-Type": "application/json" },
+                                body: body ? JSON.stringify(body) : undefined });
+  const data = await r.json();
+  if (!r.ok) { const e = data.error || {}; throw new Error(`error ${e.code}: ${e.message}` + (e.hint ? ` — ${e.hint}` : "")); }
+  return data;
+}
+function b64(buffer) { let s = ""; new Uint8Array(buffer).forEach((b) => s += String.fromCharCode(b)); return btoa(s); }
+function unb64(text) { const s = atob(text); const a = new Uint8Array(s.length); for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i); return a; }
+async function fileB64(input) {
+  const f = $(input).files[0]; if (!f) throw new Error("choose a file first"); return b64(await f.arrayBuffer());
+}
+async function show() {
+  ticket = $("ticket").value.trim();
+  const t = await api("GET", `/api/tickets/${encodeURIComponent(ticket)}`);
+  ticket = t.ticket; $("ticket-id").textContent = t.ticket;
+  const rows = $("licenses"); rows.textContent = "";
+  for (const l of t.licenses) {
+    const tr = document.createElement("tr"); tr.dataset.license = l.id;
+    for (const v of [l.id, `${l.product} (${l.product_code})`, l.quantity === null ? "unlimited" : l.quantity, l.status, l.serial || ""]) {
+      const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
+    }
+    rows.appendChild(tr);
+  }
+  $("licenses-section").hidden = false;
+}
+function offer(update, serial, counter) {
+  const a = $("download");
+  a.href = URL.createObjectURL(new Blob([unb64(update)], { type: "application/octet-stream" }));
+  a.download = `update-${serial}-${counter}.lcup`; a.hidden = false;
+}
+async function run(fn) { try { await fn(); } catch (e) { say(e.message, false); } }
+$("ticket-form").addEventListener("submit", (ev) => { ev.preventDefault(); run(async () => { await show(); say("", true); }); });
+$("activate").addEventListener("click", () => run(async () => {
+  const r = await api("POST", `/api/tickets/${ticket}/activate`, { request: await fileB64("activate-request"), how: "portal" });
+  offer(r.update, r.serial, r.counter); await show();
+  say(`Update for container ${r.serial} (step ${r.counter}) is ready: download and apply it, then send its receipt.`, true);
+}));
+$("return").addEventListener("click", () => run(async () => {
+  const r = await api("POST", `/api/tickets/${ticket}/return`, { request: await fileB64("return-request") });
+  offer(r.update, r.serial, r.counter); await show();
+  say(`Return update for container ${r.serial} (step ${r.counter}) is ready: apply it, then send its receipt.`, true);
+}));
+$("confirm").addEventListener("click", () => run(async () => {
+  const r = await api("POST", "/api/receipts", { receipt: await fileB64("receipt") });
+  await show(); say(`Receipt of container ${r.serial} confirmed (step ${r.counter}).`, true);
+}));
+</script>
+</body>
+</html>
+"""
+
+
+def portal_routes(central: Central, now: Callable[[], int]) -> list[Route]:
+    page = (
+        PAGE.replace("__FIRMCODE__", str(central.firm.firm_code))
+        .replace("__FIRM__", _escape(central.firm.name))
+    )
+
+    async def portal(request: Request) -> Response:
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:"})
+
+    return [Route("/", portal, methods=["GET"]), Route("/portal", portal, methods=["GET"])]
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

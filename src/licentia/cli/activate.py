@@ -1,0 +1,114 @@
+"""`licentia activate`, `licentia return`, `licentia sync`: online round trips with central.
+
+    licentia activate TICKET --central URL [--container SERIAL] [--license ID ...]
+    licentia return TICKET --central URL [--container SERIAL] [--license ID ...]
+    licentia sync --central URL [--container SERIAL]
+
+Each opens the soft container, writes a request for the vendor's firm, sends it, applies the
+update central answers with (atomically, in the container), and sends the receipt back.
+If the receipt cannot be sent, nothing is lost: the container's next request tells central
+the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from licentia.model import ErrorCode, LicentiaError
+
+DEFAULT_URL = "http://127.0.0.1:22360"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    act = sub.add_parser("activate", help="activate a ticket into a container, online")
+    act.add_argument("ticket")
+    _args(act)
+    act.add_argument("--license", type=int, action="append", dest="licenses", help="only this license of the ticket (repeatable)")
+    act.set_defaults(handler=cmd_activate)
+
+    ret = sub.add_parser("return", help="give a ticket's licenses back to central, online")
+    ret.add_argument("ticket")
+    _args(ret)
+    ret.add_argument("--license", type=int, action="append", dest="licenses", help="only this license of the ticket (repeatable)")
+    ret.set_defaults(handler=cmd_return)
+
+    syn = sub.add_parser("sync", help="sync a container with central: checkpoints, signed time, pending changes")
+    _args(syn)
+    syn.set_defaults(handler=cmd_sync)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", default=argparse.SUPPRESS, help="licentia home holding the containers")
+    p.add_argument("--central", default=os.environ.get("LICENTIA_CENTRAL", DEFAULT_URL), help="central's URL")
+    p.add_argument("--container", help="container serial (default: the only container of this home)")
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from licentia.cli.common import containers_dir, fingerprint, now, parse_serial
+    from licentia.containers import ContainerStore
+    from licentia.containers.soft import list_paths, read_header
+
+    fp = fingerprint()
+    store = ContainerStore(containers_dir(args), fp)
+    if args.container:
+        serial = parse_serial(args.container)
+    else:
+        paths = list_paths(containers_dir(args))
+        if len(paths) != 1:
+            raise LicentiaError(
+                ErrorCode.CONTAINER_NOT_FOUND,
+                f"{'no container' if not paths else 'several containers'} in {containers_dir(args)}; "
+                "name one with --container SERIAL" + ("" if paths else " or create one with `licentia container create`"),
+            )
+        serial = read_header(paths[0]).serial
+    return store.open(serial, now()), fp
+
+
+def _round_trip(args: argparse.Namespace, send: Any) -> int:
+    from licentia.central.client import CentralClient
+    from licentia.cli.common import now
+    from licentia.core import updates
+    from licentia.core.content import ContainerContent
+
+    container, fp = _open(args)
+    with CentralClient(args.central) as central:
+        firm_code = int(central.health()["firm_code"])
+        t = now()
+        content = container.observe_clock(t)
+        environment = {"kind": fp.environment.kind.value, "hypervisor": fp.environment.hypervisor,
+                       "hostname": os.uname().nodename}
+        request = updates.make_request(content, firm_code, t, environment)
+        update, _info = send(central, request)
+        t = now()
+
+        def change(c: ContainerContent) -> tuple[ContainerContent, updates.Applied]:
+            applied = updates.apply_update(c, update, t, in_vm=fp.environment.in_vm)
+            return applied.content, applied
+
+        applied = container.transact(change)
+        print(f"container {container.serial}: applied update step {applied.counter} of firm {firm_code}")
+        for text in applied.changes:
+            print(f"  {text}")
+        try:
+            central.receipt(applied.receipt)
+            print("receipt confirmed by central")
+        except LicentiaError as exc:
+            if exc.code != ErrorCode.NETWORK_FAULT:
+                raise
+            print(f"the receipt could not be sent ({exc.message}); the next contact confirms it", file=sys.stderr)
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    return _round_trip(args, lambda c, req: c.activate(args.ticket, req, args.licenses, how="online"))
+
+
+def cmd_return(args: argparse.Namespace) -> int:
+    return _round_trip(args, lambda c, req: c.return_licenses(args.ticket, req, args.licenses))
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    return _round_trip(args, lambda c, req: c.sync(req))
