@@ -93,6 +93,9 @@ class ErrorCode(IntEnum):
     TOKEN_FAILURE = 1114
     TOKEN_OBJECT_EXISTS = 1115
     CA_NOT_TRUSTED = 1116
+    TOKEN_REMOVED = 1117
+    TOKEN_TAKEN_AWAY = 1118
+    TOKEN_LOCKED_OUT = 1119
 
     # back office: central, activation, replacement, blacklist, cloud (1200-1299)
     UNAUTHORIZED = 1200
@@ -176,6 +179,9 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.TOKEN_FAILURE: "the token refused the operation; check that it is present and not write-protected",
     ErrorCode.TOKEN_OBJECT_EXISTS: "choose another label or delete the old entry with `licentia vault delete LABEL`",
     ErrorCode.CA_NOT_TRUSTED: "name the issuing CA certificate with --ca FILE or import it with `licentia vault import --ca`",
+    ErrorCode.TOKEN_REMOVED: "the token was pulled or its slot is gone; plug it in again and open the container anew",
+    ErrorCode.TOKEN_TAKEN_AWAY: "another runtime claimed this token; one token serves one runtime at a time (claim it again there to take it back)",
+    ErrorCode.TOKEN_LOCKED_OUT: "the token changed hands too often in a short time (as when it hops between virtual machines); wait for the lockout to end",
 }
 
 
