@@ -4,7 +4,8 @@ Ops: "echo" answers with the request's fields; "fail" answers with error `code`;
 "hold" keeps its answer until a "flush" arrives, then the flush is answered first
 and the held ones after it, last first (replies out of order, deterministically);
 "silent" is never answered; "garbage" makes the server send bytes that are no frame;
-"close" closes the connection without answering; "validate" checks the request
+"close" closes the connection without answering; "hello" picks the highest version
+offered (99 when the client's program is "old-server"); "validate" checks the request
 against the catalogue. Bad frames get an error frame; a fatal one closes.
 """
 
@@ -18,7 +19,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from licentia.model import ErrorCode, LicentiaError
-from licentia.protocol import FrameDecoder, ProtocolError, encode, error_frame, error_reply, validate_request
+from licentia.protocol import (
+    FrameDecoder,
+    ProtocolError,
+    encode,
+    error_frame,
+    error_reply,
+    validate_request,
+)
 from licentia.protocol.frames import Message
 
 
@@ -61,6 +69,10 @@ class EchoProtocol(asyncio.Protocol):
         self.server.seen += 1
         if op == "echo":
             self.transport.write(encode({**msg, "ok": True}))
+        elif op == "hello":
+            old = msg.get("client", {}).get("program") == "old-server"
+            self.transport.write(encode({"id": rid, "ok": True, "version": 99 if old else max(msg["versions"]),
+                                         "client_id": f"c{self.server.connections}"}))
         elif op == "fail":
             self.transport.write(encode(error_reply(rid, msg.get("code", 212), "refused on purpose")))
         elif op == "hold":

@@ -105,18 +105,26 @@ class AsyncClient:
         protocol = _ClientProtocol(ep, max_frame)
         try:
             if ep.path is not None:
-                coro = loop.create_unix_connection(
-                    lambda: protocol, ep.path, ssl=ssl_context,
-                    server_hostname=(server_hostname or "localhost") if ssl_context else None,
-                )
+                coro = loop.create_unix_connection(lambda: protocol, ep.path)
             else:
-                coro = loop.create_connection(
-                    lambda: protocol, ep.host, ep.port, ssl=ssl_context,
-                    server_hostname=(server_hostname or ep.host) if ssl_context else None,
-                )
-            await asyncio.wait_for(coro, timeout)
+                coro = loop.create_connection(lambda: protocol, ep.host, ep.port)
+            transport, _ = await asyncio.wait_for(coro, timeout)
         except (TimeoutError, OSError) as exc:
             raise connect_error(ep, exc) from None
+        if ssl_context is not None:
+            try:
+                tls = await loop.start_tls(
+                    transport, protocol, ssl_context,
+                    server_hostname=server_hostname or ep.host or "localhost",
+                    ssl_handshake_timeout=timeout,
+                )
+            except (TimeoutError, OSError) as exc:
+                transport.close()
+                raise connect_error(ep, exc, handshake=True) from None
+            if tls is None:
+                transport.close()
+                raise connect_error(ep, ConnectionError("the connection closed"), handshake=True)
+            protocol.transport = tls
         return cls(protocol, timeout, max_frame)
 
     @property

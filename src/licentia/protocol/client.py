@@ -94,23 +94,22 @@ def _port(value: object, address: object) -> int:
     return port
 
 
-def connect_error(endpoint: Endpoint, exc: BaseException) -> LicentiaError:
-    """The `LicentiaError` for a connection that could not be made."""
-    if _is_ssl_error(exc):
+def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = False) -> LicentiaError:
+    """The `LicentiaError` for a connection that could not be made; `handshake`:
+    the connection was made and its TLS handshake failed."""
+    if handshake:
         return LicentiaError(
-            ErrorCode.SECURITY_PROBLEM, f"the TLS handshake with {endpoint} failed: {exc}"
+            ErrorCode.SECURITY_PROBLEM, f"the TLS handshake with {endpoint} failed: {_reason(exc)}"
         )
     if endpoint.path is not None:
-        return LicentiaError(ErrorCode.NO_LOCAL_RUNTIME, f"no runtime answers on {endpoint.path} ({exc})")
-    return LicentiaError(ErrorCode.SERVER_NOT_FOUND, f"no license server answers at {endpoint} ({exc})")
+        return LicentiaError(ErrorCode.NO_LOCAL_RUNTIME, f"no runtime answers on {endpoint.path} ({_reason(exc)})")
+    return LicentiaError(ErrorCode.SERVER_NOT_FOUND, f"no license server answers at {endpoint} ({_reason(exc)})")
 
 
-def _is_ssl_error(exc: BaseException) -> bool:
-    # ssl is imported only by callers who use TLS; if it is not loaded, this is no TLS error
-    import sys
-
-    ssl_mod = sys.modules.get("ssl")
-    return ssl_mod is not None and isinstance(exc, ssl_mod.SSLError)
+def _reason(exc: BaseException) -> str:
+    if len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return str(exc) or type(exc).__name__
 
 
 class Client:
@@ -152,13 +151,17 @@ class Client:
             else:
                 sock = socket.create_connection((ep.host, ep.port), timeout=self.timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if ssl_context is not None:
-                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or ep.host or None)
         except OSError as exc:
             if sock is not None:
                 sock.close()
             raise connect_error(ep, exc) from None
-        return sock
+        if ssl_context is None:
+            return sock
+        try:
+            return ssl_context.wrap_socket(sock, server_hostname=server_hostname or ep.host or "localhost")
+        except OSError as exc:
+            sock.close()
+            raise connect_error(ep, exc, handshake=True) from None
 
     # -- requests ------------------------------------------------------------
 
