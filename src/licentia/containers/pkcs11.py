@@ -373,6 +373,31 @@ def open_session(
             session.close()
 
 
+@contextmanager
+def open_public_session(
+    module: str | os.PathLike[str] | None = None,
+    *,
+    label: str | None = None,
+    slot: int | None = None,
+) -> Iterator[TokenSession]:
+    """A read-only session without login: it sees public objects only and tries no PIN.
+
+    Used to recognise tokens (e.g. a token container's public description) without
+    spending a PIN try on a token that may belong to something else.
+    """
+    lib = load_module(module)
+    token = find_token(lib, label=label, slot=slot)
+    try:
+        session = token.open(rw=False, attribute_mapper=_attribute_mapper())
+    except p11e.PKCS11Error as exc:
+        raise _failure(f"opening token '{token.label}'", exc) from None
+    try:
+        yield TokenSession(session, _info(token))
+    finally:
+        with suppress(p11e.PKCS11Error):
+            session.close()
+
+
 def _fresh_flags(lib: Module, info: TokenInfo) -> int:
     try:
         for slot in lib.get_slots(token_present=True):
@@ -893,6 +918,26 @@ class TokenSession:
     @property
     def has_ed25519_keys(self) -> bool:
         return any(o.key_kind is KeyKind.ED25519 for o in self.objects())
+
+    # -- presence and data labels (token containers) ----------------------------------
+
+    def still_present(self) -> bool:
+        """Whether this session's token is still in its slot (C_GetTokenInfo answers, same
+        serial and label). A pulled token, a slot the module lost, or a token store that
+        vanished all answer False."""
+        try:
+            current = _info(self._s.token.slot.get_token())
+        except p11e.PKCS11Error:
+            return False
+        return (current.serial, current.label) == (self.info.serial, self.info.label)
+
+    def data_labels(self, *, application: str = DEFAULT_APPLICATION, prefix: str = "") -> list[str]:
+        """The labels of `application`'s data objects that start with `prefix`, sorted."""
+        try:
+            labels = [str(obj[Attribute.LABEL]) for obj in self._data_objects(None, application)]
+        except p11e.PKCS11Error as exc:
+            raise _failure("listing data objects", exc) from None
+        return sorted(label for label in labels if label.startswith(prefix))
 
 
 # -- encodings ----------------------------------------------------------------------------
