@@ -1,0 +1,168 @@
+"""Central on a real socket (uvicorn on 127.0.0.1) over SQLite and PostgreSQL: the online
+round trip through the HTTP client, concurrent activations that must not hand out a license
+twice, and the whole vendor-and-user story through the `licentia` command."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+from central_helpers import Box
+from sqlalchemy import select
+
+from licentia.central.api import create_app
+from licentia.central.client import CentralClient
+from licentia.central.db import Activation
+from licentia.central.service import BUSY, Central
+from licentia.model import ErrorCode, LicentiaError
+
+
+@contextmanager
+def live(central: Central) -> Iterator[str]:
+    config = uvicorn.Config(create_app(central), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def test_online_round_trip_over_a_socket(central: Central) -> None:
+    token = central.ensure_admin_token(int(time.time()))
+    with live(central) as url, CentralClient(url, token=token) as admin, CentralClient(url) as user:
+        assert user.health()["firm_code"] == central.firm.firm_code
+        admin.call("POST", "/api/products", {"product_code": 7, "name": "Suite", "template": {"checkpoint_period": 86400}})
+        ticket = admin.call("POST", "/api/orders", {"lines": [{"product_code": 7, "count": 2}]})["ticket"]
+        box, other = Box.new(), Box.new()
+        now = int(time.time())
+        update, info = user.activate(ticket, box.request(now))
+        assert info["counter"] == 1
+        assert user.receipt(box.apply(update, now))["confirmed"]
+        assert {lic["status"] for lic in user.ticket(ticket)["licenses"]} == {"active"}
+        update, _ = user.sync(box.request(now))
+        user.receipt(box.apply(update, now))
+        update, _ = user.return_licenses(ticket, box.request(now))
+        user.receipt(box.apply(update, now))
+        assert box.items() == {}
+        update, _ = user.activate(ticket, other.request(now))
+        user.receipt(other.apply(update, now))
+        with pytest.raises(LicentiaError) as exc:
+            user.activate(ticket, box.request(now))
+        assert exc.value.code == ErrorCode.LICENSE_NOT_AVAILABLE
+        assert "active in" in exc.value.message
+        with pytest.raises(LicentiaError) as exc:
+            user.activate("22222-22222-22222-22222-22222", box.request(now))
+        assert exc.value.code in (ErrorCode.TICKET_INVALID, ErrorCode.TICKET_NOT_FOUND)
+
+
+def test_concurrent_activations_never_hand_out_a_license_twice(central: Central) -> None:
+    token = central.ensure_admin_token(int(time.time()))
+    with live(central) as url, CentralClient(url, token=token) as admin:
+        admin.call("POST", "/api/products", {"product_code": 8, "name": "Seat"})
+        ticket = admin.call("POST", "/api/orders", {"lines": [{"product_code": 8, "count": 3}]})["ticket"]
+        ids = [lic["id"] for lic in admin.ticket(ticket)["licenses"]]
+        boxes = [Box.new() for _ in range(8)]
+
+        def attempt(i: int) -> str:
+            with CentralClient(url) as user:
+                try:
+                    user.activate(ticket, boxes[i].request(), [ids[i % 3]])
+                    return "ok"
+                except LicentiaError as exc:
+                    return exc.code.name
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(attempt, range(8)))
+    assert results.count("ok") == 3, results
+    assert set(results) == {"ok", "LICENSE_NOT_AVAILABLE"}
+    with central.db.transaction() as s:
+        busy = list(s.execute(select(Activation).where(Activation.state.in_(BUSY))).scalars())
+    assert sorted(a.license_id for a in busy) == sorted(ids)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_vendor_and_user_story_through_the_command(tmp_path: Path) -> None:
+    """Keystore → central serve → product, customer, order → container → activate → return
+    (on the default SQLite database; the PostgreSQL path is the same code behind --db)."""
+    exe = [sys.executable, "-m", "licentia.cli.main"]
+    home, user_home = tmp_path / "vendor-home", tmp_path / "user-home"
+    env = {**os.environ, "LICENTIA_BINDING_COST": "4"}
+    passfile = tmp_path / "pass"
+    passfile.write_text("correct horse battery\n")
+
+    def run(*args: str, home_dir: Path = home, check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([*exe, "--home", str(home_dir), *args], capture_output=True, text=True, env=env, timeout=120)
+        if check:
+            assert r.returncode == 0, r.stderr + r.stdout
+        return r
+
+    run("vendor", "init", "--firm-code", "6000010", "--name", "Example Firm", "--passphrase-file", str(passfile))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [*exe, "--home", str(home), "central", "serve", "--port", str(port), "--passphrase-file", str(passfile)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        while True:  # wait until it answers (or exits)
+            if server.poll() is not None:
+                raise AssertionError(server.stdout.read() if server.stdout else "central exited")
+            try:
+                with CentralClient(url, timeout=2) as c:
+                    c.health()
+                break
+            except LicentiaError:
+                time.sleep(0.05)
+        token_file = home / "central" / "admin.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        ops = ("--central", url)
+        run("central", "product", "add", "42", "CAD Pro", "--template", '{"feature_map": 3}', *ops)
+        out = run("central", "customer", "add", "--company", "ACME", "--site", "Osaka", "--type", "multi-user",
+                  "--host-name", "lic_server", "--ip", "10.0.0.5", *ops, check=False)
+        assert out.returncode == 2 and "ASCII letters, digits and hyphens" in out.stderr
+        ticket = run("central", "order", "add", "--product", "42", "--quantity", "5", *ops).stdout.split()[1]
+        serial = run("container", "create", home_dir=user_home).stdout.strip()
+        out = run("activate", ticket, "--central", url, home_dir=user_home)
+        assert "receipt confirmed" in out.stdout and "added item" in out.stdout
+        shown = run("container", "show", serial, "--json", home_dir=user_home).stdout
+        assert '"product_code": 42' in shown
+        status = run("central", "ticket", "show", ticket, "--json", *ops).stdout
+        assert '"status": "active"' in status and serial in status
+        out = run("return", ticket, "--central", url, home_dir=user_home)
+        assert "removed item" in out.stdout
+        assert '"status": "available"' in run("central", "ticket", "show", ticket, "--json", *ops).stdout
+        run("central", "container", "blacklist", serial, "--reason", "stolen", *ops)
+        out = run("sync", "--central", url, home_dir=user_home)
+        assert "locked all items" in out.stdout
+        exported = tmp_path / "blacklist.lcbl"
+        run("central", "blacklist", "export", "-o", str(exported), "--passphrase-file", str(passfile))
+        assert exported.read_bytes()[:4] == b"LCBL"
+        audit = run("central", "api", "GET", "/api/audit", *ops).stdout
+        assert "blacklist.export" in audit and "blacklist.hit" in audit
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
