@@ -166,3 +166,70 @@ def test_vendor_and_user_story_through_the_command(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@contextmanager
+def vendor_hook(answers: list[dict[str, object]]) -> Iterator[tuple[str, list[dict[str, object]]]]:
+    """The vendor's approval service: a real HTTP server answering from `answers` in turn."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    calls: list[dict[str, object]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            calls.append(json.loads(self.rfile.read(length)))
+            body = json.dumps(answers[min(len(calls), len(answers)) - 1]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/approve", calls
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_replacement_beyond_policy_asks_the_vendors_hook(central: Central) -> None:
+    from central_helpers import T0
+
+    answers: list[dict[str, object]] = [{"approve": True, "reason": "known customer"}, {"approve": False, "reason": "too many"}]
+    with vendor_hook(answers) as (hook_url, calls):
+        central.create_product("ops", T0, 9, "Hooked", {}, {"replace": {"allowed": False}, "approval_hook": hook_url})
+        ticket = central.create_order("sales", T0, [{"product_code": 9}])["ticket"]
+        boxes = [Box.new() for _ in range(3)]
+
+        def activate(box: Box) -> None:
+            issued = central.activate(ticket, box.request(), T0)
+            central.confirm_receipt(box.apply(issued.update), T0)
+
+        activate(boxes[0])
+        result = central.request_replacement(ticket, boxes[0].serial, T0 + 10)
+        assert result["replacements"][0]["state"] == "approved"
+        assert result["replacements"][0]["decided_by"] == "hook"
+        activate(boxes[1])
+        with pytest.raises(LicentiaError) as exc:
+            central.request_replacement(ticket, boxes[1].serial, T0 + 20)
+        assert exc.value.code == ErrorCode.REPLACEMENT_REFUSED and "too many" in exc.value.message
+        assert [c["old_serial"] for c in calls] == [boxes[0].serial, boxes[1].serial]
+        assert calls[0]["product_code"] == 9 and calls[0]["ticket"] == ticket
+    # the hook is gone now: the request waits for an operator, who approves it by hand
+    with pytest.raises(LicentiaError) as exc:
+        central.request_replacement(ticket, boxes[1].serial, T0 + 30)
+    assert exc.value.code == ErrorCode.REPLACEMENT_PENDING
+    pending = central.list_replacements("pending")
+    assert len(pending) == 1
+    central.approve_replacement("token:ops", T0 + 40, pending[0]["id"])
+    activate(boxes[2])
+    actions = [e["action"] for e in central.audit()]
+    assert actions.count("replacement.approve") == 2 and "replacement.hook-failed" in actions
