@@ -318,3 +318,49 @@ def test_wrong_firm_request_is_refused(central: Central) -> None:
     assert codes(exc) == ErrorCode.UPDATE_WRONG_FIRM
     other = make_firm()
     assert other.public_key != central.firm.public_key
+
+
+def test_license_server_change_issues_a_new_customer_id_and_revokes_the_old(central: Central) -> None:
+    customer = central.create_customer("sales", T0, "ACME", "Kobe", "multi-user", "srv1", "10.0.0.5")
+    ticket = setup_ticket(central, customer=customer["id"], count=2)
+    old_server = Box.new(hostname="srv1")
+    activate(central, ticket, old_server)
+    moved = central.change_server("ops", T0 + 10, customer["id"], "srv2", "10.0.0.6")
+    new_id = moved["customer"]["id"]
+    assert new_id != customer["id"] and moved["customer"]["server_host"] == "srv2"
+    assert central.get_customer(customer["id"])["state"] == "retired"
+    with pytest.raises(LicentiaError) as exc:
+        central.get_ticket(ticket)
+    assert codes(exc) == ErrorCode.TICKET_NOT_FOUND and "invalidated" in exc.value.message
+    (fresh,) = moved["tickets"]
+    assert len(central.get_ticket(fresh)["licenses"]) == 2
+    # the new server activates the new ticket; the old one loses its items at its next sync
+    activate(central, fresh, Box.new(hostname="srv2"), T0 + 20)
+    issued = central.sync(old_server.request(T0 + 30), T0 + 30)
+    assert [op["op"] for op in issued.operations] == ["remove", "remove", "renew"]
+    central.confirm_receipt(old_server.apply(issued.update, T0 + 30), T0 + 30)
+    assert old_server.items() == {}
+    actions = [e["action"] for e in central.audit()]
+    assert {"customer.server-change", "ticket.invalidate"} <= set(actions)
+    with pytest.raises(LicentiaError) as exc:
+        central.create_order("sales", T0, [{"product_code": 42}], customer_id=customer["id"])
+    assert codes(exc) == ErrorCode.LICENSE_TYPE_CONFLICT and new_id in exc.value.message
+
+
+def test_license_type_change_reissues(central: Central) -> None:
+    customer = central.create_customer("sales", T0, "ACME", "Nagoya", "single-user")
+    ticket = setup_ticket(central, customer=customer["id"])
+    machine = Box.new()
+    pending = central.activate(ticket, machine.request(), T0)  # issued, not yet applied
+    changed = central.change_license_type("ops", T0 + 5, customer["id"], "multi-user", "srv9", "10.1.1.1")
+    assert changed["customer"]["license_type"] == "multi-user"
+    (fresh,) = changed["tickets"]
+    # the old update is applied late: its item is revoked at the next contact
+    central.confirm_receipt(machine.apply(pending.update, T0 + 6), T0 + 6)
+    issued = central.sync(machine.request(T0 + 7), T0 + 7)
+    assert [op["op"] for op in issued.operations] == ["remove", "renew"]
+    central.confirm_receipt(machine.apply(issued.update, T0 + 7), T0 + 7)
+    activate(central, fresh, Box.new(hostname="srv9"), T0 + 8)
+    with pytest.raises(LicentiaError) as exc:
+        central.change_license_type("ops", T0 + 9, changed["customer"]["id"], "multi-user", "x", "10.0.0.1")
+    assert codes(exc) == ErrorCode.INVALID_PARAMETER

@@ -209,6 +209,16 @@ def endpoints(central: Central) -> list[Endpoint]:
             status=201),
         Endpoint("GET", "/api/customers/{customer}", lambda call: c.get_customer(call.path["customer"]), "read-only",
                  "A customer and its tickets"),
+        Endpoint("POST", "/api/customers/{customer}/license-type", lambda call: c.change_license_type(
+            call.actor, call.now, call.path["customer"], call.field("license_type", str),
+            call.field("server_host", str, required=False), call.field("server_ip", str, required=False),
+        ), "operator", "Change the license type: invalidates the licenses and issues them anew",
+            body=_obj({"license_type": {"type": "string", "enum": ["single-user", "multi-user"]},
+                       "server_host": {"type": "string"}, "server_ip": {"type": "string"}}, ["license_type"])),
+        Endpoint("POST", "/api/customers/{customer}/server", lambda call: c.change_server(
+            call.actor, call.now, call.path["customer"], call.field("server_host", str), call.field("server_ip", str),
+        ), "operator", "Move to a new license server: a new customer id, the licenses issued anew",
+            body=_obj({"server_host": {"type": "string"}, "server_ip": {"type": "string"}}, ["server_host", "server_ip"])),
         # -- orders and tickets
         Endpoint("POST", "/api/orders", lambda call: c.create_order(
             call.actor, call.now, call.field("lines", list), call.field("customer", str, required=False),

@@ -511,6 +511,97 @@ class Central:
                 "licenses": [self._license_json(s, m) for m in made],
             }
 
+    # -- license type and license server changes ----------------------------------------
+
+    def _reissue(self, s: Session, old: Customer, new: Customer, actor: str, now: int, why: str) -> list[str]:
+        """Invalidate the customer's tickets (their licenses are revoked in the containers at
+        their next contact) and issue the same licenses on new tickets of `new`."""
+        made: list[str] = []
+        tickets = list(s.execute(
+            select(Ticket).where(Ticket.customer_id == old.id, Ticket.state == "open").order_by(Ticket.created_at, Ticket.id).with_for_update()
+        ).scalars())
+        for t in tickets:
+            lics = list(s.execute(select(License).where(License.ticket_id == t.id, License.state == "open").order_by(License.id)).scalars())
+            t.state = "void"
+            order = Order(customer_id=new.id, reference=None, created_at=now, created_by=actor)
+            s.add(order)
+            s.flush()
+            fresh = Ticket(id=ids.new_ticket(), order_id=order.id, customer_id=new.id, state="open", created_at=now)
+            s.add(fresh)
+            s.flush()
+            revoked: list[int] = []
+            for lic in lics:
+                for a in s.execute(select(Activation).where(Activation.license_id == lic.id, Activation.state.in_(BUSY))).scalars():
+                    a.state = "revoking"
+                    revoked.append(lic.id)
+                lic.state = "void"
+                s.add(License(ticket_id=fresh.id, product_id=lic.product_id, quantity=lic.quantity,
+                              options=dict(lic.options), state="open", created_at=now))
+            s.flush()
+            self._audit(s, now, actor, "ticket.invalidate", t.id, why=why, revoked=revoked, successor=fresh.id)
+            self._audit(s, now, actor, "order.create", fresh.id, order=order.id, customer=new.id, reissue_of=t.id)
+            made.append(fresh.id)
+        return made
+
+    def change_license_type(
+        self, actor: str, now: int, customer_id: str, license_type: str,
+        server_host: str | None = None, server_ip: str | None = None,
+    ) -> dict[str, Any]:
+        """Single-user ↔ multi-user: the licenses are invalidated and issued anew."""
+        if license_type not in LICENSE_TYPES:
+            raise _err(ErrorCode.INVALID_PARAMETER, f"license type must be one of {', '.join(LICENSE_TYPES)}")
+        with self.db.transaction() as s:
+            c = self._customer(s, customer_id, lock=True)
+            if c.state != "active":
+                raise _err(ErrorCode.LICENSE_TYPE_CONFLICT, f"customer {c.id} was retired; use customer {c.successor_id}")
+            if c.license_type == license_type:
+                raise _err(ErrorCode.INVALID_PARAMETER, f"customer {c.id} already has license type {license_type}")
+            if license_type == "multi-user":
+                server_host, server_ip = self._check_server(server_host, server_ip)
+            else:
+                if server_host or server_ip:
+                    raise _err(ErrorCode.INVALID_PARAMETER, "a single-user customer has no license server")
+                codes = set(s.execute(
+                    select(Product.product_code).join(License, License.product_id == Product.id)
+                    .join(Ticket, Ticket.id == License.ticket_id)
+                    .where(Ticket.customer_id == c.id, License.state == "open")
+                ).scalars())
+                if len(codes) > 1:
+                    raise _err(
+                        ErrorCode.LICENSE_TYPE_CONFLICT,
+                        f"customer {c.id} holds products {sorted(codes)}; a single-user customer id holds one product",
+                    )
+            previous = c.license_type
+            c.license_type, c.server_host, c.server_ip, c.server_serial = license_type, server_host, server_ip, None
+            self._audit(s, now, actor, "customer.license-type", c.id, previous=previous, license_type=license_type,
+                        server_host=server_host, server_ip=server_ip)
+            tickets = self._reissue(s, c, c, actor, now, f"license type changed from {previous} to {license_type}")
+            return {"customer": self._customer_json(c), "tickets": tickets}
+
+    def change_server(self, actor: str, now: int, customer_id: str, server_host: str, server_ip: str) -> dict[str, Any]:
+        """Move a multi-user customer's licenses to a new license server: a new customer id
+        for the new server, the old licenses invalidated, the same licenses issued anew."""
+        host, ip = self._check_server(server_host, server_ip)
+        with self.db.transaction() as s:
+            old = self._customer(s, customer_id, lock=True)
+            if old.state != "active":
+                raise _err(ErrorCode.LICENSE_TYPE_CONFLICT, f"customer {old.id} was retired; use customer {old.successor_id}")
+            if old.license_type != "multi-user":
+                raise _err(ErrorCode.LICENSE_TYPE_CONFLICT, f"customer {old.id} is single-user; it has no license server to change")
+            new = Customer(
+                id=ids.new_customer_id(), company=old.company, site=old.site, license_type="multi-user",
+                server_host=host, server_ip=ip, auto_activate_after=old.auto_activate_after, state="active", created_at=now,
+            )
+            s.add(new)
+            s.flush()
+            old.state, old.successor_id = "retired", new.id
+            self._audit(s, now, actor, "customer.server-change", old.id, successor=new.id,
+                        old_server=[old.server_host, old.server_ip, old.server_serial], new_server=[host, ip])
+            self._audit(s, now, actor, "customer.create", new.id, company=new.company, site=new.site,
+                        license_type="multi-user", server_host=host, server_ip=ip, predecessor=old.id)
+            tickets = self._reissue(s, old, new, actor, now, f"license server moved to {host} ({ip})")
+            return {"customer": self._customer_json(new), "previous": old.id, "tickets": tickets}
+
     def get_ticket(self, ticket: str) -> dict[str, Any]:
         with self.db.transaction() as s:
             t = self._ticket(s, ticket, lock=False)
@@ -647,6 +738,8 @@ class Central:
             assert a is not None
             if op["op"] == "put" and a.state == "pending":
                 a.state, a.ended_at = "cancelled", now
+            elif op["op"] == "put" and a.state == "revoking":
+                a.state, a.ended_at = "revoked", now  # invalidated before it ever arrived
             elif op["op"] == "remove" and a.state == "returning":
                 a.state = "active"
 

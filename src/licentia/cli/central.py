@@ -92,6 +92,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add.add_argument("--ip", help="multi-user: the license server's IP address")
     add.set_defaults(handler=cmd_customer_add)
 
+    ct = cust.add_parser("change-type", help="change the license type (licenses are invalidated and issued anew)")
+    _client_args(ct)
+    ct.add_argument("customer")
+    ct.add_argument("--type", dest="license_type", choices=("single-user", "multi-user"), required=True)
+    ct.add_argument("--host-name")
+    ct.add_argument("--ip")
+    ct.set_defaults(handler=lambda a: _show(a, "POST", f"/api/customers/{a.customer}/license-type", {
+        "license_type": a.license_type, "server_host": a.host_name, "server_ip": a.ip}))
+    cs_ = cust.add_parser("change-server", help="move to a new license server (new customer id, licenses issued anew)")
+    _client_args(cs_)
+    cs_.add_argument("customer")
+    cs_.add_argument("--host-name", required=True)
+    cs_.add_argument("--ip", required=True)
+    cs_.set_defaults(handler=lambda a: _show(a, "POST", f"/api/customers/{a.customer}/server", {
+        "server_host": a.host_name, "server_ip": a.ip}))
+    show = cust.add_parser("show", help="a customer and its tickets")
+    _client_args(show)
+    show.add_argument("customer")
+    show.set_defaults(handler=lambda a: _show(a, "GET", f"/api/customers/{a.customer}"))
+
     order = cs.add_parser("order", help="orders").add_subparsers(dest="order_command", metavar="ACTION", required=True)
     add = order.add_parser("add", help="order licenses; prints the ticket")
     _client_args(add)
