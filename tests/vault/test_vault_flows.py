@@ -389,3 +389,20 @@ def test_openssl_subject_notation(pki: Pki) -> None:
     with open_vault(token="ca", pin=PIN) as ca:
         leaf = ca.sign_csr("root", csr, days=1, now=NOW)
     assert read_certificate(leaf).subject == "CN=node1,OU=Plant 7,O=Example"
+
+
+def test_renewal_keeps_the_key_and_replaces_the_certificate(pki: Pki) -> None:
+    with open_vault(token="dev", pin=PIN) as dev:
+        pair = dev.keygen("web")
+        csr = dev.csr("web", "CN=node1")
+    with open_vault(token="ca", pin=PIN) as ca:
+        first = ca.sign_csr("root", csr, days=30, now=NOW)
+        second = ca.sign_csr("root", csr, days=30, now=NOW + timedelta(days=25))
+    with open_vault(token="dev", pin=PIN) as dev:
+        dev.import_certificate(first)
+        with refused(ErrorCode.TOKEN_OBJECT_EXISTS):
+            dev.import_certificate(second)
+        entry = dev.import_certificate(second, replace=True)
+        assert entry.key == pair and entry.certificate is not None
+        assert entry.certificate.der == second
+        assert [c.der for c in dev.session.certificates()] == [second]

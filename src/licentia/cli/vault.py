@@ -110,6 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("certificate", help="certificate file (PEM or DER)")
     c.add_argument("--label", help="label for a certificate without a key on this token")
     c.add_argument("--ca", action="store_true", help="trust it as a CA (for vault packages)")
+    c.add_argument(
+        "--replace", action="store_true", help="renew: replace the key's current certificate"
+    )
 
     c = cmd("export", "write an entry's certificate", cmd_export)
     c.add_argument("label")
@@ -326,7 +329,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             print()
             return 0
         slots = (
-            "unlimited"
+            f"{len(entries)} entries, no slot limit"
             if v.state.slots is None
             else f"{len(entries)} of {v.state.slots} slots used"
         )
@@ -414,7 +417,10 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     with _vault(args) as v:
         entry = v.import_certificate(
-            _read(args.certificate, "certificate"), label=args.label, authority=args.ca
+            _read(args.certificate, "certificate"),
+            label=args.label,
+            authority=args.ca,
+            replace=args.replace,
         )
         print(f"stored in token '{v.token_label}': {_entry_line(entry).strip()}")
     return 0

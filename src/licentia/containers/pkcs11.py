@@ -484,7 +484,7 @@ class TokenSession:
         except p11e.PKCS11Error as exc:
             raise _failure(f"generating a {kind} key pair", exc) from None
         spki = _spki_of(pub, kind)
-        key_id = id or _key_identifier(spki)
+        key_id = id or key_identifier(spki)
         if key_id != temp_id:
             try:
                 pub[Attribute.ID] = key_id
@@ -854,6 +854,20 @@ class TokenSession:
         except p11e.PKCS11Error as exc:
             raise _failure("listing certificates", exc) from None
 
+    def delete_certificate(self, der: bytes) -> int:
+        """Destroy the certificate objects holding exactly `der`; how many went."""
+        try:
+            found = [
+                obj
+                for obj in list(self._s.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE}))
+                if bytes(obj[Attribute.VALUE]) == der
+            ]
+            for obj in found:
+                obj.destroy()
+        except p11e.PKCS11Error as exc:
+            raise _failure("deleting a certificate", exc) from None
+        return len(found)
+
     # -- any object -------------------------------------------------------------------
 
     def objects(self) -> list[ObjectInfo]:
@@ -997,10 +1011,6 @@ def _spki_of(pub: Any, kind: KeyKind) -> bytes:
     return bytes(asn1_keys.PublicKeyInfo({"algorithm": algorithm, "public_key": point}).dump())
 
 
-def _key_identifier(spki: bytes) -> bytes:
-    return _ski(bytes(asn1_keys.PublicKeyInfo.load(spki)["public_key"].contents[1:]))
-
-
 def public_key_kind(spki: bytes) -> KeyKind | None:
     """The kind of an SPKI DER public key, or None for one licentia does not use."""
     try:
@@ -1021,4 +1031,4 @@ def public_key_kind(spki: bytes) -> KeyKind | None:
 
 def key_identifier(spki: bytes) -> bytes:
     """The CKA_ID licentia gives a key pair: SHA-1 of the public key bits (the SKI)."""
-    return _key_identifier(spki)
+    return _ski(bytes(asn1_keys.PublicKeyInfo.load(spki)["public_key"].contents[1:]))

@@ -312,10 +312,19 @@ class Vault:
         )
 
     def import_certificate(
-        self, data: bytes, *, label: str | None = None, authority: bool = False
+        self,
+        data: bytes,
+        *,
+        label: str | None = None,
+        authority: bool = False,
+        replace: bool = False,
     ) -> Entry:
         """Store a certificate: next to its key pair when the token holds the matching key,
-        else as a certificate of its own (`authority` marks a trusted CA)."""
+        else as a certificate of its own (`authority` marks a trusted CA).
+
+        `replace` renews: a key's old certificate gives way to the new one (stored first,
+        so a failure leaves the old one in place).
+        """
         info = read_certificate(data)
         pairs = [p for p in self.session.key_pairs() if p.public_key == info.public_key]
         pairs = [p for p in pairs if not p.label.startswith(RESERVED_PREFIX)]
@@ -326,14 +335,21 @@ class Vault:
                     ErrorCode.INVALID_PARAMETER,
                     f"the certificate belongs to the key '{pair.label}', not '{label}'",
                 )
-            if any(c.label == pair.label for c in self.session.certificates()):
+            old = [c.der for c in self.session.certificates() if c.label == pair.label]
+            if info.der in old:
+                raise LicentiaError(
+                    ErrorCode.TOKEN_OBJECT_EXISTS,
+                    f"key '{pair.label}' already has this certificate",
+                )
+            if old and not replace:
                 raise LicentiaError(
                     ErrorCode.TOKEN_OBJECT_EXISTS,
                     f"key '{pair.label}' already has a certificate",
-                    hint=f"delete the entry with `licentia vault delete {pair.label}` and start again, "
-                    "or renew by importing into a fresh key",
+                    hint="to renew it, import the new one with --replace",
                 )
             self.session.put_certificate(pair.label, pair.id, info.der, authority=False)
+            for der in old:
+                self.session.delete_certificate(der)
             return self.entry(pair.label)
         if label is None:
             raise LicentiaError(
