@@ -1,0 +1,52 @@
+"""The runtime: the daemon that hands licenses to protected programs.
+
+- `server.Runtime`: listeners, access/release/decrement/check, reaping, keep-alives,
+  client mode towards network servers, seat snapshot, usage log;
+- `config`: the settings (TOML file and flags), `home`: the files of a runtime home;
+- `licenses`: the containers of the home, cached and judged in memory;
+- `commit`: durable container changes with group commit;
+- `usagelog`: the hash-chained, signed usage log and its verification;
+- `searchlist`: the server search list and UDP discovery;
+- `status`: the status page and JSON API;
+- `procs`: process identity (PID and start time) and peer credentials.
+
+docs/runtime.md describes running it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from licentia.runtime.config import RuntimeConfig
+from licentia.runtime.home import RuntimeHome
+
+__all__ = ["RuntimeConfig", "RuntimeHome", "serve"]
+
+
+def serve(home: Path, config: RuntimeConfig, *, machine_root: Path = Path("/"), environ: Any = None,
+          on_ready: Callable[[Any], None] | None = None) -> None:
+    """Run a runtime in the foreground until SIGTERM or SIGINT."""
+    from licentia.binding import collect_fingerprint
+    from licentia.runtime.server import Runtime
+
+    fingerprint = collect_fingerprint(machine_root, environ=environ)
+    runtime = Runtime(RuntimeHome(home), config, fingerprint=fingerprint, machine_root=machine_root)
+
+    async def main() -> None:
+        await runtime.start()
+        try:
+            if on_ready is not None:
+                on_ready(runtime)
+            await runtime.serve_forever()
+        finally:
+            await runtime.stop()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())

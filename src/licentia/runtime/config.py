@@ -1,0 +1,260 @@
+"""The runtime's settings: one TOML file (`runtime.toml` in the home), every key also a flag.
+
+`SETTINGS` lists each setting once: its TOML section and key, its type, its default and
+what it does. The file, the command line (`licentia runtime serve --network-port 22350`)
+and docs/runtime.md all come from it. A flag wins over the file, the file over the default.
+Relative paths are relative to the home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from licentia.core.seats import DEFAULT_CLIENT_TIMEOUT, MIN_CLIENT_TIMEOUT
+from licentia.model import ErrorCode, LicentiaError
+
+CONFIG_NAME = "runtime.toml"
+ORDERS = ("local-first", "network-first", "local", "network")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # attribute of RuntimeConfig and the flag (--name-with-dashes)
+    section: str
+    key: str
+    kind: type  # bool, int, float or str
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("socket", "local", "socket", str, "runtime.sock",
+            "Unix socket for programs on this machine (empty: none)"),
+    Setting("local_address", "local", "address", str, "127.0.0.1",
+            "loopback address of the plain TCP endpoint for programs on this machine"),
+    Setting("local_port", "local", "port", int, 22349,
+            "port of that endpoint (0: any free port; -1: no TCP endpoint)"),
+    Setting("network", "network", "enabled", bool, False,
+            "serve other machines as a network license server (TLS 1.3)"),
+    Setting("network_address", "network", "address", str, "0.0.0.0",
+            "address the network listener binds"),
+    Setting("network_port", "network", "port", int, 22350,
+            "TCP port for other machines (0: any free port)"),
+    Setting("client_timeout", "network", "client_timeout", float, DEFAULT_CLIENT_TIMEOUT,
+            f"seconds a network client may stay silent before its seats are freed (at least {MIN_CLIENT_TIMEOUT:g})"),
+    Setting("certificate", "network", "certificate", str, "",
+            "server certificate (PEM); default: tls/server.crt, created at first start"),
+    Setting("private_key", "network", "private_key", str, "",
+            "private key of that certificate (PEM); default: tls/server.key"),
+    Setting("discovery", "network", "discovery", bool, False,
+            "answer UDP discovery broadcasts on the discovery port"),
+    Setting("discovery_port", "network", "discovery_port", int, 22350,
+            "UDP port of server discovery"),
+    Setting("http_address", "http", "address", str, "127.0.0.1",
+            "address of the status page and JSON API"),
+    Setting("http_port", "http", "port", int, 22352,
+            "port of the status page and JSON API (0: any free port; -1: off)"),
+    Setting("order", "search", "order", str, "local-first",
+            "where an access looks unless it says: local-first, network-first, local or network"),
+    Setting("broadcast", "search", "broadcast", bool, False,
+            "find network servers by UDP broadcast when the server search list has none that answers"),
+    Setting("broadcast_address", "search", "broadcast_address", str, "255.255.255.255",
+            "where discovery broadcasts go"),
+    Setting("broadcast_port", "search", "broadcast_port", int, 22350,
+            "UDP port discovery broadcasts go to"),
+    Setting("broadcast_wait", "search", "broadcast_wait", float, 1.0,
+            "seconds to wait for answers to a discovery broadcast"),
+    Setting("ca_file", "search", "ca_file", str, "",
+            "trust network servers whose certificate this CA signed (default: pin each server on first use)"),
+    Setting("keepalive_interval", "search", "keepalive_interval", float, 0.0,
+            "seconds between keep-alives to network servers (0: a quarter of the server's timeout)"),
+    Setting("connect_timeout", "search", "connect_timeout", float, 3.0,
+            "seconds to wait for a network server to answer"),
+    Setting("reap_interval", "runtime", "reap_interval", float, 1.0,
+            "seconds between checks for ended programs (and silent network clients)"),
+    Setting("group_commit", "runtime", "group_commit", bool, True,
+            "write concurrent unit decrements of a container in one durable transaction"),
+    Setting("snapshot_delay", "runtime", "snapshot_delay", float, 0.2,
+            "seconds after a seat change before the seat snapshot is written"),
+    Setting("max_frame", "runtime", "max_frame", int, 1 << 20,
+            "largest request frame accepted, in bytes"),
+    Setting("log_rotate_bytes", "log", "rotate_bytes", int, 16 << 20,
+            "rotate the usage log (and sign its chain head) at this size"),
+    Setting("log_checkpoint_interval", "log", "checkpoint_interval", float, 60.0,
+            "seconds between signed checkpoints of the usage log while it grows"),
+    Setting("log_flush_interval", "log", "flush_interval", float, 0.05,
+            "seconds usage-log entries may wait in memory before they are written"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    socket: str = "runtime.sock"
+    local_address: str = "127.0.0.1"
+    local_port: int = 22349
+    network: bool = False
+    network_address: str = "0.0.0.0"
+    network_port: int = 22350
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT
+    certificate: str = ""
+    private_key: str = ""
+    discovery: bool = False
+    discovery_port: int = 22350
+    http_address: str = "127.0.0.1"
+    http_port: int = 22352
+    order: str = "local-first"
+    broadcast: bool = False
+    broadcast_address: str = "255.255.255.255"
+    broadcast_port: int = 22350
+    broadcast_wait: float = 1.0
+    ca_file: str = ""
+    keepalive_interval: float = 0.0
+    connect_timeout: float = 3.0
+    reap_interval: float = 1.0
+    group_commit: bool = True
+    snapshot_delay: float = 0.2
+    max_frame: int = 1 << 20
+    log_rotate_bytes: int = 16 << 20
+    log_checkpoint_interval: float = 60.0
+    log_flush_interval: float = 0.05
+
+    def check(self) -> RuntimeConfig:
+        """Refuse settings that cannot work, with what to change."""
+        if self.client_timeout < MIN_CLIENT_TIMEOUT:
+            _bad(f"client_timeout {self.client_timeout:g} s is too short; use at least {MIN_CLIENT_TIMEOUT:g} s")
+        for name in ("local_port", "http_port"):
+            port = getattr(self, name)
+            if not -1 <= port <= 65535:
+                _bad(f"{name} {port} is not a port (0 for any free port, -1 for off)")
+        for name in ("network_port", "discovery_port", "broadcast_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                _bad(f"{name} {port} is not a port")
+        if self.order not in ORDERS:
+            _bad(f"order {self.order!r} is unknown; use {', '.join(ORDERS)}")
+        for name in ("reap_interval", "broadcast_wait", "connect_timeout", "log_flush_interval",
+                     "log_checkpoint_interval"):
+            if getattr(self, name) <= 0:
+                _bad(f"{name} must be a positive number of seconds")
+        if self.snapshot_delay < 0 or self.keepalive_interval < 0:
+            _bad("snapshot_delay and keepalive_interval must not be negative")
+        if self.max_frame < 1024:
+            _bad("max_frame must be at least 1024 bytes")
+        if self.log_rotate_bytes < 4096:
+            _bad("log rotate_bytes must be at least 4096")
+        return self
+
+    def keepalive_for(self, server_timeout: float) -> float:
+        """Seconds between keep-alives to a server with this client timeout."""
+        if self.keepalive_interval > 0:
+            return min(self.keepalive_interval, server_timeout / 2)
+        return max(server_timeout / 4, 0.5)
+
+    def path(self, home: Path, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else home / p
+
+
+def _bad(message: str) -> None:
+    raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"runtime configuration: {message}")
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The settings a TOML file gives (only those it names), checked for type."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{path} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    known = {(s.section, s.key): s for s in SETTINGS}
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{path}: {section!r} must be a [section]")
+        for key, value in table.items():
+            setting = known.get((section, key))
+            if setting is None:
+                raise LicentiaError(
+                    ErrorCode.INVALID_PARAMETER,
+                    f"{path}: unknown setting [{section}] {key}; see docs/runtime.md for the list",
+                )
+            out[setting.name] = _convert(setting, value, str(path))
+    return out
+
+
+def _convert(setting: Setting, value: Any, where: str) -> Any:
+    kind = setting.kind
+    ok = (
+        isinstance(value, bool) if kind is bool
+        else isinstance(value, int | float) and not isinstance(value, bool) if kind is float
+        else isinstance(value, kind) and not isinstance(value, bool)
+    )
+    if not ok:
+        raise LicentiaError(
+            ErrorCode.INVALID_PARAMETER,
+            f"{where}: [{setting.section}] {setting.key} must be {kind.__name__}, got {value!r}",
+        )
+    return float(value) if kind is float else value
+
+
+def build(home: Path, overrides: Mapping[str, Any] | None = None, *, config_file: Path | None = None) -> RuntimeConfig:
+    """Defaults, then the file, then `overrides` (flags that were given)."""
+    values = load(config_file or home / CONFIG_NAME)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    known = {f.name for f in fields(RuntimeConfig)}
+    return replace(RuntimeConfig(), **{k: v for k, v in values.items() if k in known}).check()
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; unset flags stay None so the file decides."""
+    for s in SETTINGS:
+        flag = "--" + s.name.replace("_", "-")
+        if s.kind is bool:
+            parser.add_argument(flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{s.help} (default {str(s.default).lower()})")
+        else:
+            parser.add_argument(flag, dest=s.name, type=s.kind, default=None, metavar=s.kind.__name__.upper(),
+                                help=f"{s.help} (default {s.default!r})")
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    return {s.name: getattr(args, s.name, None) for s in SETTINGS}
+
+
+def default_file() -> str:
+    """A runtime.toml with every setting at its default, commented."""
+    lines = ["# licentia runtime configuration. Every setting is optional; the defaults are shown.",
+             "# Each is also a flag of `licentia runtime serve` (a flag wins over this file).", ""]
+    section = None
+    for s in SETTINGS:
+        if s.section != section:
+            if section is not None:
+                lines.append("")
+            lines.append(f"[{s.section}]")
+            section = s.section
+        lines.append(f"# {s.help}")
+        lines.append(f"# {s.key} = {_toml_value(s.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def setting(name: str) -> Setting:
+    return _BY_NAME[name]

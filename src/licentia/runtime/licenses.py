@@ -1,0 +1,269 @@
+"""The runtime's own containers: opened once, judged in memory, written through the writer.
+
+Evaluating an access needs no disk: the container content is cached and the core judges
+the item against it. Only a change that matters (the first use that starts a usage period,
+a step of the virtual clock, a unit decrement) goes to disk, through the container's
+`ContainerWriter`, before the answer leaves. A periodic scan notices containers added,
+removed or changed by someone else (`licentia update apply`) and reports which items
+changed, so programs holding them learn it through their events.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from licentia.containers.soft import SUFFIX, SoftContainer, list_paths
+from licentia.core.content import ContainerContent, ItemEntry
+from licentia.core.evaluate import begin_use, decrement, evaluate
+from licentia.crypto import sign, signing_public_key
+from licentia.model import (
+    ContainerStatus,
+    ErrorCode,
+    Fingerprint,
+    ItemRequest,
+    LicentiaError,
+    Verdict,
+)
+from licentia.runtime.commit import ContainerWriter
+from licentia.sdk.proof import proof_message
+
+Stamp = tuple[int, int, int]
+
+
+def stamp_of(path: Path) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass
+class Loaded:
+    """One opened container and its cached content."""
+
+    serial: str
+    path: Path
+    container: SoftContainer
+    content: ContainerContent
+    stamp: Stamp | None
+    writer: ContainerWriter
+    public_key: bytes
+    status: ContainerStatus = ContainerStatus.OK
+
+
+@dataclass
+class Problem:
+    path: Path
+    error: LicentiaError
+
+
+@dataclass
+class ScanResult:
+    opened: list[tuple[Path, Stamp | None, SoftContainer, ContainerContent]] = field(default_factory=list)
+    reread: list[tuple[str, Stamp | None, ContainerContent]] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class Changes:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed_items: set[tuple[str, int, int]] = field(default_factory=set)  # (serial, firm, item_id)
+
+
+class LocalContainers:
+    def __init__(self, directory: Path, fingerprint: Fingerprint, *, group_commit: bool = True) -> None:
+        self.directory = directory
+        self.fingerprint = fingerprint
+        self.group_commit = group_commit
+        self.loaded: dict[str, Loaded] = {}
+        self.problems: dict[str, Problem] = {}
+
+    # -- scanning (the disk part runs in a worker thread, the rest on the loop) --
+
+    def scan_disk(self, now: int) -> ScanResult:
+        """Read what changed on disk since the last scan. Touches no shared state."""
+        result = ScanResult()
+        known = {ld.path: ld for ld in self.loaded.values()}
+        present = set()
+        for path in list_paths(self.directory):
+            present.add(path)
+            stamp = stamp_of(path)
+            ld = known.get(path)
+            if ld is not None:
+                if stamp != ld.stamp:
+                    try:
+                        result.reread.append((ld.serial, stamp, ld.container.read()))
+                    except LicentiaError as exc:
+                        result.problems.append(Problem(path, exc))
+                        result.gone.append(ld.serial)
+                continue
+            prior = self.problems.get(str(path))
+            if prior is not None and getattr(prior, "stamp", None) == stamp:
+                continue
+            try:
+                container = SoftContainer.open(path, self.fingerprint, now)
+                result.opened.append((path, stamp, container, container.read()))
+            except LicentiaError as exc:
+                problem = Problem(path, exc)
+                problem.stamp = stamp  # type: ignore[attr-defined]
+                result.problems.append(problem)
+        for path, ld in known.items():
+            if path not in present:
+                result.gone.append(ld.serial)
+        return result
+
+    def apply_scan(self, result: ScanResult) -> Changes:
+        changes = Changes()
+        for serial in result.gone:
+            ld = self.loaded.pop(serial, None)
+            if ld is not None:
+                changes.removed.append(serial)
+                ld.writer.close()
+        for problem in result.problems:
+            self.problems[str(problem.path)] = problem
+        for path, stamp, container, content in result.opened:
+            serial = str(container.serial)
+            self.problems.pop(str(path), None)
+            ld = Loaded(serial, path, container, content, stamp, self._writer(container, serial),
+                        signing_public_key(content.sign_key), container.status(content))
+            self.loaded[serial] = ld
+            changes.added.append(serial)
+        for serial, stamp, content in result.reread:
+            ld = self.loaded.get(serial)
+            if ld is None:
+                continue
+            changes.changed_items |= _changed_items(serial, ld.content, content)
+            ld.content = content
+            ld.stamp = stamp
+            ld.status = ld.container.status(content)
+        return changes
+
+    def _writer(self, container: SoftContainer, serial: str) -> ContainerWriter:
+        def on_content(content: ContainerContent) -> None:
+            ld = self.loaded.get(serial)
+            if ld is not None and ld.container is container:
+                ld.content = content
+                ld.stamp = stamp_of(ld.path)
+
+        return ContainerWriter(container, group=self.group_commit, on_content=on_content)
+
+    def close(self) -> None:
+        for ld in self.loaded.values():
+            ld.writer.close()
+
+    # -- finding items --
+
+    def candidates(self, firm: int, product: int, container: str | None = None) -> list[tuple[Loaded, ItemEntry]]:
+        out: list[tuple[Loaded, ItemEntry]] = []
+        for serial, ld in self.loaded.items():
+            if container is not None and serial != container:
+                continue
+            firm_entry = ld.content.firms.get(firm)
+            if firm_entry is None:
+                continue
+            for item_id in sorted(firm_entry.items):
+                entry = firm_entry.items[item_id]
+                if entry.item.product_code == product:
+                    out.append((ld, entry))
+        return out
+
+    @staticmethod
+    def judge(ld: Loaded, entry: ItemEntry, request: ItemRequest, now: int) -> Verdict:
+        return evaluate(entry.item, entry.state, request, ld.content.clock, now)
+
+    @staticmethod
+    def needs_write(ld: Loaded, entry: ItemEntry, now: int) -> bool:
+        """Whether granting `entry` now changes what is stored (usage period, clock step)."""
+        content = ld.content
+        return content.clock.observe(now) != content.clock or begin_use(entry.item, entry.state, now) != entry.state
+
+    def entry(self, serial: str, firm: int, item_id: int) -> tuple[Loaded, ItemEntry]:
+        ld = self.loaded.get(serial)
+        if ld is None:
+            raise LicentiaError(ErrorCode.CONTAINER_NOT_FOUND, f"container {serial} is no longer here")
+        firm_entry = ld.content.firms.get(firm)
+        entry = firm_entry.items.get(item_id) if firm_entry is not None else None
+        if entry is None:
+            raise LicentiaError(ErrorCode.ENTRY_NOT_FOUND, f"item {item_id} of firm {firm} is no longer in container {serial}")
+        return ld, entry
+
+
+# -- durable operations (run inside the container transaction, in the writer's thread) --
+
+
+def first_use_op(firm: int, item_id: int, request: ItemRequest, now: int) -> Callable[[ContainerContent], tuple[ContainerContent, ItemEntry]]:
+    """Observe the clock, judge the item again, and record its first use."""
+
+    def op(content: ContainerContent) -> tuple[ContainerContent, ItemEntry]:
+        content = content.with_clock(content.clock.observe(now))
+        entry = _item(content, firm, item_id)
+        verdict = evaluate(entry.item, entry.state, request, content.clock, now)
+        verdict.raise_if_refused()
+        state = begin_use(entry.item, entry.state, now)
+        if state != entry.state:
+            content = content.with_item_state(firm, item_id, state)
+            entry = content.firms[firm].items[item_id]
+        return content, entry
+
+    return op
+
+
+def decrement_op(firm: int, item_id: int, units: int, now: int) -> Callable[[ContainerContent], tuple[ContainerContent, int]]:
+    def op(content: ContainerContent) -> tuple[ContainerContent, int]:
+        content = content.with_clock(content.clock.observe(now))
+        entry = _item(content, firm, item_id)
+        verdict = evaluate(entry.item, entry.state, ItemRequest(), content.clock, now)
+        verdict.raise_if_refused()
+        state = decrement(entry.item, entry.state, units)
+        remaining = state.units_remaining if state.units_remaining is not None else 0
+        return content.with_item_state(firm, item_id, state), remaining
+
+    return op
+
+
+def _item(content: ContainerContent, firm: int, item_id: int) -> ItemEntry:
+    firm_entry = content.firms.get(firm)
+    entry = firm_entry.items.get(item_id) if firm_entry is not None else None
+    if entry is None:
+        raise LicentiaError(ErrorCode.ENTRY_NOT_FOUND, f"item {item_id} of firm {firm} is not in container {content.serial}")
+    return entry
+
+
+def _changed_items(serial: str, old: ContainerContent, new: ContainerContent) -> set[tuple[str, int, int]]:
+    changed: set[tuple[str, int, int]] = set()
+    for firm_code in set(old.firms) | set(new.firms):
+        a = old.firms.get(firm_code)
+        b = new.firms.get(firm_code)
+        a_items = a.items if a else {}
+        b_items = b.items if b else {}
+        for item_id in set(a_items) | set(b_items):
+            x, y = a_items.get(item_id), b_items.get(item_id)
+            if x is None or y is None or x.license != y.license or x.state != y.state:
+                changed.add((serial, firm_code, item_id))
+    return changed
+
+
+# -- proofs ---------------------------------------------------------------------------------
+
+
+def make_proof(content: ContainerContent, nonce: bytes, handle: int, firm: int, item_id: int,
+               units: int | None, valid_until: int | None) -> bytes:
+    return sign(content.sign_key, proof_message(nonce, handle, str(content.serial), firm, item_id, units, valid_until))
+
+
+__all__ = [
+    "SUFFIX",
+    "Changes",
+    "Loaded",
+    "LocalContainers",
+    "decrement_op",
+    "first_use_op",
+    "make_proof",
+    "stamp_of",
+]

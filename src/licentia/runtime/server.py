@@ -1,0 +1,1353 @@
+"""The runtime daemon: one asyncio loop serving local programs and, in network mode, other machines.
+
+Hot path: an asyncio `Protocol` per connection, msgpack frames (`licentia.protocol`), the
+request judged in memory against the cached container content and counted in the seat
+table (`licentia.core.seats`, O(1)); the reply is written before anything slow happens.
+Only changes that must survive a crash (unit decrements, the first use of a usage period,
+a step of the container's clock) wait for the disk, batched by group commit. The usage
+log, the seat snapshot and HTTP are off that path: log entries are flushed every few
+milliseconds, the snapshot is written shortly after a change, HTTP is another listener.
+
+Listeners:
+- Unix socket `HOME/runtime.sock` (programs on this machine; the kernel names the peer);
+- loopback TCP (programs on this machine that cannot use the socket);
+- network mode: TCP with TLS 1.3 for other machines and client runtimes;
+- HTTP: status page and JSON API (`licentia.runtime.status`);
+- UDP: discovery answers (network mode with discovery on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from licentia.binding import detect_session
+from licentia.core.seats import (
+    Event,
+    EventKind,
+    Holder,
+    ItemKey,
+    ProcessId,
+    ReleaseReason,
+    SeatRefused,
+    SeatTable,
+    Session,
+    Station,
+)
+from licentia.fsutil import atomic_write
+from licentia.model import (
+    AccessMode,
+    ContainerStatus,
+    Environment,
+    ErrorCode,
+    Fingerprint,
+    ItemRequest,
+    LicentiaError,
+    SessionKind,
+    parse_version,
+)
+from licentia.protocol.frames import (
+    CONNECTION_ID,
+    FrameDecoder,
+    Message,
+    ProtocolError,
+    encode,
+    error_reply,
+)
+from licentia.protocol.messages import (
+    CLIENT,
+    REQUESTS,
+    SUPPORTED_VERSIONS,
+    validate_request,
+)
+from licentia.runtime import procs
+from licentia.runtime.config import RuntimeConfig
+from licentia.runtime.home import RuntimeHome
+from licentia.runtime.licenses import (
+    Changes,
+    Loaded,
+    LocalContainers,
+    decrement_op,
+    first_use_op,
+    make_proof,
+)
+from licentia.runtime.searchlist import Discovered, DiscoveryResponder, read_list
+from licentia.runtime.upstream import Upstream, unreachable
+from licentia.runtime.usagelog import UsageLog
+from licentia.sdk.proof import station_host_id
+
+REMOTE_BASE = 1 << 40  # local handles of seats held on a network server start here
+SNAPSHOT_FORMAT = "licentia.runtime-state"
+GONE_MEMORY = 10_000  # freed handles remembered to tell their programs why
+
+# event names programs see through check()
+LICENSE_GONE = "license-gone"
+SERVER_LOST = "server-lost"
+CONTAINER_REMOVED = "container-removed"
+ITEM_CHANGED = "item-changed"
+
+_RANK = {
+    ErrorCode.NO_MORE_LICENSES: 6,
+    ErrorCode.EXCLUSIVE_CONFLICT: 6,
+    ErrorCode.LOCAL_ONLY: 5,
+    ErrorCode.TERMINAL_SESSION_DENIED: 5,
+    ErrorCode.ACCESS_DENIED: 5,
+    ErrorCode.SECURITY_PROBLEM: 2,
+    ErrorCode.ENTRY_NOT_FOUND: 1,
+    ErrorCode.CONTAINER_NOT_FOUND: 1,
+    ErrorCode.SERVER_NOT_FOUND: 0,
+    ErrorCode.NETWORK_FAULT: 0,
+}
+
+
+def _better(best: LicentiaError | None, new: LicentiaError) -> LicentiaError:
+    """The more telling of two refusals (212 over an expired item over 'not found')."""
+    if best is None:
+        return new
+    return new if _RANK.get(new.code, 3) > _RANK.get(best.code, 3) else best
+
+
+def _again(exc: LicentiaError) -> LicentiaError:
+    return LicentiaError(exc.code, exc.message, exc.hint)
+
+
+class Ident:
+    """Who a request comes from, as the runtime established it."""
+
+    __slots__ = ("client_id", "holder", "host", "in_vm", "kind", "local", "pid", "program", "session",
+                 "station", "uid", "user")
+
+    def __init__(self, *, kind: str, holder: Holder, station: Station, session: SessionKind, local: bool,
+                 in_vm: bool, pid: int | None = None, uid: int | None = None, client_id: str | None = None,
+                 program: str = "", user: str = "", host: str = "") -> None:
+        self.kind = kind
+        self.holder = holder
+        self.station = station
+        self.session = session
+        self.local = local
+        self.in_vm = in_vm
+        self.pid = pid
+        self.uid = uid
+        self.client_id = client_id
+        self.program = program
+        self.user = user
+        self.host = host
+
+
+@dataclass
+class RemoteHold:
+    """A seat this runtime holds on a network server for one of its programs."""
+
+    handle: int  # the program's handle here
+    server: str
+    remote_handle: int
+    holder: Holder
+    station: Station
+    firm: int
+    product: int
+    mode: str
+    container: str
+    item: int
+    since: float
+
+    def to_list(self) -> list[Any]:
+        p = self.holder.process
+        proc = None if p is None else [list(p.station), p.pid, p.start_time]
+        return [self.handle, self.server, self.remote_handle, proc, self.holder.client_id, self.holder.program,
+                self.holder.user, self.holder.host, list(self.station), self.firm, self.product, self.mode,
+                self.container, self.item, self.since]
+
+    @classmethod
+    def from_list(cls, raw: list[Any]) -> RemoteHold:
+        (handle, server, remote, proc, client_id, program, user, host, station, firm, product, mode,
+         container, item, since) = raw
+        process = None if proc is None else ProcessId(Station(*proc[0]), int(proc[1]), proc[2])
+        return cls(int(handle), str(server), int(remote), Holder(process, client_id, program, user, host),
+                   Station(*station), int(firm), int(product), str(mode), str(container), int(item), float(since))
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: frames in, replies out, requests handled in arrival order
+    (a request that waits for the disk or a server does not hold up the others)."""
+
+    def __init__(self, runtime: Runtime, listener: str) -> None:
+        self.runtime = runtime
+        self.listener = listener  # "unix", "local" or "network"
+        self.decoder = FrameDecoder(runtime.config.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.ident: Ident | None = None
+        self.peer: tuple[int, int, int] | None = None  # (pid, uid, gid) from the kernel
+        self.peer_host = ""
+        self.number = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        rt = self.runtime
+        rt.connection_count += 1
+        self.number = rt.connection_count
+        rt.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if self.listener == "unix" and sock is not None:
+            self.peer = procs.peer_credentials(sock)
+        else:
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and peer:
+                self.peer_host = str(peer[0])
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            msgs = self.decoder.feed(data)
+        except ProtocolError as exc:
+            for msg in exc.messages:
+                self.runtime.dispatch(self, msg)
+            self.send(error_reply(exc.request_id, exc.code, exc.message, exc.hint))
+            if exc.fatal:
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            try:
+                msgs = self.decoder.feed(b"")
+            except ProtocolError as again:
+                self.send(error_reply(again.request_id, again.code, again.message, again.hint))
+                if again.fatal and self.transport is not None:
+                    self.transport.close()
+                return
+        dispatch = self.runtime.dispatch
+        for msg in msgs:
+            dispatch(self, msg)
+
+    def send(self, reply: Message) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        try:
+            t.write(encode(reply))
+        except ProtocolError as exc:
+            t.write(encode(error_reply(reply.get("id", CONNECTION_ID), exc.code, exc.message)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        rt = self.runtime
+        rt.connections.discard(self)
+        ident = self.ident
+        if ident is not None and ident.holder.process is not None:
+            rt.check_process_soon(ident.holder.process)
+
+
+Handler = Callable[[Connection, Message], "Message | Awaitable[Message]"]
+
+
+class Runtime:
+    def __init__(self, home: RuntimeHome, config: RuntimeConfig, *, fingerprint: Fingerprint,
+                 machine_root: Path = Path("/")) -> None:
+        self.home = home
+        self.config = config
+        self.fingerprint = fingerprint
+        self.environment: Environment = fingerprint.environment
+        self.machine_root = machine_root
+        self.host_name = socket.gethostname()
+        self.host_id = station_host_id(machine_root)
+        self.seats = SeatTable()
+        self.containers = LocalContainers(home.containers, fingerprint, group_commit=config.group_commit)
+        self.log: UsageLog | None = None
+        self.remote: dict[int, RemoteHold] = {}
+        self.next_remote = REMOTE_BASE
+        self.net_pids: dict[int, int] = {}  # handle -> program pid, for network holders (display)
+        self.handle_events: dict[int, set[str]] = {}
+        self.gone: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self.recent_seq = 0
+        self.upstreams: dict[str, Upstream] = {}
+        self.discovered = Discovered()
+        self.servers_stamp: tuple[int, int] | None = None
+        self.server_list: list[str] = []
+        self.connections: set[Connection] = set()
+        self.connection_count = 0
+        self.started_at = time.time()
+        self.client_id = ""
+        self.ports: dict[str, Any] = {}
+        self.certificate_pin: str | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._datagram: asyncio.DatagramTransport | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Future[Any]] = set()
+        self._snapshot_handle: asyncio.TimerHandle | None = None
+        self._snapshot_running = False
+        self._snapshot_again = False
+        self._stop: asyncio.Event | None = None
+        self._lock_fd: int | None = None
+        self._session_cache: dict[frozenset[tuple[str, str]], tuple[SessionKind, str]] = {}
+        self._handlers: dict[str, Handler] = {
+            "hello": self.op_hello,
+            "access": self.op_access,
+            "release": self.op_release,
+            "decrement": self.op_decrement,
+            "check": self.op_check,
+            "keepalive": self.op_keepalive,
+            "sessions": self.op_sessions,
+            "info": self.op_info,
+            "admin.release": self.op_admin_release,
+            "events": self.op_events,
+        }
+
+    # ================================================================== life
+
+    async def start(self) -> None:
+        home, config = self.home, self.config
+        home.ensure()
+        self._take_lock()
+        self.client_id = home.client_id()
+        key = self._runtime_key()
+        self.log = UsageLog(home.usage_log, key, rotate_bytes=config.log_rotate_bytes)
+        loop = asyncio.get_running_loop()
+        now = int(time.time())
+        result = await loop.run_in_executor(None, self.containers.scan_disk, now)
+        self.containers.apply_scan(result)
+        self._restore_state()
+        self._reload_servers()
+        self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
+                       "containers": sorted(self.containers.loaded), "sessions": len(self.seats) + len(self.remote)})
+        await self._listen()
+        self._write_status()
+        self._tasks = [
+            loop.create_task(self._every(config.reap_interval, self._reap)),
+            loop.create_task(self._every(config.log_flush_interval, self._flush_log)),
+            loop.create_task(self._every(config.log_checkpoint_interval, self._checkpoint_log)),
+            loop.create_task(self._every(max(config.reap_interval, 1.0) * 2, self._rescan)),
+            loop.create_task(self._keepalive_loop()),
+        ]
+        self.reap_now()  # programs that ended while the runtime was down
+
+    async def serve_forever(self) -> None:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for server in self._servers:
+            server.close()
+        if self._datagram is not None:
+            self._datagram.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        for up in self.upstreams.values():
+            await up.close()
+        if self._snapshot_handle is not None:
+            self._snapshot_handle.cancel()
+        self._write_snapshot_now()
+        if self.log is not None:
+            self.log.note({"event": "stop", "host": self.host_name, "sessions": len(self.seats) + len(self.remote)})
+            self.log.close()
+        self.containers.close()
+        if self.config.socket:
+            with contextlib.suppress(OSError):
+                sock_path = self.config.path(self.home.path, self.config.socket)
+                if sock_path.is_socket():
+                    sock_path.unlink()
+        with contextlib.suppress(OSError):
+            self.home.status_file.unlink()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.home.state / "runtime.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            status = self.home.read_status() or {}
+            raise LicentiaError(
+                ErrorCode.ALREADY_EXISTS,
+                f"a runtime already serves {self.home.path} (pid {status.get('pid', '?')})",
+                "stop it first, or give this one another home with --home",
+            ) from None
+        self._lock_fd = fd
+
+    def _runtime_key(self) -> bytes:
+        path = self.home.runtime_key
+        try:
+            data = path.read_bytes()
+            if len(data) == 32:
+                return data
+        except FileNotFoundError:
+            pass
+        from licentia.crypto import new_signing_key
+
+        key = new_signing_key()
+        atomic_write(path, key, mode=0o600)
+        return key
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        config, home = self.config, self.home
+        backlog = 1024
+        if config.socket:
+            path = config.path(home.path, config.socket)
+            if path.is_socket() or path.exists():
+                path.unlink()
+            server = await loop.create_unix_server(lambda: Connection(self, "unix"), os.fspath(path), backlog=backlog)
+            os.chmod(path, 0o666)
+            self._servers.append(server)
+            self.ports["socket"] = str(path)
+        if config.local_port >= 0:
+            server = await loop.create_server(lambda: Connection(self, "local"), config.local_address,
+                                              config.local_port, backlog=backlog, reuse_address=True)
+            self._servers.append(server)
+            self.ports["local_port"] = server.sockets[0].getsockname()[1]
+            self.ports["local_address"] = config.local_address
+        if config.network:
+            from licentia.runtime.tlsfiles import certificate_pin, server_context, server_files
+
+            cert, key = server_files(home, config)
+            ctx = server_context(cert, key)
+            self.certificate_pin = certificate_pin(cert)
+            server = await loop.create_server(lambda: Connection(self, "network"), config.network_address,
+                                              config.network_port, ssl=ctx, backlog=backlog, reuse_address=True,
+                                              ssl_handshake_timeout=10.0)
+            self._servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+            self.ports["network_port"] = port
+            self.ports["network_address"] = config.network_address
+            self.ports["certificate_pin"] = self.certificate_pin
+            if config.discovery:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: DiscoveryResponder(port, self.host_name),
+                    local_addr=(config.network_address, config.discovery_port), reuse_port=True)
+                self._datagram = transport
+                self.ports["discovery_port"] = transport.get_extra_info("sockname")[1]
+        if config.http_port >= 0:
+            from licentia.runtime.status import StatusHTTP
+
+            server = await loop.create_server(lambda: StatusHTTP(self), config.http_address, config.http_port,
+                                              reuse_address=True)
+            self._servers.append(server)
+            self.ports["http_port"] = server.sockets[0].getsockname()[1]
+            self.ports["http_address"] = config.http_address
+
+    def _write_status(self) -> None:
+        self.home.write_status({"pid": os.getpid(), "started_at": self.started_at, "host": self.host_name,
+                                "network": self.config.network, **self.ports})
+
+    async def _every(self, interval: float, job: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                result = job()
+                if asyncio.iscoroutine(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep serving; say what failed
+                self._note_problem(f"{getattr(job, '__name__', 'job')}: {exc!r}")
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _note_problem(self, text: str) -> None:
+        if self.log is not None:
+            self.log.note({"event": "problem", "detail": text[:500]})
+
+    # ================================================================== dispatch
+
+    def dispatch(self, conn: Connection, msg: Message) -> None:
+        rid = msg.get("id", CONNECTION_ID)
+        try:
+            op = validate_request(msg)
+            if op != "hello" and conn.ident is None:
+                raise LicentiaError(ErrorCode.PROTOCOL_ERROR, "say hello first: the first request names the client")
+            result = self._handlers[op](conn, msg)
+        except LicentiaError as exc:
+            conn.send(error_reply(rid, exc.code, exc.message, exc.hint))
+            return
+        except Exception as exc:
+            conn.send(error_reply(rid, ErrorCode.INTERNAL, f"the runtime failed on this request: {exc!r}"))
+            self._note_problem(f"request {msg.get('op')!r}: {exc!r}")
+            return
+        if isinstance(result, dict):
+            conn.send(result)
+        else:
+            self._spawn(self._finish(conn, rid, result))
+
+    async def _finish(self, conn: Connection, rid: int, pending: Awaitable[Message]) -> None:
+        try:
+            reply = await pending
+        except LicentiaError as exc:
+            reply = error_reply(rid, exc.code, exc.message, exc.hint)
+        except Exception as exc:
+            reply = error_reply(rid, ErrorCode.INTERNAL, f"the runtime failed on this request: {exc!r}")
+            self._note_problem(f"request {rid}: {exc!r}")
+        conn.send(reply)
+
+    # ================================================================== hello and identity
+
+    def op_hello(self, conn: Connection, msg: Message) -> Message:
+        if not set(msg["versions"]) & set(SUPPORTED_VERSIONS):
+            raise LicentiaError(ErrorCode.PROTOCOL_ERROR,
+                                f"this runtime speaks protocol versions {list(SUPPORTED_VERSIONS)}")
+        version = max(set(msg["versions"]) & set(SUPPORTED_VERSIONS))
+        c: dict[str, Any] = msg["client"]
+        kind = c.get("kind", "program")
+        conn.ident = self._identify(conn, c, kind)
+        ident = conn.ident
+        return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
+                "client_id": ident.client_id, "timeout": self.config.client_timeout,
+                "keepalive": self.config.keepalive_for(self.config.client_timeout),
+                "location": "network" if conn.listener == "network" else "local",
+                "station": list(ident.station), "session": ident.session.value}
+
+    def _identify(self, conn: Connection, c: dict[str, Any], kind: str) -> Ident:
+        program = _text(c.get("program"), 200)
+        user = _text(c.get("user"), 100)
+        if conn.listener == "network":
+            if kind == "admin":
+                raise LicentiaError(ErrorCode.ACCESS_DENIED, "administration is only possible on the server's machine",
+                                    "run `licentia sessions` / `licentia release` on the server itself")
+            client_id = c.get("client_id")
+            if not isinstance(client_id, str) or not 8 <= len(client_id) <= 100:
+                client_id = f"net-{self.connection_count}-{os.urandom(6).hex()}"
+            host = _text(c.get("host"), 200) or conn.peer_host
+            station = self._station_from(c.get("station"), f"ip:{conn.peer_host}")
+            session = _session_kind(c.get("session"))
+            if station.session_id == "" and session is SessionKind.TERMINAL_SERVER:
+                station = station._replace(session_id=f"{host}:terminal")
+            holder = Holder.network(client_id, program=program, user=user, host=host)
+            return Ident(kind=kind, holder=holder, station=station, session=session, local=False,
+                         in_vm=bool(c.get("in_vm", False)), client_id=client_id, program=program, user=user,
+                         host=host, pid=c.get("pid") if isinstance(c.get("pid"), int) else None)
+        if kind == "runtime":
+            raise LicentiaError(ErrorCode.PROTOCOL_ERROR, "a client runtime connects to the network port")
+        pid: int | None
+        uid: int | None = None
+        if conn.peer is not None:
+            pid, uid, _ = conn.peer
+            start = procs.start_time(pid)
+            if start is None:
+                raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"process {pid} ended while connecting")
+            user = user or procs.user_name(uid)
+        else:
+            pid = c.get("pid")
+            start = c.get("pid_start")
+            if pid is not None:
+                current = procs.start_time(pid)
+                if current is None or (start is not None and current != start):
+                    raise LicentiaError(
+                        ErrorCode.INVALID_PARAMETER,
+                        f"process {pid} (started {start}) is not running on this machine",
+                        "a program on another machine or in a container must use the network port",
+                    )
+                start = current
+        env = c.get("env")
+        if isinstance(env, dict):
+            session, session_id = self._session_of(env)
+        else:
+            session, session_id = _session_kind(c.get("session")), ""
+        station = Station(self.host_id, "", session_id if session is SessionKind.TERMINAL_SERVER else "")
+        host = self.host_name
+        if kind == "admin" and (conn.peer is None or uid not in (0, os.geteuid())):
+            raise LicentiaError(ErrorCode.ACCESS_DENIED,
+                                "administration needs the runtime's Unix socket and its user (or root)")
+        if pid is None:
+            # no process to watch (e.g. a load generator): kept alive like a network client
+            client_id = f"local-{self.connection_count}-{os.urandom(4).hex()}"
+            holder = Holder.network(client_id, program=program, user=user, host=host)
+            return Ident(kind=kind, holder=holder, station=station, session=session, local=True,
+                         in_vm=self.environment.in_vm, client_id=client_id, program=program, user=user, host=host)
+        program = program or procs.program_name(pid)
+        holder = Holder.local(station, pid, float(start or 0), program=program, user=user, host=host)
+        return Ident(kind=kind, holder=holder, station=station, session=session, local=True,
+                     in_vm=self.environment.in_vm, pid=pid, uid=uid, program=program, user=user, host=host)
+
+    def _station_from(self, raw: Any, fallback_host: str) -> Station:
+        if isinstance(raw, dict) and isinstance(raw.get("host_id"), str) and raw["host_id"]:
+            return Station(_text(raw["host_id"], 100), _text(raw.get("vm_id"), 100), _text(raw.get("session_id"), 100))
+        return Station(fallback_host)
+
+    def _session_of(self, env: dict[str, Any]) -> tuple[SessionKind, str]:
+        clean = frozenset((str(k), str(v)) for k, v in env.items() if isinstance(k, str) and isinstance(v, str))
+        hit = self._session_cache.get(clean)
+        if hit is None:
+            hit = detect_session(self.machine_root, dict(clean))
+            if len(self._session_cache) > 1000:
+                self._session_cache.clear()
+            self._session_cache[clean] = hit
+        return hit
+
+    def _ident_for(self, conn: Connection, msg: Message) -> Ident:
+        """The identity of a request: a client runtime names the program it acts for."""
+        ident = conn.ident
+        assert ident is not None
+        if ident.kind != "runtime":
+            return ident
+        c = msg.get("client")
+        if not isinstance(c, dict):
+            return ident
+        problem = _check_client(c)
+        if problem:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"access: {problem}")
+        program = _text(c.get("program"), 200)
+        user = _text(c.get("user"), 100)
+        host = _text(c.get("host"), 200) or ident.host
+        station = self._station_from(c.get("station"), ident.station.host_id)
+        session = _session_kind(c.get("session"))
+        holder = Holder.network(ident.client_id or "", program=program, user=user, host=host)
+        pid = c.get("pid") if isinstance(c.get("pid"), int) else None
+        return Ident(kind="program", holder=holder, station=station, session=session, local=False,
+                     in_vm=bool(c.get("in_vm", False)), client_id=ident.client_id, pid=pid, program=program,
+                     user=user, host=host)
+
+    # ================================================================== access
+
+    def op_access(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
+        ident = self._ident_for(conn, msg)
+        if ident.kind == "admin" and conn.peer is None:
+            raise LicentiaError(ErrorCode.ACCESS_DENIED, "admin connections do not take licenses")
+        try:
+            mode = AccessMode(msg.get("mode", "per-access"))
+            version = msg.get("version")
+            request = ItemRequest(feature_code=msg.get("feature", 0),
+                                  version=parse_version(version) if version else None,
+                                  release_date=msg.get("release_date"), in_vm=ident.in_vm)
+        except ValueError as exc:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"access: {exc}") from None
+        # a server never forwards what reaches it over the network
+        where = "local" if conn.listener == "network" else msg.get("where") or self.config.order
+        if where in ("local", "local-first"):
+            try:
+                return self._access_local(msg, ident, mode, request)
+            except LicentiaError as exc:
+                if where == "local" or not self._may_forward(msg):
+                    raise
+                return self._access_network(msg, ident, mode, first_error=exc)
+        if where == "network":
+            return self._access_network(msg, ident, mode, first_error=None)
+        return self._access_network(msg, ident, mode, first_error=None, then_local=request)
+
+    def _may_forward(self, msg: Message) -> bool:
+        return bool(self._servers_to_ask_now() or self.config.broadcast) and not msg.get("container")
+
+    def _access_local(self, msg: Message, ident: Ident, mode: AccessMode, request: ItemRequest) -> Message | Awaitable[Message]:
+        firm, product = msg["firm"], msg["product"]
+        candidates = self.containers.candidates(firm, product, msg.get("container"))
+        if not candidates:
+            where = f" in container {msg['container']}" if msg.get("container") else ""
+            raise LicentiaError(ErrorCode.ENTRY_NOT_FOUND,
+                                f"no license for firm {firm}, product {product} on {self.host_name}{where}")
+        now = time.time()
+        inow = int(now)
+        best: LicentiaError | None = None
+        seats = self.seats
+        log = self.log
+        assert log is not None
+        for ld, entry in candidates:
+            verdict = self.containers.judge(ld, entry, request, inow)
+            if verdict.error is not None:
+                best = _better(best, LicentiaError(verdict.error, f"container {ld.serial}: {verdict.reason}"))
+                continue
+            key = ItemKey(ld.serial, firm, product, entry.item_id)
+            try:
+                grant = seats.access(key=key, quantity=entry.item.quantity, mode=mode, station=ident.station,
+                                     holder=ident.holder, local=ident.local, session=ident.session, now=now)
+            except SeatRefused as exc:
+                log.record(exc.event)
+                self._remember(exc.event)
+                best = _better(best, exc)
+                continue
+            ev = grant.events[0]
+            log.record(ev)
+            self._remember(ev)
+            if ident.pid is not None and ident.holder.process is None:
+                self.net_pids[grant.handle] = ident.pid
+            self._seats_changed()
+            if self.containers.needs_write(ld, entry, inow):
+                return self._grant_durably(msg, ld, entry.item_id, grant.handle, mode, request, inow)
+            return self._grant_reply(msg, ld, entry, grant.handle, mode)
+        assert best is not None
+        raise best
+
+    async def _grant_durably(self, msg: Message, ld: Loaded, item_id: int, handle: int, mode: AccessMode,
+                             request: ItemRequest, now: int) -> Message:
+        try:
+            entry = await ld.writer.submit(first_use_op(msg["firm"], item_id, request, now))
+        except LicentiaError:
+            if handle in self.seats:
+                rel = self.seats.release(handle, time.time())
+                self._log_events(rel.events)
+                self._seats_changed()
+            raise
+        if handle not in self.seats:
+            raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released while it was being granted")
+        return self._grant_reply(msg, ld, entry, handle, mode)
+
+    def _grant_reply(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode) -> Message:
+        from licentia.core.evaluate import valid_until
+
+        state = entry.state
+        until = valid_until(entry.item, state)
+        reply: Message = {
+            "id": msg["id"], "ok": True, "handle": handle, "container": ld.serial, "item": entry.item_id,
+            "location": "local", "server": self.host_name, "mode": mode.value, "valid_until": until,
+            "units": state.units_remaining, "license": entry.license, "container_key": ld.public_key,
+        }
+        if state.usage_started_at is not None:
+            reply["usage_started_at"] = state.usage_started_at
+        nonce = msg.get("nonce")
+        if nonce:
+            reply["proof"] = make_proof(ld.content, nonce, handle, msg["firm"], entry.item_id,
+                                        state.units_remaining, until)
+        return reply
+
+    async def _access_network(self, msg: Message, ident: Ident, mode: AccessMode, *,
+                              first_error: LicentiaError | None, then_local: ItemRequest | None = None) -> Message:
+        best = first_error
+        servers = await self._servers_to_ask()
+        if not servers and best is None and then_local is None:
+            raise LicentiaError(ErrorCode.SERVER_NOT_FOUND, "no network license server is configured or found",
+                                "add one with `licentia server add HOST[:PORT]`")
+        holder = ident.holder
+        if holder.process is None:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER,
+                                "only a program this runtime can watch (by its process) may take a network license")
+        fields: dict[str, Any] = {"firm": msg["firm"], "product": msg["product"], "mode": mode.value,
+                                  "where": "local"}
+        for name in ("feature", "version", "release_date", "nonce"):
+            if name in msg:
+                fields[name] = msg[name]
+        fields["client"] = {
+            "kind": "program", "pid": holder.process.pid, "program": ident.program, "user": ident.user,
+            "host": self.host_name, "station": {"host_id": ident.station.host_id, "vm_id": ident.station.vm_id,
+                                                "session_id": ident.station.session_id},
+            "session": ident.session.value, "in_vm": ident.in_vm,
+        }
+        for address in servers:
+            up = self._upstream(address)
+            try:
+                reply = await up.request("access", **fields)
+            except LicentiaError as exc:
+                best = _better(best, exc)
+                if unreachable(exc):
+                    self._mark_server_lost(address)
+                continue
+            handle = self.next_remote
+            self.next_remote += 1
+            hold = RemoteHold(handle, address, int(reply["handle"]), holder, ident.station, msg["firm"],
+                              msg["product"], mode.value, str(reply.get("container", "")), int(reply.get("item", 0)),
+                              time.time())
+            self.remote[handle] = hold
+            self._log_remote("grant", hold)
+            self._seats_changed()
+            out = dict(reply)
+            out["id"] = msg["id"]
+            out["handle"] = handle
+            out["proof_handle"] = hold.remote_handle
+            out["location"] = "network"
+            out["server"] = address
+            return out
+        if then_local is not None:
+            try:
+                result = self._access_local(msg, ident, mode, then_local)
+            except LicentiaError as exc:
+                raise _better(best, exc) from None
+            return result if isinstance(result, dict) else await result
+        if best is None:
+            raise LicentiaError(ErrorCode.SERVER_NOT_FOUND, "no network license server answered")
+        raise _again(best)
+
+    def _servers_to_ask_now(self) -> list[str]:
+        self._reload_servers()
+        return list(self.server_list)
+
+    async def _servers_to_ask(self) -> list[str]:
+        servers = self._servers_to_ask_now()
+        if self.config.broadcast:
+            reachable = [s for s in servers if self._upstream(s).reachable is not False]
+            if not reachable:
+                found = await self.discovered.get(self.config.broadcast_address, self.config.broadcast_port,
+                                                  self.config.broadcast_wait)
+                own = {f"127.0.0.1:{self.ports.get('network_port')}"}
+                servers += [s for s in found if s not in servers and s not in own]
+        return servers
+
+    def _reload_servers(self) -> None:
+        path = self.home.servers
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self.servers_stamp:
+            self.servers_stamp = stamp
+            try:
+                self.server_list = read_list(path)
+            except LicentiaError as exc:
+                self._note_problem(exc.message)
+                self.server_list = []
+
+    def _upstream(self, address: str) -> Upstream:
+        up = self.upstreams.get(address)
+        if up is None:
+            up = self.upstreams[address] = Upstream(address, self.home, self.config, self.client_id, self.host_id)
+        return up
+
+    # ================================================================== release, decrement, check
+
+    def op_release(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
+        ident = self._ident_for(conn, msg)
+        handle = msg["handle"]
+        if handle >= REMOTE_BASE:
+            hold = self.remote.get(handle)
+            if hold is None or not hold.holder.same_as(ident.holder):
+                raise self._not_held(handle)
+            return self._release_remote(msg["id"], hold, ReleaseReason.PROGRAM)
+        rel = self.seats.release(handle, time.time(), holder=None if ident.kind == "admin" else ident.holder)
+        self._after_release(rel.events)
+        return {"id": msg["id"], "ok": True}
+
+    async def _release_remote(self, rid: int, hold: RemoteHold, reason: ReleaseReason) -> Message:
+        self.remote.pop(hold.handle, None)
+        self.handle_events.pop(hold.handle, None)
+        self._log_remote("release", hold, reason=reason.value)
+        self._seats_changed()
+        try:
+            await self._upstream(hold.server).request("release", handle=hold.remote_handle)
+        except LicentiaError as exc:
+            if exc.code is not ErrorCode.INVALID_HANDLE:
+                self._note_problem(f"releasing handle {hold.remote_handle} on {hold.server}: {exc.message}")
+        return {"id": rid, "ok": True}
+
+    def _after_release(self, events: tuple[Event, ...]) -> None:
+        self._log_events(events)
+        for ev in events:
+            if ev.handle is not None:
+                self.handle_events.pop(ev.handle, None)
+                self.net_pids.pop(ev.handle, None)
+                if ev.reason is not None and ev.reason is not ReleaseReason.PROGRAM:
+                    self._forget_later(ev.handle, ev.reason.value)
+        self._seats_changed()
+
+    def _forget_later(self, handle: int, why: str) -> None:
+        self.gone[handle] = why
+        while len(self.gone) > GONE_MEMORY:
+            self.gone.popitem(last=False)
+
+    def _not_held(self, handle: int) -> LicentiaError:
+        why = self.gone.get(handle)
+        if why:
+            return LicentiaError(ErrorCode.INVALID_HANDLE, f"handle {handle} was freed ({_why(why)})")
+        return LicentiaError(ErrorCode.INVALID_HANDLE, f"handle {handle} is not held (released already, or never granted)")
+
+    def _session_for(self, ident: Ident, handle: int) -> Session:
+        try:
+            sess = self.seats.get(handle)
+        except LicentiaError:
+            raise self._not_held(handle) from None
+        if ident.kind != "admin" and not sess.holder.same_as(ident.holder):
+            raise self._not_held(handle)
+        return sess
+
+    def op_decrement(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
+        ident = self._ident_for(conn, msg)
+        handle, units = msg["handle"], msg["units"]
+        if units < 1:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "units to decrement must be 1 or more")
+        if handle >= REMOTE_BASE:
+            hold = self.remote.get(handle)
+            if hold is None or not hold.holder.same_as(ident.holder):
+                raise self._not_held(handle)
+            return self._forward(msg, hold, "decrement", units=units)
+        sess = self._session_for(ident, handle)
+        ld, _ = self.containers.entry(sess.key.container, sess.key.firm_code, sess.key.item_id)
+        return self._decrement(msg, ld, sess, units)
+
+    async def _decrement(self, msg: Message, ld: Loaded, sess: Session, units: int) -> Message:
+        key = sess.key
+        remaining = await ld.writer.submit(decrement_op(key.firm_code, key.item_id, units, int(time.time())))
+        reply: Message = {"id": msg["id"], "ok": True, "units": remaining}
+        nonce = msg.get("nonce")
+        if isinstance(nonce, bytes) and nonce:
+            from licentia.core.evaluate import valid_until
+
+            entry = ld.content.firms[key.firm_code].items[key.item_id]
+            until = valid_until(entry.item, entry.state)
+            reply["valid_until"] = until
+            reply["proof"] = make_proof(ld.content, nonce, sess.handle, key.firm_code, key.item_id, remaining, until)
+        return reply
+
+    async def _forward(self, msg: Message, hold: RemoteHold, op: str, **fields: Any) -> Message:
+        nonce = msg.get("nonce")
+        if isinstance(nonce, bytes):
+            fields["nonce"] = nonce
+        try:
+            reply = await self._upstream(hold.server).request(op, handle=hold.remote_handle, **fields)
+        except LicentiaError as exc:
+            if unreachable(exc):
+                self._mark_server_lost(hold.server)
+            elif exc.code is ErrorCode.INVALID_HANDLE:
+                self._remote_gone(hold, "freed on the server")
+            raise
+        out = dict(reply)
+        out["id"] = msg["id"]
+        out["proof_handle"] = hold.remote_handle
+        return out
+
+    def op_check(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
+        ident = self._ident_for(conn, msg)
+        handle = msg["handle"]
+        if handle >= REMOTE_BASE:
+            hold = self.remote.get(handle)
+            if hold is None or not hold.holder.same_as(ident.holder):
+                return self._gone_reply(msg["id"], handle)
+            return self._check_remote(msg, hold)
+        try:
+            sess = self._session_for(ident, handle)
+        except LicentiaError:
+            return self._gone_reply(msg["id"], handle)
+        events = sorted(self.handle_events.pop(handle, ()))
+        key = sess.key
+        ld = self.containers.loaded.get(key.container)
+        firm_entry = ld.content.firms.get(key.firm_code) if ld is not None else None
+        entry = firm_entry.items.get(key.item_id) if firm_entry is not None else None
+        if ld is None or entry is None:
+            if CONTAINER_REMOVED not in events and ld is None:
+                events.append(CONTAINER_REMOVED)
+            return {"id": msg["id"], "ok": True, "valid": False, "events": events,
+                    "reason": f"container {key.container} or its item {key.item_id} is gone"}
+        from licentia.core.evaluate import status_of, valid_until
+
+        verdict = status_of(entry.item, entry.state, ld.content.clock, int(time.time()))
+        until = valid_until(entry.item, entry.state)
+        reply: Message = {"id": msg["id"], "ok": True, "valid": verdict.ok, "valid_until": until,
+                          "units": entry.state.units_remaining, "events": events}
+        if not verdict.ok:
+            reply["reason"] = verdict.reason
+            reply["code"] = int(verdict.error or ErrorCode.INTERNAL)
+        if ITEM_CHANGED in events:
+            reply["license"] = entry.license
+        nonce = msg.get("nonce")
+        if nonce:
+            reply["proof"] = make_proof(ld.content, nonce, handle, key.firm_code, key.item_id,
+                                        entry.state.units_remaining, until)
+        return reply
+
+    def _gone_reply(self, rid: int, handle: int) -> Message:
+        why = self.gone.get(handle)
+        reason = f"the license was freed ({_why(why)})" if why else "the handle is not held"
+        return {"id": rid, "ok": True, "valid": False, "events": [LICENSE_GONE], "reason": reason}
+
+    async def _check_remote(self, msg: Message, hold: RemoteHold) -> Message:
+        events = set(self.handle_events.pop(hold.handle, ()))
+        try:
+            reply = await self._forward(msg, hold, "check")
+        except LicentiaError as exc:
+            if exc.code is ErrorCode.INVALID_HANDLE or hold.handle not in self.remote:
+                return self._gone_reply(msg["id"], hold.handle)
+            events.add(SERVER_LOST)
+            self.handle_events.setdefault(hold.handle, set()).add(SERVER_LOST)
+            return {"id": msg["id"], "ok": True, "valid": True, "events": sorted(events),
+                    "reason": f"server {hold.server} does not answer: {exc.message}"}
+        if not reply.get("valid", True) and LICENSE_GONE in (reply.get("events") or []):
+            self._remote_gone(hold, "freed on the server")
+        events |= set(reply.get("events") or [])
+        reply["events"] = sorted(events)
+        return reply
+
+    def _mark_server_lost(self, address: str) -> None:
+        for hold in self.remote.values():
+            if hold.server == address:
+                self.handle_events.setdefault(hold.handle, set()).add(SERVER_LOST)
+
+    def _remote_gone(self, hold: RemoteHold, why: str) -> None:
+        if self.remote.pop(hold.handle, None) is not None:
+            self._log_remote("release", hold, reason="timeout")
+            self._forget_later(hold.handle, why)
+            self.handle_events.pop(hold.handle, None)
+            self._seats_changed()
+
+    # ================================================================== keep-alive
+
+    def op_keepalive(self, conn: Connection, msg: Message) -> Message:
+        ident = conn.ident
+        assert ident is not None
+        now = time.time()
+        lost: list[int] = []
+        if ident.client_id is not None:
+            self.seats.heartbeat(ident.client_id, now)
+            for handle in msg.get("handles", ()):
+                if handle not in self.seats or self.seats.get(handle).holder.client_id != ident.client_id:
+                    lost.append(handle)
+        return {"id": msg["id"], "ok": True, "interval": self.config.keepalive_for(self.config.client_timeout),
+                "timeout": self.config.client_timeout, "lost": lost}
+
+    async def _keepalive_loop(self) -> None:
+        last: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(0.5)
+            by_server: dict[str, list[RemoteHold]] = {}
+            for hold in self.remote.values():
+                by_server.setdefault(hold.server, []).append(hold)
+            now = time.monotonic()
+            for address, holds in by_server.items():
+                up = self._upstream(address)
+                if now - last.get(address, 0.0) < up.keepalive_interval and up.reachable is not False:
+                    continue
+                if up.reachable is False and now - last.get(address, 0.0) < 1.0:
+                    continue
+                last[address] = now
+                try:
+                    reply = await up.request("keepalive", handles=[h.remote_handle for h in holds])
+                except LicentiaError:
+                    self._mark_server_lost(address)
+                    continue
+                lost = set(reply.get("lost") or ())
+                for hold in holds:
+                    if hold.remote_handle in lost:
+                        self._remote_gone(hold, "freed on the server")
+                    else:
+                        events = self.handle_events.get(hold.handle)
+                        if events:
+                            events.discard(SERVER_LOST)
+                            if not events:
+                                del self.handle_events[hold.handle]
+
+    # ================================================================== reaping
+
+    def _reap(self) -> None:
+        self.reap_now()
+
+    def reap_now(self) -> None:
+        now = time.time()
+        dead = [p for p in self.seats.processes() if not procs.alive(p.pid, p.start_time)]
+        if dead:
+            self._after_release(self.seats.reap_processes(dead, now))
+        expired = self.seats.expire_clients(now, self.config.client_timeout)
+        if expired:
+            self._after_release(expired)
+        for hold in list(self.remote.values()):
+            p = hold.holder.process
+            if p is not None and not procs.alive(p.pid, p.start_time):
+                self._spawn(self._release_remote(0, hold, ReleaseReason.REAPED))
+
+    def check_process_soon(self, process: ProcessId) -> None:
+        """A program's connection closed: if it ended, free its seats without waiting."""
+        loop = asyncio.get_running_loop()
+
+        def check(tries: int) -> None:
+            if procs.alive(process.pid, process.start_time):
+                if tries:
+                    loop.call_later(0.1, check, tries - 1)
+                return
+            if process in self.seats.processes():
+                self._after_release(self.seats.reap_processes([process], time.time()))
+            for hold in list(self.remote.values()):
+                if hold.holder.process == process:
+                    self._spawn(self._release_remote(0, hold, ReleaseReason.REAPED))
+
+        loop.call_soon(check, 3)
+
+    # ================================================================== containers
+
+    async def _rescan(self) -> None:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, self.containers.scan_disk, int(time.time()))
+        changes = self.containers.apply_scan(result)
+        if changes.added or changes.removed or changes.changed_items:
+            self._container_changes(changes)
+
+    def _container_changes(self, changes: Changes) -> None:
+        assert self.log is not None
+        for serial in changes.added:
+            self.log.note({"event": "container-added", "container": serial})
+        for serial in changes.removed:
+            self.log.note({"event": "container-removed", "container": serial})
+        removed = set(changes.removed)
+        for sess in self.seats.sessions():
+            key = sess.key
+            if key.container in removed:
+                self.handle_events.setdefault(sess.handle, set()).add(CONTAINER_REMOVED)
+            elif (key.container, key.firm_code, key.item_id) in changes.changed_items:
+                self.handle_events.setdefault(sess.handle, set()).add(ITEM_CHANGED)
+
+    # ================================================================== admin and queries
+
+    def op_admin_release(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
+        ident = conn.ident
+        assert ident is not None
+        if ident.kind != "admin":
+            raise LicentiaError(ErrorCode.ACCESS_DENIED, "force-releasing a seat needs an admin connection",
+                                "use `licentia release HANDLE` as the runtime's user or root")
+        return self.admin_release(msg["handle"], msg["id"])
+
+    def admin_release(self, handle: int, rid: int = 0) -> Message | Awaitable[Message]:
+        if handle >= REMOTE_BASE:
+            hold = self.remote.get(handle)
+            if hold is None:
+                raise self._not_held(handle)
+            self._forget_later(handle, ReleaseReason.ADMIN.value)
+            return self._release_remote(rid, hold, ReleaseReason.ADMIN)
+        rel = self.seats.force_release(handle, time.time())
+        self._after_release(rel.events)
+        return {"id": rid, "ok": True}
+
+    def op_sessions(self, conn: Connection, msg: Message) -> Message:
+        return {"id": msg["id"], "ok": True,
+                "sessions": self.session_rows(msg.get("firm"), msg.get("product"), msg.get("container"))}
+
+    def session_rows(self, firm: int | None = None, product: int | None = None,
+                     container: str | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for sess in self.seats.sessions():
+            k = sess.key
+            if (firm is not None and k.firm_code != firm) or (product is not None and k.product_code != product) \
+                    or (container is not None and k.container != container):
+                continue
+            h = sess.holder
+            rows.append({
+                "handle": sess.handle, "firm": k.firm_code, "product": k.product_code, "container": k.container,
+                "item": k.item_id, "mode": sess.mode.value, "station": str(sess.station),
+                "program": h.program, "pid": h.process.pid if h.process else self.net_pids.get(sess.handle),
+                "user": h.user, "host": h.host, "since": sess.since,
+                "client": h.client_id, "location": "local" if h.client_id is None else "network client",
+            })
+        for hold in self.remote.values():
+            if (firm is not None and hold.firm != firm) or (product is not None and hold.product != product) \
+                    or (container is not None and hold.container != container):
+                continue
+            h = hold.holder
+            rows.append({
+                "handle": hold.handle, "firm": hold.firm, "product": hold.product, "container": hold.container,
+                "item": hold.item, "mode": hold.mode, "station": str(hold.station), "program": h.program,
+                "pid": h.process.pid if h.process else None, "user": h.user, "host": h.host, "since": hold.since,
+                "client": None, "location": f"server {hold.server}", "server_handle": hold.remote_handle,
+            })
+        rows.sort(key=lambda r: r["handle"])
+        return rows
+
+    def op_info(self, conn: Connection, msg: Message) -> Message:
+        what = msg["what"]
+        reply: Message = {"id": msg["id"], "ok": True}
+        if what == "server":
+            reply["server"] = self.server_info()
+        elif what == "containers":
+            reply["containers"] = self.container_rows()
+        else:
+            reply["items"] = self.item_rows(msg.get("firm"))
+        return reply
+
+    def server_info(self) -> dict[str, Any]:
+        return {"host": self.host_name, "pid": os.getpid(), "started_at": self.started_at,
+                "network": self.config.network, "client_timeout": self.config.client_timeout,
+                "sessions": len(self.seats) + len(self.remote), "connections": len(self.connections),
+                "containers": len(self.containers.loaded), "servers": list(self.server_list),
+                "upstreams": {a: {"reachable": u.reachable, "error": u.last_error.message if u.last_error else None}
+                              for a, u in self.upstreams.items()},
+                **self.ports}
+
+    def container_rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for serial, ld in sorted(self.containers.loaded.items()):
+            rows.append({"serial": serial, "kind": "soft", "status": ld.status.value,
+                         "binding": ld.container.health.describe(), "items": len(ld.content.entries()),
+                         "path": str(ld.path)})
+        for path, problem in sorted(self.containers.problems.items()):
+            status = (ContainerStatus.BROKEN if problem.error.code is ErrorCode.REACTIVATION_REQUIRED
+                      else ContainerStatus.INVALID)
+            rows.append({"serial": Path(path).name.removesuffix(".lcsc"), "kind": "soft", "status": status.value,
+                         "binding": problem.error.message, "items": None, "path": path})
+        return rows
+
+    def item_rows(self, firm: int | None = None) -> list[dict[str, Any]]:
+        from licentia.containers import item_rows
+
+        now = int(time.time())
+        rows: list[dict[str, Any]] = []
+        for serial, ld in sorted(self.containers.loaded.items()):
+            for row in item_rows(ld.content, now):
+                if firm is not None and row["firm_code"] != firm:
+                    continue
+                key = ItemKey(serial, row["firm_code"], row["product_code"], row["item_id"])
+                row = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in row.items()}
+                row["container"] = serial
+                row["in_use"] = self.seats.used(key)
+                row["handles"] = sum(1 for s in self.seats.sessions(key))
+                rows.append(row)
+        return rows
+
+    def op_events(self, conn: Connection, msg: Message) -> Message:
+        since = msg.get("since", 0)
+        limit = max(1, min(msg.get("limit", 100), 1000))
+        out = [e for e in self.recent if e["seq"] > since][:limit]
+        return {"id": msg["id"], "ok": True, "events": out, "next": out[-1]["seq"] if out else since}
+
+    # ================================================================== logging and snapshot
+
+    def _log_events(self, events: tuple[Event, ...]) -> None:
+        assert self.log is not None
+        for ev in events:
+            self.log.record(ev)
+            self._remember(ev)
+
+    def _remember(self, ev: Event) -> None:
+        if ev.kind is EventKind.GRANT and len(self.recent) == self.recent.maxlen and self.recent_seq % 8:
+            # under load keep every denial and release but only some grants: this is for display
+            self.recent_seq += 1
+            return
+        self.recent_seq += 1
+        self.recent.append({"seq": self.recent_seq, "event": ev.kind.value, "at": ev.at, "handle": ev.handle,
+                            "container": ev.key.container, "firm": ev.key.firm_code,
+                            "product": ev.key.product_code, "station": str(ev.station),
+                            "program": ev.holder.program, "user": ev.holder.user, "host": ev.holder.host,
+                            "reason": ev.reason.value if ev.reason else None,
+                            "code": int(ev.code) if ev.code is not None else None, "used": ev.used})
+
+    def _log_remote(self, kind: str, hold: RemoteHold, **extra: Any) -> None:
+        assert self.log is not None
+        h = hold.holder
+        fields = {"event": kind, "at": round(time.time(), 3), "container": hold.container, "firm": hold.firm,
+                  "product": hold.product, "item": hold.item, "mode": hold.mode, "station": str(hold.station),
+                  "user": h.user, "host": h.host, "program": h.program,
+                  "pid": h.process.pid if h.process else None, "handle": hold.handle, "server": hold.server,
+                  "server_handle": hold.remote_handle, **extra}
+        self.log.note(fields)
+        self.recent_seq += 1
+        self.recent.append({"seq": self.recent_seq, **fields})
+
+    def _flush_log(self) -> None:
+        if self.log is not None and self.log.pending:
+            self.log.flush()
+
+    def _checkpoint_log(self) -> None:
+        if self.log is not None:
+            self.log.checkpoint(sync=True)
+
+    def _seats_changed(self) -> None:
+        if self._snapshot_handle is None and not self._snapshot_running:
+            loop = asyncio.get_running_loop()
+            self._snapshot_handle = loop.call_later(self.config.snapshot_delay, self._start_snapshot)
+        elif self._snapshot_running:
+            self._snapshot_again = True
+
+    def _snapshot_bytes(self) -> bytes:
+        doc = {"format": SNAPSHOT_FORMAT, "version": 1, "seats": self.seats.snapshot(),
+               "remote": [h.to_list() for h in self.remote.values()], "next_remote": self.next_remote,
+               "net_pids": list(self.net_pids.items())}
+        data: bytes = msgpack.packb(doc, use_bin_type=True)
+        return data
+
+    def _start_snapshot(self) -> None:
+        self._snapshot_handle = None
+        self._snapshot_running = True
+        data = self._snapshot_bytes()
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, atomic_write, self.home.snapshot, data)
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._snapshot_running = False
+            if f.exception() is not None:
+                self._note_problem(f"seat snapshot: {f.exception()!r}")
+            if self._snapshot_again:
+                self._snapshot_again = False
+                self._seats_changed()
+
+        fut.add_done_callback(done)
+
+    def _write_snapshot_now(self) -> None:
+        try:
+            atomic_write(self.home.snapshot, self._snapshot_bytes())
+        except OSError as exc:
+            self._note_problem(f"seat snapshot: {exc!r}")
+
+    def _restore_state(self) -> None:
+        path = self.home.snapshot
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        now = time.time()
+        try:
+            doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if not isinstance(doc, dict) or doc.get("format") != SNAPSHOT_FORMAT:
+                raise ValueError("not a runtime state file")
+            self.seats = SeatTable.restore(doc["seats"], now)
+            self.remote = {}
+            for raw in doc.get("remote", []):
+                hold = RemoteHold.from_list(raw)
+                self.remote[hold.handle] = hold
+            self.next_remote = max(int(doc.get("next_remote", REMOTE_BASE)), REMOTE_BASE,
+                                   *(h + 1 for h in self.remote))
+            self.net_pids = {int(h): int(p) for h, p in doc.get("net_pids", []) if int(h) in self.seats}
+        except (LicentiaError, ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            broken = path.with_name(f"{path.name}.damaged")
+            os.replace(path, broken)
+            self._note_problem(f"the seat snapshot could not be read ({exc}); moved to {broken.name}")
+            self.seats = SeatTable()
+            return
+        # sessions of items no longer here are dropped; the reaper drops ended programs
+        assert self.log is not None
+        self.log.note({"event": "restore", "sessions": len(self.seats), "remote": len(self.remote)})
+
+
+# ====================================================================== helpers
+
+
+def _text(value: Any, limit: int) -> str:
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def _session_kind(value: Any) -> SessionKind:
+    try:
+        return SessionKind(value) if isinstance(value, str) else SessionKind.LOCAL
+    except ValueError:
+        return SessionKind.LOCAL
+
+
+def _check_client(c: dict[str, Any]) -> str:
+    probe = {"id": 1, "op": "hello", "versions": [1], "client": c}
+    try:
+        validate_request(probe)
+    except ProtocolError as exc:
+        return exc.message.removeprefix("hello: ")
+    return ""
+
+
+def _why(reason: str | None) -> str:
+    return {
+        "admin": "an administrator released it",
+        "timeout": "its client fell silent for longer than the timeout",
+        "reaped": "its program ended",
+        "freed on the server": "the network server freed it",
+    }.get(reason or "", reason or "")
+
+
+__all__ = ["CLIENT", "REQUESTS", "Connection", "Runtime"]

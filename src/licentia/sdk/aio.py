@@ -1,0 +1,293 @@
+"""`licentia.access_async()`: the asyncio API, the same semantics as `licentia.access()`.
+
+    async with licentia.access_async(firm_code=10001, product_code=7, firm_key=KEY) as lic:
+        await lic.decrement(1)
+        events = await lic.check()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import weakref
+from collections.abc import Generator
+from typing import Any
+
+from licentia.model import ErrorCode, LicentiaError
+from licentia.sdk.access import (
+    Event,
+    EventCallback,
+    LicenseInfo,
+    _with,
+    access_fields,
+    check_args,
+    make_info,
+)
+from licentia.sdk.connect import Target, hello_client, targets, tls_context
+from licentia.sdk.proof import NONCE_SIZE
+from licentia.sdk.verify import FirmKey, Verified, load_firm_key, verify_grant, verify_proof
+
+_RECONNECT = frozenset({ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME})
+
+
+class _AsyncLink:
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.client: Any = None
+        self.lock = asyncio.Lock()
+        self.licenses: dict[int, AsyncLicense] = {}
+        self.keepalive_interval = 30.0
+        self._keepalive: asyncio.Task[None] | None = None
+
+    async def connect(self) -> Any:
+        async with self.lock:
+            c = self.client
+            if c is not None and not c.closed:
+                return c
+            from licentia.protocol.aio import AsyncClient
+
+            ctx = tls_context(self.target) if self.target.network else None
+            c = await AsyncClient.connect(self.target.address, ssl_context=ctx)
+            try:
+                reply = await c.hello(hello_client(self.target))
+            except BaseException:
+                await c.close()
+                raise
+            interval = reply.get("keepalive")
+            if isinstance(interval, int | float) and interval > 0:
+                self.keepalive_interval = float(interval)
+            self.client = c
+            if self.target.network and self._keepalive is None:
+                self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
+            return c
+
+    async def request(self, op: str, /, **fields: Any) -> dict[str, Any]:
+        try:
+            client = await self.connect()
+            reply: dict[str, Any] = await client.request(op, **fields)
+            return reply
+        except LicentiaError as exc:
+            if exc.code not in _RECONNECT:
+                raise
+        client = await self.connect()
+        reply = await client.request(op, **fields)
+        return reply
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.keepalive_interval, 0.2))
+            handles = list(self.licenses)
+            if not handles:
+                continue
+            try:
+                reply = await self.request("keepalive", handles=handles)
+            except LicentiaError:
+                for lic in list(self.licenses.values()):
+                    lic._note(Event.SERVER_LOST, "the license server does not answer")
+                continue
+            for handle in reply.get("lost") or ():
+                gone = self.licenses.get(handle)
+                if gone is not None:
+                    gone._gone("the server freed the license")
+
+
+_links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Target, _AsyncLink]] = weakref.WeakKeyDictionary()
+
+
+def _link_for(target: Target) -> _AsyncLink:
+    per_loop = _links.setdefault(asyncio.get_running_loop(), {})
+    found = per_loop.get(target)
+    if found is not None:
+        return found
+    link = per_loop[target] = _AsyncLink(target)
+    return link
+
+
+class AsyncLicense:
+    """A held license (asyncio). Release with `await release()` or by leaving `async with`."""
+
+    def __init__(self, link: _AsyncLink, info: LicenseInfo, verified: Verified | None,
+                 on_event: EventCallback | None, watch_interval: float) -> None:
+        self._link = link
+        self.info = info
+        self._verified = verified
+        self._events: list[tuple[Event, str]] = []
+        self._on_event = on_event
+        self.valid = True
+        self.released = False
+        self._watcher: asyncio.Task[None] | None = None
+        link.licenses[info.handle] = self
+        if on_event is not None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(watch_interval))
+
+    @property
+    def handle(self) -> int:
+        return self.info.handle
+
+    async def decrement(self, units: int = 1) -> int:
+        if self.released or not self.valid:
+            raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released or is gone")
+        fields: dict[str, Any] = {"handle": self.handle, "units": units}
+        nonce = secrets.token_bytes(NONCE_SIZE) if self._verified is not None else None
+        if nonce is not None:
+            fields["nonce"] = nonce
+        reply = await self._link.request("decrement", **fields)
+        remaining = reply.get("units")
+        if self._verified is not None and nonce is not None:
+            proof_reply = dict(reply)
+            proof_reply.setdefault("handle", self.handle)
+            self._verified = verify_proof(self._verified, nonce, proof_reply)
+            remaining = self._verified.units
+        self.info = _with(self.info, units=remaining, valid_until=reply.get("valid_until", self.info.valid_until))
+        return int(remaining or 0)
+
+    async def check(self) -> list[Event]:
+        if self.released:
+            raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released")
+        nonce = secrets.token_bytes(NONCE_SIZE) if self._verified is not None else None
+        fields: dict[str, Any] = {"handle": self.handle}
+        if nonce is not None:
+            fields["nonce"] = nonce
+        try:
+            reply = await self._link.request("check", **fields)
+        except LicentiaError as exc:
+            if exc.code in (ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME, ErrorCode.SERVER_NOT_FOUND):
+                self._note(Event.SERVER_LOST, exc.message)
+                return self._drain()
+            raise
+        for name in reply.get("events") or ():
+            try:
+                event = Event(name)
+            except ValueError:
+                continue
+            if event is Event.LICENSE_GONE:
+                self._gone(str(reply.get("reason", "")))
+            else:
+                self._note(event, str(reply.get("reason", "")))
+        if "proof" in reply and self._verified is not None and nonce is not None:
+            proof_reply = dict(reply)
+            proof_reply.setdefault("handle", self.handle)
+            self._verified = verify_proof(self._verified, nonce, proof_reply)
+            self.info = _with(self.info, units=self._verified.units, valid_until=self._verified.valid_until)
+        elif "units" in reply:
+            self.info = _with(self.info, units=reply.get("units"), valid_until=reply.get("valid_until"))
+        return self._drain()
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self._link.licenses.pop(self.handle, None)
+        if not self.valid:
+            return
+        try:
+            await self._link.request("release", handle=self.handle)
+        except LicentiaError as exc:
+            if exc.code is not ErrorCode.INVALID_HANDLE:
+                raise
+
+    async def __aenter__(self) -> AsyncLicense:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
+
+    def _note(self, event: Event, detail: str) -> None:
+        if not any(e is event for e, _ in self._events):
+            self._events.append((event, detail))
+
+    def _gone(self, detail: str) -> None:
+        self.valid = False
+        self._link.licenses.pop(self.handle, None)
+        self._note(Event.LICENSE_GONE, detail)
+
+    def _drain(self) -> list[Event]:
+        events, self._events = self._events, []
+        if self._on_event is not None:
+            for event, detail in events:
+                with contextlib.suppress(Exception):
+                    self._on_event(self, event, detail)
+        return [e for e, _ in events]
+
+    async def _watch(self, interval: float) -> None:
+        while not self.released and self.valid:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(LicentiaError):
+                await self.check()
+
+
+class _Pending:
+    """What `access_async()` returns: await it, or use it in `async with`."""
+
+    def __init__(self, coro_factory: Any) -> None:
+        self._factory = coro_factory
+        self._license: AsyncLicense | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncLicense]:
+        return self._factory().__await__()  # type: ignore[no-any-return]
+
+    async def __aenter__(self) -> AsyncLicense:
+        self._license = await self._factory()
+        return self._license
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._license is not None:
+            await self._license.release()
+
+
+def access_async(
+    firm_code: int,
+    product_code: int,
+    *,
+    mode: str = "per-access",
+    firm_key: FirmKey | None = None,
+    verify: bool = True,
+    feature: int = 0,
+    version: str | None = None,
+    release_date: int | None = None,
+    where: str | None = None,
+    container: str | None = None,
+    on_event: EventCallback | None = None,
+    watch_interval: float = 10.0,
+) -> _Pending:
+    """Take a license (asyncio): `lic = await access_async(...)` or `async with access_async(...) as lic:`."""
+    check_args(firm_code, product_code, mode, where)
+    key: bytes | None = None
+    if verify:
+        if firm_key is None:
+            raise LicentiaError(
+                ErrorCode.INVALID_PARAMETER,
+                "no firm public key to verify the license with",
+                "pass firm_key= (the file from `licentia vendor export-public`), or verify=False to try without",
+            )
+        key = load_firm_key(firm_key, firm_code)
+
+    async def take() -> AsyncLicense:
+        nonce = secrets.token_bytes(NONCE_SIZE) if key is not None else None
+        fields = access_fields(product_code, firm_code, mode, feature, version, release_date, where, container, nonce)
+        best: LicentiaError | None = None
+        for target in targets():
+            link = _link_for(target)
+            try:
+                reply = await link.request("access", **fields)
+            except LicentiaError as exc:
+                if exc.code not in (ErrorCode.NO_LOCAL_RUNTIME, ErrorCode.SERVER_NOT_FOUND) or target.network:
+                    raise
+                best = best or exc
+                continue
+            verified: Verified | None = None
+            if key is not None and nonce is not None:
+                try:
+                    verified = verify_grant(key, firm_code, product_code, nonce, reply)
+                except LicentiaError:
+                    with contextlib.suppress(LicentiaError):
+                        await link.request("release", handle=reply.get("handle"))
+                    raise
+            info = make_info(firm_code, product_code, mode, reply, verified)
+            return AsyncLicense(link, info, verified, on_event, watch_interval)
+        raise best or LicentiaError(ErrorCode.NO_LOCAL_RUNTIME, "no licentia runtime was found")
+
+    return _Pending(take)

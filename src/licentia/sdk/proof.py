@@ -1,0 +1,67 @@
+"""What the container signs for a program, and the identity of the program's station.
+
+Shared by the runtime (which signs) and the SDK (which verifies); cheap to import.
+
+A proof is the container's Ed25519 signature over
+
+    msgpack [PROOF_DOMAIN, nonce, handle, serial, firm code, item id, units, valid until]
+
+`nonce` is the program's fresh random challenge, so an answer recorded once cannot be
+replayed; the container key is the one the vendor-signed license names, so only the
+container the vendor licensed can make it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+PROOF_DOMAIN = "licentia access proof v1"
+NONCE_SIZE = 32
+
+# Environment variables that tell which kind of session a program runs in; the program
+# passes them to its runtime, which judges them (licentia.binding.detect_session).
+SESSION_VARIABLES = (
+    "LICENTIA_SESSION", "LICENTIA_SESSION_ID", "XDG_SESSION_ID", "DISPLAY", "SSH_CONNECTION",
+    "SSH_CLIENT", "SSH_TTY", "SESSIONNAME", "XRDP_SESSION", "X2GO_SESSION", "TLSESSIONDATA",
+    "NXSESSIONID",
+)
+
+
+def proof_message(
+    nonce: bytes, handle: int, serial: str, firm: int, item_id: int, units: int | None, valid_until: int | None
+) -> bytes:
+    packed: bytes = msgpack.packb(
+        [PROOF_DOMAIN, nonce, handle, serial, firm, item_id, units, valid_until], use_bin_type=True
+    )
+    return packed
+
+
+def machine_root() -> Path:
+    return Path(os.environ.get("LICENTIA_MACHINE_ROOT", "/"))
+
+
+def station_host_id(root: Path | None = None) -> str:
+    """A stable, non-revealing name for this machine: a digest of its machine id (or host name)."""
+    base = machine_root() if root is None else root
+    raw = b""
+    for rel in ("etc/machine-id", "var/lib/dbus/machine-id"):
+        try:
+            raw = (base / rel).read_bytes().strip()
+        except OSError:
+            continue
+        if raw:
+            break
+    if not raw:
+        raw = b"host:" + socket.gethostname().encode()
+    return hashlib.sha256(b"licentia station\x00" + raw).hexdigest()[:16]
+
+
+def session_environment(environ: Any = None) -> dict[str, str]:
+    env = os.environ if environ is None else environ
+    return {k: env[k] for k in SESSION_VARIABLES if env.get(k)}
