@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from licentia.cli.common import containers_dir, fingerprint, now, parse_serial, read_file
 from licentia.containers import ContainerStore
 from licentia.core import updates
-from licentia.core.content import ContainerContent
+from licentia.core.content import ContainerContent, ContainerKeys
 from licentia.fsutil import atomic_write
-from licentia.model import ErrorCode, LicentiaError
+from licentia.model import ContainerSerial, ErrorCode, Fingerprint, LicentiaError
+
+if TYPE_CHECKING:
+    from licentia.containers.soft import SoftContainer
+    from licentia.containers.token import TokenContainer
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,21 +26,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     req.add_argument("serial")
     req.add_argument("--firm-code", type=int, required=True)
     req.add_argument("-o", "--output", required=True)
+    req.add_argument("--pin-file", help="file holding the token's user PIN (token containers)")
     req.set_defaults(handler=cmd_request)
 
     apply = us.add_parser("apply", help="apply an update file and write its receipt")
     apply.add_argument("file")
     apply.add_argument("--receipt", help="receipt file to write (default: FILE with .receipt)")
+    apply.add_argument("--pin-file", help="file holding the token's user PIN (token containers)")
     apply.set_defaults(handler=cmd_apply)
+
+
+def _open(args: argparse.Namespace, serial: ContainerSerial, fp: Fingerprint) -> SoftContainer | TokenContainer:
+    # Soft containers from the home's directory; token containers through the PKCS#11
+    # module and PIN that `licentia container` uses (see licentia.cli.container).
+    from licentia.cli.container import token_pin
+
+    store = ContainerStore(containers_dir(args), fp, token_pin=token_pin(args, required=False))
+    return store.open_any(serial, now())
+
+
+def _keys(container: SoftContainer | TokenContainer) -> ContainerKeys | None:
+    return getattr(container, "keys", None)  # a token signs inside itself
 
 
 def cmd_request(args: argparse.Namespace) -> int:
     fp = fingerprint()
-    container = ContainerStore(containers_dir(args), fp).open(parse_serial(args.serial), now())
+    container = _open(args, parse_serial(args.serial), fp)
     env = {"kind": fp.environment.kind.value, "hypervisor": fp.environment.hypervisor}
     t = now()
     content = container.observe_clock(t)
-    data = updates.make_request(content, args.firm_code, t, env)
+    data = updates.make_request(content, args.firm_code, t, env, keys=_keys(container))
     try:
         atomic_write(Path(args.output), data, mode=0o644)
     except OSError as exc:
@@ -48,11 +68,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     data = read_file(args.file, "update file")
     header = updates.peek_update(data)
     fp = fingerprint()
-    container = ContainerStore(containers_dir(args), fp).open(header.serial, now())
+    container = _open(args, header.serial, fp)
     t = now()
 
     def change(content: ContainerContent) -> tuple[ContainerContent, updates.Applied]:
-        applied = updates.apply_update(content, data, t, in_vm=fp.environment.in_vm)
+        applied = updates.apply_update(content, data, t, in_vm=fp.environment.in_vm, keys=_keys(container))
         return applied.content, applied
 
     applied = container.transact(change)
