@@ -43,7 +43,12 @@ def set_up(home: Path) -> dict[str, Any]:
     from licentia.core import updates
     from licentia.core.content import ContainerContent
     from licentia.fsutil import atomic_write
-    from licentia.vendor.keystore import create_keystore, export_public, load_keystore, read_keystore_info
+    from licentia.vendor.keystore import (
+        create_keystore,
+        export_public,
+        load_keystore,
+        read_keystore_info,
+    )
 
     home.mkdir(parents=True, exist_ok=True)
     made: list[str] = []
