@@ -25,6 +25,7 @@ Messages decoded before the bad frame in the same call are on `error.messages`.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,8 +43,18 @@ CONNECTION_ID = 0  # the id of error replies that concern the connection, not on
 
 _HEADER = struct.Struct(">IB")
 _LENGTH = struct.Struct(">I")
+_HEADER_unpack_from = _HEADER.unpack_from
 _unpackb = msgpack.unpackb
-_packb = msgpack.packb
+
+
+class _Packers(threading.local):
+    """One reusable msgpack Packer per thread (msgpack.packb builds a new one per call)."""
+
+    def __init__(self) -> None:
+        self.pack = msgpack.Packer().pack
+
+
+_packers = _Packers()
 
 
 class ProtocolError(LicentiaError):
@@ -93,6 +104,20 @@ class FrameDecoder:
         if self._buf:
             self._buf += data
             buf = self._buf
+        elif type(data) is bytes:
+            # fast path: exactly one whole, good frame (the usual read of a small request)
+            end = len(data)
+            if end > 5:
+                length, version = _HEADER_unpack_from(data)
+                if length + 4 == end and version == VERSION_BYTE and length <= self.max_frame:
+                    try:
+                        msg = _unpackb(data[5:])
+                    except Exception:
+                        pass  # the slow path below says what is wrong
+                    else:
+                        if type(msg) is dict and type(msg.get("id")) is int:
+                            return [msg]
+            buf = data
         elif isinstance(data, memoryview):
             buf = data.tobytes()
         else:
@@ -158,7 +183,7 @@ class FrameDecoder:
 def encode(msg: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
     """One frame holding `msg` (a map with an integer "id")."""
     try:
-        body = _packb(msg)
+        body = _packers.pack(msg)
     except Exception as exc:  # TypeError, ValueError, OverflowError from msgpack
         raise ProtocolError(
             ErrorCode.INVALID_PARAMETER, f"message cannot be encoded: {exc}", request_id=_id_of(msg)
