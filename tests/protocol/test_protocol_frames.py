@@ -99,6 +99,11 @@ def test_bad_frames_are_skipped_with_an_error(bad: bytes, words: str) -> None:
     assert not err.fatal and words in err.message and err.code is ErrorCode.PROTOCOL_ERROR
     assert err.messages == [{"id": 1}] and err.request_id == 0
     assert dec.feed(b"") == [{"id": 3}]
+    alone = FrameDecoder()  # one whole frame per read takes a fast path; it must fail the same way
+    with pytest.raises(ProtocolError) as info:
+        alone.feed(bad)
+    assert info.value.message == err.message and not info.value.fatal and info.value.messages == []
+    assert alone.feed(after) == [{"id": 3}] and alone.buffered == 0
 
 
 def test_encode_refuses_what_it_cannot_carry() -> None:
