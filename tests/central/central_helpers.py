@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from licentia.central.service import FirmKey
+import uvicorn
+
+from licentia.central.api import create_app
+from licentia.central.service import Central, FirmKey
 from licentia.core import updates
 from licentia.core.content import ContainerContent
 from licentia.core.evaluate import evaluate
@@ -56,3 +63,21 @@ class Box:
     def verdict(self, item_id: int, now: int, firm_code: int = FIRM_CODE) -> Verdict:
         entry = self.content.firms[firm_code].items[item_id]
         return evaluate(entry.item, entry.state, ItemRequest(), self.content.clock.observe(now), now)
+
+
+@contextmanager
+def live(central: Central) -> Iterator[str]:
+    config = uvicorn.Config(create_app(central), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()

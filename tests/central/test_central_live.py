@@ -16,33 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
-from central_helpers import Box
+from central_helpers import Box, live
 from sqlalchemy import select
 
-from licentia.central.api import create_app
 from licentia.central.client import CentralClient
 from licentia.central.db import Activation
 from licentia.central.service import BUSY, Central
 from licentia.model import ErrorCode, LicentiaError
-
-
-@contextmanager
-def live(central: Central) -> Iterator[str]:
-    config = uvicorn.Config(create_app(central), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join()
 
 
 def test_online_round_trip_over_a_socket(central: Central) -> None:

@@ -87,6 +87,7 @@ class Call:
     query: dict[str, str]
     actor: str
     now: int
+    base_url: str = ""
 
     def field(self, name: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None) -> Any:
         if name not in self.body or self.body[name] is None:
@@ -151,7 +152,11 @@ NAME = {"type": "string", "minLength": 1, "maxLength": 200}
 
 
 def endpoints(central: Central) -> list[Endpoint]:
+    from licentia.central.cloud import Cloud
+
     c = central
+    cloud = Cloud(central)
+    secret = {"serial": {"type": "string"}, "secret": {"type": "string"}}
     return [
         Endpoint("GET", "/api/health", lambda call: {
             "status": "ok", "firm_code": c.firm.firm_code, "firm": c.firm.name,
@@ -181,6 +186,33 @@ def endpoints(central: Central) -> list[Endpoint]:
         Endpoint("POST", "/api/sync", lambda call: _issued(c.sync(unb64(call.field("request", str), "request"), call.now)),
                  None, "Sync a container: checkpoint renewal, signed time, revocations, automatic activation",
                  body=_obj({"request": B64}, ["request"])),
+        # -- cloud containers
+        Endpoint("POST", "/api/tickets/{ticket}/cloud", lambda call: cloud.move_to_cloud(
+            call.path["ticket"], call.now, base_url=call.base_url), None,
+            "Move the ticket's free licenses into its cloud container; answers a credential file"),
+        Endpoint("POST", "/api/tickets/{ticket}/cloud/credential", lambda call: cloud.reissue_credential(
+            call.path["ticket"], call.now, base_url=call.base_url), None,
+            "A new credential file for the ticket's cloud container; the old one stops working at once"),
+        Endpoint("DELETE", "/api/tickets/{ticket}/cloud", lambda call: cloud.return_from_cloud(call.path["ticket"], call.now),
+                 None, "Return the ticket's cloud licenses"),
+        Endpoint("POST", "/api/cloud/items", lambda call: cloud.items(
+            call.field("serial", str), call.field("secret", str), call.now), None,
+            "The licenses of a cloud container (credential in the body)", body=_obj(secret, ["serial", "secret"])),
+        Endpoint("POST", "/api/cloud/access", lambda call: cloud.access(
+            call.field("serial", str), call.field("secret", str), call.field("product_code", int),
+            call.field("station", str), call.now, feature_code=call.field("feature_code", int, required=False, default=0),
+            lease=call.field("lease", int, required=False, default=300)), None,
+            "Take a seat of a cloud license (counted in central)",
+            body=_obj({**secret, "product_code": {"type": "integer"}, "station": {"type": "string"},
+                       "feature_code": {"type": "integer"}, "lease": {"type": "integer"}},
+                      ["serial", "secret", "product_code", "station"])),
+        Endpoint("POST", "/api/cloud/heartbeat", lambda call: cloud.heartbeat(
+            call.field("serial", str), call.field("secret", str), call.field("handle", str), call.now,
+            lease=call.field("lease", int, required=False, default=300)), None, "Keep a cloud seat",
+            body=_obj({**secret, "handle": {"type": "string"}, "lease": {"type": "integer"}}, ["serial", "secret", "handle"])),
+        Endpoint("POST", "/api/cloud/release", lambda call: cloud.release(
+            call.field("serial", str), call.field("secret", str), call.field("handle", str), call.now), None,
+            "Give a cloud seat back", body=_obj({**secret, "handle": {"type": "string"}}, ["serial", "secret", "handle"])),
         # -- products
         Endpoint("GET", "/api/products", lambda call: c.list_products(), "read-only", "List products"),
         Endpoint("POST", "/api/products", lambda call: c.create_product(
@@ -338,7 +370,8 @@ def create_app(central: Central, *, clock: Callable[[], int] | None = None) -> S
                 body: dict[str, Any] = {}
                 if ep.method in ("POST", "PATCH", "PUT"):
                     body = await _json_body(request)
-                call = Call(body, dict(request.path_params), dict(request.query_params), actor, now_of())
+                call = Call(body, dict(request.path_params), dict(request.query_params), actor, now_of(),
+                            str(request.base_url).rstrip("/"))
                 result = await run_in_threadpool(ep.handler, call)
                 return JSONResponse(result, status_code=ep.status)
             except LicentiaError as exc:

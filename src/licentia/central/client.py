@@ -89,5 +89,39 @@ class CentralClient:
         return result
 
 
+class CloudClient:
+    """What a runtime does with a cloud credential file: list items, take and keep seats."""
+
+    def __init__(self, credential: dict[str, Any], *, timeout: float = 30.0) -> None:
+        self.serial = str(credential["serial"])
+        self._secret = str(credential["secret"])
+        self.client = CentralClient(str(credential["central"]), timeout=timeout)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> CloudClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(self, path: str, **body: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.call("POST", path, {"serial": self.serial, "secret": self._secret, **body})
+        return result
+
+    def items(self) -> dict[str, Any]:
+        return self._call("/api/cloud/items")
+
+    def access(self, product_code: int, station: str, *, feature_code: int = 0, lease: int = 300) -> dict[str, Any]:
+        return self._call("/api/cloud/access", product_code=product_code, station=station, feature_code=feature_code, lease=lease)
+
+    def heartbeat(self, handle: str, *, lease: int = 300) -> dict[str, Any]:
+        return self._call("/api/cloud/heartbeat", handle=handle, lease=lease)
+
+    def release(self, handle: str) -> dict[str, Any]:
+        return self._call("/api/cloud/release", handle=handle)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
