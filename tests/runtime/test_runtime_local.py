@@ -1,0 +1,130 @@
+"""The runtime with real programs on this machine: seats, 212, SIGKILL, restart, admin, units."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+from tests.runtime.harness import Procs, Program, Runtime, Vendor, make_home, wait_for
+
+from licentia.model import ProductItem
+
+
+def test_quantity_one_second_program_gets_212_and_sigkill_frees_the_seat(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    serial = make_home(home, root, vendor, [ProductItem(product_code=7, quantity=1, units=10)])
+    rt = Runtime(procs, home, root)
+    opts = {"firm_code": vendor.firm, "product_code": 7, "firm_key": str(vendor.public_file)}
+    env = {"LICENTIA_HOME": str(home)}
+
+    first = Program(procs, root, env, **opts)
+    assert first.granted, first.first
+    assert first.first["verified"] and first.first["container"] == serial and first.first["units"] == 10
+
+    second = Program(procs, root, env, **opts)
+    assert second.first["error"] == 212
+
+    rows = rt.sessions()
+    assert [(r["pid"], r["firm"], r["product"], r["location"]) for r in rows] == [(first.pid, vendor.firm, 7, "local")]
+    assert rows[0]["user"] and rows[0]["host"] and rows[0]["since"] > 0
+
+    first.kill()
+    wait_for("the killed program's seat to be freed", lambda: rt.sessions() == [])
+    third = Program(procs, root, env, **opts)
+    assert third.granted
+
+    events = wait_for("the log to show the reaping", lambda: [
+        e for e in rt.usage_log() if e["event"] == "release" and e.get("reason") == "reaped"])
+    assert events[0]["pid"] == first.pid
+    denials = [e for e in rt.usage_log() if e["event"] == "deny"]
+    assert denials[0]["code"] == 212 and denials[0]["pid"] == second.proc.pid
+
+
+def test_units_decrement_durably_and_admin_release_reaches_the_program(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=8, quantity=2, units=5)])
+    rt = Runtime(procs, home, root)
+    env = {"LICENTIA_HOME": str(home)}
+    prog = Program(procs, root, env, firm_code=vendor.firm, product_code=8, firm_key=str(vendor.public_file))
+    assert prog.ask("decrement 2") == {"units": 3}
+    assert prog.ask("decrement 4")["error"] == 1011  # not enough units: refused, nothing spent
+    assert prog.ask("check")["units"] == 3
+
+    rt.stop()  # the decrement is on disk: a fresh runtime sees it
+    rt.start()
+    with urllib.request.urlopen(f"{rt.http}/api/items", timeout=10) as r:
+        items = json.loads(r.read())
+    assert [(i["product_code"], i["units_remaining"]) for i in items] == [(8, 3)]
+
+    handle = prog.first["handle"]
+    with rt.admin() as admin:
+        admin.request("admin.release", handle=handle)
+    answer = prog.ask("check")
+    assert answer["valid"] is False and "license-gone" in answer["events"]
+    assert prog.ask("decrement 1")["error"] == 106
+    released = wait_for("the admin release in the log", lambda: [
+        e for e in rt.usage_log() if e["event"] == "release" and e.get("reason") == "admin"])
+    assert released[0]["handle"] == handle
+
+
+def test_restart_reattaches_live_programs_and_drops_ended_ones(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=9, quantity=2)])
+    rt = Runtime(procs, home, root)
+    env = {"LICENTIA_HOME": str(home)}
+    opts = {"firm_code": vendor.firm, "product_code": 9, "firm_key": str(vendor.public_file)}
+    stays = Program(procs, root, env, **opts)
+    goes = Program(procs, root, env, **opts)
+    assert stays.granted and goes.granted
+    wait_for("the snapshot", lambda: (home / "state" / "seats.snapshot").exists())
+
+    rt.stop()
+    goes.kill()  # ends while the runtime is down
+    rt.start()
+    rows = wait_for("the restored seats", lambda: [r for r in rt.sessions()] if len(rt.sessions()) == 1 else None)
+    assert rows[0]["pid"] == stays.pid and rows[0]["handle"] == stays.first["handle"]
+    answer = stays.ask("check")  # the program reconnects on its own and still holds its license
+    assert answer["valid"] is True and "error" not in answer
+    third = Program(procs, root, env, **opts)
+    assert third.granted  # the seat of the ended program is free
+    fourth = Program(procs, root, env, **opts)
+    assert fourth.first["error"] == 212
+
+
+def test_status_page_and_json_api(tmp_path: Path, root: Path, vendor: Vendor, procs: Procs) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=11, quantity=3, text="Acme Pro")])
+    rt = Runtime(procs, home, root)
+    prog = Program(procs, root, {"LICENTIA_HOME": str(home)}, firm_code=vendor.firm, product_code=11, verify=False)
+    with urllib.request.urlopen(f"{rt.http}/api/status", timeout=10) as r:
+        doc = json.loads(r.read())
+    assert doc["containers"][0]["status"] == "ok"
+    assert doc["items"][0]["in_use"] == 1 and doc["items"][0]["text"] == "Acme Pro"
+    assert doc["sessions"][0]["pid"] == prog.pid
+    with urllib.request.urlopen(f"{rt.http}/", timeout=10) as r:
+        page = r.read().decode()
+    assert "Acme Pro" in page and str(prog.pid) in page
+
+    handle = prog.first["handle"]
+    url = f"{rt.http}/api/sessions/{handle}/release"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10)
+        raise AssertionError("released without the admin token")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    token = (home / "admin.token").read_text().strip() if (home / "admin.token").exists() else None
+    if token is None:
+        from licentia.runtime.home import RuntimeHome
+
+        token = RuntimeHome(home).admin_token()
+    req = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.loads(r.read()) == {"released": handle}
+    assert rt.sessions() == []
