@@ -6,6 +6,7 @@ Everything here is bounded: every wait has a deadline, every child is killed at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.machines import build, workstation, kvm_guest
+from tests.machines import build, kvm_guest, workstation
 
 from licentia.binding import collect_fingerprint
 from licentia.containers import ContainerStore
@@ -264,10 +265,8 @@ class Procs:
             if proc.poll() is None:
                 proc.kill()
         for proc in self.children:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
