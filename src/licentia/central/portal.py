@@ -1,6 +1,7 @@
 """The portal: one page where an end user enters a ticket, sees its licenses, activates them
 into a container by uploading a request file (and downloads the update), confirms with the
-receipt, and returns licenses. It uses the public ticket endpoints of the API, nothing else.
+receipt, returns licenses, moves licenses to the cloud and downloads a new credential file.
+It uses the public ticket endpoints of the API, nothing else.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ PAGE = """<!doctype html>
   <label for="receipt">Receipt file</label> <input id="receipt" type="file">
   <button id="confirm" type="button">Send receipt</button>
   <p><a id="download" hidden>Download the update file</a></p>
+  <h2>Cloud</h2>
+  <p>Licenses in the cloud stay with the vendor; a runtime uses them with a credential file.
+  A new credential file replaces the old one at once.</p>
+  <button id="cloud" type="button">Move free licenses to the cloud</button>
+  <button id="credential" type="button">New credential file</button>
+  <p><a id="credential-download" hidden>Download the credential file</a></p>
 </section>
 <script>
 "use strict";
@@ -92,6 +99,11 @@ function offer(update, serial, counter) {
   a.href = URL.createObjectURL(new Blob([unb64(update)], { type: "application/octet-stream" }));
   a.download = `update-${serial}-${counter}.lcup`; a.hidden = false;
 }
+function offerCredential(r) {
+  const a = $("credential-download");
+  a.href = URL.createObjectURL(new Blob([JSON.stringify(r.credential, null, 2)], { type: "application/json" }));
+  a.download = `cloud-${r.serial}.credential.json`; a.hidden = false;
+}
 async function run(fn) { try { await fn(); } catch (e) { say(e.message, false); } }
 $("ticket-form").addEventListener("submit", (ev) => { ev.preventDefault(); run(async () => { await show(); say("", true); }); });
 $("activate").addEventListener("click", () => run(async () => {
@@ -108,6 +120,16 @@ $("confirm").addEventListener("click", () => run(async () => {
   const r = await api("POST", "/api/receipts", { receipt: await fileB64("receipt") });
   await show(); say(`Receipt of container ${r.serial} confirmed (step ${r.counter}).`, true);
 }));
+$("cloud").addEventListener("click", () => run(async () => {
+  const r = await api("POST", `/api/tickets/${ticket}/cloud`);
+  offerCredential(r); await show();
+  say(`Licenses ${r.licenses.join(", ")} are in cloud container ${r.serial}: download its credential file.`, true);
+}));
+$("credential").addEventListener("click", () => run(async () => {
+  const r = await api("POST", `/api/tickets/${ticket}/cloud/credential`);
+  offerCredential(r);
+  say(`New credential file for cloud container ${r.serial}: the previous one no longer works.`, true);
+}));
 </script>
 </body>
 </html>
@@ -121,7 +143,7 @@ def portal_routes(central: Central, now: Callable[[], int]) -> list[Route]:
     )
 
     async def portal(request: Request) -> Response:
-        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:"})
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; connect-src 'self' blob:; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:"})
 
     return [Route("/", portal, methods=["GET"]), Route("/portal", portal, methods=["GET"])]
 
