@@ -692,13 +692,13 @@ class Runtime:
                 self.net_pids[grant.handle] = ident.pid
             self._seats_changed()
             if self.containers.needs_write(ld, entry, inow):
-                return self._grant_durably(msg, ld, entry.item_id, grant.handle, mode, request, inow)
-            return self._grant_reply(msg, ld, entry, grant.handle, mode)
+                return self._grant_durably(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local)
+            return self._grant_reply(msg, ld, entry, grant.handle, mode, ident.local)
         assert best is not None
         raise best
 
     async def _grant_durably(self, msg: Message, ld: Loaded, item_id: int, handle: int, mode: AccessMode,
-                             request: ItemRequest, now: int) -> Message:
+                             request: ItemRequest, now: int, local: bool) -> Message:
         try:
             entry = await ld.writer.submit(first_use_op(msg["firm"], item_id, request, now))
         except LicentiaError:
@@ -709,16 +709,18 @@ class Runtime:
             raise
         if handle not in self.seats:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released while it was being granted")
-        return self._grant_reply(msg, ld, entry, handle, mode)
+        return self._grant_reply(msg, ld, entry, handle, mode, local)
 
-    def _grant_reply(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode) -> Message:
+    def _grant_reply(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
+                     local: bool) -> Message:
         from licentia.core.evaluate import valid_until
 
         state = entry.state
         until = valid_until(entry.item, state)
         reply: Message = {
             "id": msg["id"], "ok": True, "handle": handle, "container": ld.serial, "item": entry.item_id,
-            "location": "local", "server": self.host_name, "mode": mode.value, "valid_until": until,
+            "location": "local" if local else "network", "server": self.host_name, "mode": mode.value,
+            "valid_until": until,
             "units": state.units_remaining, "license": entry.license, "container_key": ld.public_key,
         }
         if state.usage_started_at is not None:

@@ -1,0 +1,156 @@
+"""Network mode with real processes on loopback: a client runtime, direct programs, TLS pins,
+discovery, and the quantity-0 and terminal-session rules."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from tests.runtime.harness import Procs, Program, Runtime, Vendor, make_home, wait_for
+
+from licentia.model import ProductItem
+from licentia.runtime import searchlist
+
+NETWORK = ("--network", "--network-address", "127.0.0.1", "--network-port", "0", "--client-timeout", "5")
+
+
+def server_home(tmp_path: Path, root: Path, vendor: Vendor, name: str = "server") -> Path:
+    home = tmp_path / name
+    make_home(home, root, vendor, [
+        ProductItem(product_code=7, quantity=1, units=20),
+        ProductItem(product_code=12, quantity=0),
+    ])
+    return home
+
+
+@pytest.mark.slow
+def test_client_runtime_takes_and_loses_seats_on_a_server(
+    tmp_path: Path, root: Path, other_root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    server = Runtime(procs, server_home(tmp_path, root, vendor), root, *NETWORK)
+    client_home = tmp_path / "client"
+    searchlist.add(client_home / "servers.json", server.network_address)
+    client = Runtime(procs, client_home, other_root)
+    opts = {"firm_code": vendor.firm, "product_code": 7, "firm_key": str(vendor.public_file)}
+    via_client = {"LICENTIA_HOME": str(client_home)}
+
+    prog = Program(procs, other_root, via_client, **opts)
+    assert prog.first["location"] == "network" and prog.first["verified"], prog.first
+    assert prog.first["server"] == server.network_address
+    rows = server.sessions()
+    assert [(r["location"], r["pid"]) for r in rows] == [("network client", prog.pid)]
+    assert [r["location"] for r in client.sessions()] == [f"server {server.network_address}"]
+    assert prog.ask("decrement 3") == {"units": 17}  # units are spent on the server, verified by the program
+
+    local = Program(procs, root, {"LICENTIA_HOME": str(server.home)}, **opts)
+    assert local.first["error"] == 212  # the one seat is held over the network
+
+    prog.kill()  # the client runtime reaps it and frees the seat on the server
+    wait_for("the server to free the seat of the killed program", lambda: server.sessions() == [])
+
+    again = Program(procs, other_root, via_client, **opts)
+    assert again.granted
+    client.stop(signal.SIGKILL)  # the client runtime dies: its keep-alives stop
+    wait_for("the server to time the silent client out", lambda: server.sessions() == [], timeout=20)
+    timeouts = [e for e in server.usage_log() if e["event"] == "release" and e.get("reason") == "timeout"]
+    assert timeouts
+
+    local_only = Program(procs, root, {"LICENTIA_HOME": str(server.home)}, firm_code=vendor.firm, product_code=12,
+                         verify=False)
+    assert local_only.granted  # quantity 0 is for this machine ...
+    client.start()
+    remote = Program(procs, other_root, via_client, firm_code=vendor.firm, product_code=12, verify=False)
+    assert remote.first["error"] == 1006  # ... and never over the network
+
+
+def test_tls_pin_refuses_a_substituted_server(
+    tmp_path: Path, root: Path, other_root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    server = Runtime(procs, server_home(tmp_path, root, vendor), root, *NETWORK)
+    pin = server.status["certificate_pin"]
+    client_home = tmp_path / "client"
+    searchlist.add(client_home / "servers.json", server.network_address)
+    client = Runtime(procs, client_home, other_root)
+    opts = {"firm_code": vendor.firm, "product_code": 7, "firm_key": str(vendor.public_file)}
+    first = Program(procs, other_root, {"LICENTIA_HOME": str(client_home)}, **opts)
+    assert first.granted  # trust on first use: the client pinned the server
+    assert first.ask("release") == {"released": True}
+    direct = {"LICENTIA_SERVER": server.network_address, "LICENTIA_SERVER_PIN": pin}
+    assert Program(procs, other_root, direct, **opts).first["location"] == "network"
+
+    port = server.status["network_port"]
+    server.stop()
+    impostor = Runtime(procs, server_home(tmp_path, root, vendor, "impostor"), root,
+                       *NETWORK[:4], str(port), "--client-timeout", "5")
+    assert impostor.status["certificate_pin"] != pin
+    refused = Program(procs, other_root, {"LICENTIA_HOME": str(client_home)}, **opts)
+    assert refused.first["error"] == 109, refused.first
+    refused_direct = Program(procs, other_root, direct, **opts)
+    assert refused_direct.first["error"] == 109, refused_direct.first
+    assert impostor.sessions() == []
+    del client
+
+
+@pytest.mark.slow
+def test_program_without_a_runtime_talks_to_the_server_and_keeps_its_seat_alive(
+    tmp_path: Path, root: Path, other_root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    server = Runtime(procs, server_home(tmp_path, root, vendor), root, *NETWORK)
+    env = {"LICENTIA_SERVER": server.network_address, "LICENTIA_HOME": str(tmp_path / "program-home")}
+    opts = {"firm_code": vendor.firm, "product_code": 7, "firm_key": str(vendor.public_file)}
+    prog = Program(procs, other_root, env, **opts)  # pins the server on first use
+    assert prog.first["location"] == "network" and prog.first["verified"]
+    assert (tmp_path / "program-home" / "pins").is_dir()
+    rows = server.sessions()
+    assert rows[0]["pid"] == prog.pid and rows[0]["location"] == "network client"
+    # keep-alives (every timeout/4) keep the seat past the 5 s timeout
+    import time
+
+    time.sleep(6)
+    assert prog.ask("check")["valid"] is True
+    assert len(server.sessions()) == 1
+    prog.kill()
+    wait_for("the seat of the silent program to time out", lambda: server.sessions() == [], timeout=20)
+
+
+def test_discovery_by_udp_on_loopback(
+    tmp_path: Path, root: Path, other_root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        udp = s.getsockname()[1]
+    server = Runtime(procs, server_home(tmp_path, root, vendor), root, *NETWORK, "--discovery",
+                     "--discovery-port", str(udp))
+    client_home = tmp_path / "client"
+    Runtime(procs, client_home, other_root, "--broadcast", "--broadcast-address", "127.0.0.1",
+            "--broadcast-port", str(udp), "--broadcast-wait", "0.5")
+    prog = Program(procs, other_root, {"LICENTIA_HOME": str(client_home)}, firm_code=vendor.firm, product_code=7,
+                   firm_key=str(vendor.public_file))
+    assert prog.first["location"] == "network" and prog.first["server"] == server.network_address
+
+
+def test_quantity_zero_and_terminal_session_rules(tmp_path: Path, root: Path, vendor: Vendor, procs: Procs) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=12, quantity=0), ProductItem(product_code=13, quantity=1)])
+    Runtime(procs, home, root)
+    env = {"LICENTIA_HOME": str(home)}
+
+    def run(product: int, mode: str = "per-access", **session: str) -> Program:
+        return Program(procs, root, {**env, **session}, firm_code=vendor.firm, product_code=product, mode=mode,
+                       firm_key=str(vendor.public_file))
+
+    assert run(12).granted
+    assert run(12, LICENTIA_SESSION="remote-desktop").granted  # a remote view of this machine is local use
+    assert run(12, LICENTIA_SESSION="terminal-server", LICENTIA_SESSION_ID="s1").first["error"] == 1007
+    assert run(12, LICENTIA_SESSION="terminal-server", LICENTIA_SESSION_ID="s1").first["error"] == 1007
+
+    # per-station: one seat per terminal-server session; programs of one session share it
+    ts1 = {"LICENTIA_SESSION": "terminal-server", "LICENTIA_SESSION_ID": "s1"}
+    ts2 = {"LICENTIA_SESSION": "terminal-server", "LICENTIA_SESSION_ID": "s2"}
+    a = run(13, "per-station", **ts1)
+    b = run(13, "per-station", **ts1)
+    assert a.granted and b.granted
+    assert run(13, "per-station", **ts2).first["error"] == 212
+    assert run(13, "exclusive", **ts1).first["error"] == 213
