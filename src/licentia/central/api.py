@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -106,8 +106,8 @@ class Call:
         value = self.field(name, list, required=False)
         if value is None:
             return None
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"the field {name!r} must be a list of integers")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 for v in value):
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"the field {name!r} must be a list of license ids")
         return list(value)
 
     def query_int(self, name: str, default: int) -> int:
@@ -115,9 +115,12 @@ class Call:
         if raw is None:
             return default
         try:
-            return int(raw)
+            value = int(raw)
         except ValueError:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"the query parameter {name!r} must be an integer") from None
+        if not 0 <= value < 2**62:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"the query parameter {name!r} is out of range")
+        return value
 
 
 Handler = Callable[[Call], Any]
@@ -308,9 +311,12 @@ def endpoints(central: Central) -> list[Endpoint]:
 
 def _int(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{text!r} is not a number") from None
+    if not 0 <= value <= 0xFFFF_FFFF:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{text!r} is out of range")
+    return value
 
 
 def _query(name: str, kind: str) -> dict[str, Any]:
@@ -376,6 +382,8 @@ def create_app(central: Central, *, clock: Callable[[], int] | None = None) -> S
                 return JSONResponse(result, status_code=ep.status)
             except LicentiaError as exc:
                 return error_response(exc)
+            except DataError:
+                return error_response(LicentiaError(ErrorCode.INVALID_PARAMETER, "a value is out of range or of the wrong kind; nothing was changed"))
             except IntegrityError:
                 return error_response(LicentiaError(ErrorCode.ALREADY_EXISTS, "that conflicts with a record central already holds"))
             except OperationalError:

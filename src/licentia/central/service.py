@@ -370,8 +370,11 @@ class Central:
                 ErrorCode.INVALID_PARAMETER,
                 "a single-user customer has no license server; its licenses go to one machine",
             )
-        if auto_activate_after is not None and (isinstance(auto_activate_after, bool) or not isinstance(auto_activate_after, int) or auto_activate_after < 0):
-            raise _err(ErrorCode.INVALID_PARAMETER, "auto_activate_after must be seconds, zero or more")
+        if auto_activate_after is not None and (
+            isinstance(auto_activate_after, bool) or not isinstance(auto_activate_after, int)
+            or not 0 <= auto_activate_after <= 10 * 365 * 86_400
+        ):
+            raise _err(ErrorCode.INVALID_PARAMETER, "auto_activate_after must be seconds, zero to ten years")
         with self.db.transaction() as s:
             row = Customer(
                 id=ids.new_customer_id(), company=company.strip(), site=site.strip(),
