@@ -607,3 +607,53 @@ def test_sigkill_during_unit_decrements_leaves_a_whole_state(
         finally:
             opened.close()
     assert last < 1_000_000
+
+
+# -- the home's store: token containers beside soft ones ----------------------------------------
+
+
+def test_store_records_lists_and_opens_token_containers(token_store: TokenStore, tmp_path: Path) -> None:
+    from licentia.containers.store import ContainerStore
+    from licentia.model import ContainerSerial, Environment, Fingerprint, MachineProperty
+
+    _, directory = add_token(token_store, "lic")
+    add_token(token_store, "plain")  # not a container: never logged in to
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(PIN + "\n")
+    fingerprint = Fingerprint((MachineProperty("machine-id", b"a" * 32, 3),), Environment())
+    store = ContainerStore(tmp_path / "containers", fingerprint)
+    assert store.inspect_tokens(T0) == []  # no module configured: no token is looked at
+
+    made = store.create_token(module=token_store.module, label="lic", pin=PIN, now=T0, pin_file=pin_file)
+    made.close()
+    serial = made.serial
+    registry = store.token_registry()
+    assert registry["module"] == token_store.module
+    assert registry["containers"][str(serial)]["pin_file"] == str(pin_file.resolve())
+
+    (row,) = store.inspect_tokens(T0)
+    assert (row.serial, row.status, row.token_label) == (str(serial), "ok", "lic")
+    assert "not claimed" in row.detail and row.content is not None
+    opened = store.open_any(serial)
+    assert isinstance(opened, TokenContainer)
+    opened.claim("rt-a", T0)
+    opened.close()
+    assert "held by runtime rt-a" in store.inspect_token(serial, T0).detail
+
+    # Without the recorded PIN file and no PIN given: listed, not opened.
+    pin_file.unlink()
+    (row,) = store.inspect_tokens(T0)
+    assert row.status == "PIN needed" and "cannot read the PIN file" in row.detail
+    store._save_registry({**registry, "containers": {str(serial): {**registry["containers"][str(serial)], "pin_file": None}}})
+    assert store.inspect_token(serial, T0).status == "PIN needed"
+
+    # Pulled: a process that starts afresh no longer sees the token; the record says so.
+    shutil.rmtree(directory)
+    reinitialize(token_store.module)
+    assert store.inspect_token(serial, T0).status == "absent"
+    with pytest.raises(LicentiaError) as err:
+        store.open_token(serial, pin=PIN)
+    assert err.value.code is ErrorCode.CONTAINER_NOT_FOUND and "not plugged in" in err.value.message
+    with pytest.raises(LicentiaError) as err:
+        store.open_any(ContainerSerial(3, 12345), pin=PIN)
+    assert err.value.code is ErrorCode.CONTAINER_NOT_FOUND

@@ -293,9 +293,19 @@ class ContainerStore:
         return rows
 
     def inspect_token(self, serial: ContainerSerial, now: int) -> TokenInspection:
-        for row in self.inspect_tokens(now):
-            if row.serial == str(serial):
-                return row
+        """One token container; only its own token is logged in to."""
+        from licentia.containers.token import find_containers
+
+        for found in find_containers(self._require_module()):
+            if found.description is not None and found.description.serial == serial:
+                return self._inspect_found(found, now)
+        entry = self.token_registry()["containers"].get(str(serial))
+        if entry is not None:
+            return TokenInspection(
+                str(serial), "token", "absent",
+                f"token '{entry.get('token_label', '?')}' is not plugged in",
+                str(entry.get("token_label", "")),
+            )
         raise LicentiaError(ErrorCode.CONTAINER_NOT_FOUND, f"token container {serial} is not present")
 
     def _inspect_found(self, found: FoundToken, now: int) -> TokenInspection:
@@ -312,7 +322,10 @@ class ContainerStore:
 
         if info.pin_state != "ok":
             return row("PIN not tried", f"{where}: the token reports its user PIN {info.pin_state}")
-        pin = self._pin_for(serial, None)
+        try:
+            pin = self._pin_for(serial, None)
+        except LicentiaError as exc:
+            return row("PIN needed", f"{where}: {exc.message}", error=exc)
         if pin is None:
             return row("PIN needed", f"{where}: set $LICENTIA_PIN_FILE or $LICENTIA_PIN to read it")
         try:
