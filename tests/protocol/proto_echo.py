@@ -36,6 +36,7 @@ class EchoProtocol(asyncio.Protocol):
         self.decoder = FrameDecoder(server.max_frame)
         self.held: list[Message] = []
         self.transport: asyncio.Transport | None = None
+        self.draining = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -43,6 +44,8 @@ class EchoProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
+        if self.draining:
+            return  # after a fatal error: read and drop until the client closes
         while True:
             try:
                 for msg in self.decoder.feed(data):
@@ -56,9 +59,24 @@ class EchoProtocol(asyncio.Protocol):
                     return
                 self.transport.write(error_frame(exc))
                 if exc.fatal:
-                    self.transport.close()
+                    self.linger()
                     return
                 data = b""
+
+    def linger(self) -> None:
+        """Close after a fatal error without losing the error frame: send it and a FIN,
+        then drop what the client still sends until it closes (closing at once with
+        unread input would send a reset, which may destroy the error frame in flight)."""
+        assert self.transport is not None
+        self.draining = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            asyncio.get_running_loop().call_later(5.0, self.transport.close)
+        else:
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
 
     def handle(self, msg: Message) -> None:
         assert self.transport is not None

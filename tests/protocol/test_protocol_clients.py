@@ -199,7 +199,7 @@ def raw_exchange(tcp: tuple[str, int], data: bytes) -> tuple[list[dict[str, obje
     """Send raw bytes; return the replies read until the server closes or goes quiet."""
     dec = FrameDecoder()
     out: list[dict[str, object]] = []
-    with socket.create_connection(tcp, timeout=5) as s:
+    with socket.create_connection(tcp, timeout=30) as s:
         s.sendall(data)
         s.sendall(encode({"id": 99, "op": "echo"}))
         while True:
@@ -207,6 +207,8 @@ def raw_exchange(tcp: tuple[str, int], data: bytes) -> tuple[list[dict[str, obje
                 chunk = s.recv(65536)
             except TimeoutError:
                 return out, False
+            except ConnectionResetError:
+                return out, True
             if not chunk:
                 return out, True
             out += dec.feed(chunk)
