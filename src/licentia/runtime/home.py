@@ -10,7 +10,7 @@
       state/seats.snapshot  the seat table, written atomically after changes
       state/runtime.key     the runtime's Ed25519 key (signs the usage log)
       state/client.id       this runtime's id as a network client of servers
-      logs/usage.jsonl      the usage log (rotated files: usage-YYYYmmddTHHMMSS.jsonl)
+      logs/usage.jsonl      the usage log (rotated files: usage-YYYYmmddTHHMMSS-SEQ.jsonl)
       tls/server.crt|key    the network server's certificate, created at first start
       tls/known_servers.json  pinned certificates of servers (trust on first use)
 """

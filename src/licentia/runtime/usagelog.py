@@ -115,6 +115,13 @@ class UsageLog:
     # -- writing --
 
     def flush(self, *, sync: bool = False) -> None:
+        self._write_pending()
+        if sync:
+            os.fsync(self._fd)
+        if self._size >= self.rotate_bytes:
+            self.rotate()
+
+    def _write_pending(self) -> None:
         if self._pending:
             pending, self._pending = self._pending, []
             lines = []
@@ -123,14 +130,10 @@ class UsageLog:
                 fields.setdefault("at", round(time.time(), 3))
                 lines.append(self._line(fields))
             self._write(b"".join(lines))
-        if sync:
-            os.fsync(self._fd)
-        if self._size >= self.rotate_bytes:
-            self.rotate()
 
     def checkpoint(self, *, sync: bool = True) -> None:
         """Sign the chain head now (if anything was written since the last signature)."""
-        self.flush()
+        self._write_pending()
         if self._unsigned:
             self._write(self._signed("checkpoint"))
         if sync:
@@ -138,16 +141,13 @@ class UsageLog:
 
     def rotate(self) -> Path:
         """Seal this file, move it aside, and continue the chain in a fresh file."""
-        self.flush()
+        self._write_pending()
         self._write(self._signed("seal"))
         os.fsync(self._fd)
         os.close(self._fd)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        target = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
-        n = 1
-        while target.exists():
-            n += 1
-            target = self.path.with_name(f"{self.path.stem}-{stamp}-{n}{self.path.suffix}")
+        # names sort in chain order: time of rotation, then the sequence number of the seal
+        target = self.path.with_name(f"{self.path.stem}-{stamp}-{self._seq:012d}{self.path.suffix}")
         os.replace(self.path, target)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._size = 0

@@ -1,0 +1,212 @@
+"""Runtime parts on their own: usage log chain and signatures, configuration, group commit,
+process identity, the server search list."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tests.runtime.harness import Vendor, make_home, open_container
+
+from licentia.core.seats import Event, EventKind, Holder, ItemKey, ReleaseReason, Station
+from licentia.crypto import new_signing_key, signing_public_key
+from licentia.model import AccessMode, ErrorCode, LicentiaError, ProductItem
+from licentia.runtime import config, procs, searchlist
+from licentia.runtime.commit import ContainerWriter
+from licentia.runtime.licenses import decrement_op
+from licentia.runtime.usagelog import UsageLog, verify_log
+
+KEY = new_signing_key()
+PUBLIC = signing_public_key(KEY)
+
+
+def event(i: int, kind: EventKind = EventKind.GRANT) -> Event:
+    holder = Holder.local(Station("h1"), 1000 + i, 5.0, program="prog", user="ann", host="h1")
+    return Event(kind, 1_700_000_000.0 + i, ItemKey("130-1", 10001, 7, 1), AccessMode.PER_ACCESS, Station("h1"),
+                 holder, i, 1, ReleaseReason.PROGRAM if kind is EventKind.RELEASE else None,
+                 ErrorCode.NO_MORE_LICENSES if kind is EventKind.DENY else None)
+
+
+def write_log(path: Path, n: int, *, rotate_bytes: int = 16 << 20) -> UsageLog:
+    log = UsageLog(path, KEY, rotate_bytes=rotate_bytes)
+    for i in range(n):
+        log.record(event(i, [EventKind.GRANT, EventKind.DENY, EventKind.RELEASE][i % 3]))
+        if i % 7 == 0:
+            log.flush()
+    log.checkpoint()
+    return log
+
+
+def test_usage_log_verifies_and_carries_what_reports_need(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    write_log(path, 20).close()
+    report = verify_log([path], PUBLIC)
+    assert report.ok, report.problems
+    assert report.entries == 21 and report.signatures == 1 and report.unsigned_tail == 0
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    deny = next(e for e in entries if e["event"] == "deny")
+    assert deny["code"] == 212 and deny["firm"] == 10001 and deny["product"] == 7
+    assert {"at", "station", "user", "host", "program", "pid"} <= set(deny)
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "insert", "swap", "resign"])
+def test_an_edited_log_is_detected(tmp_path: Path, tamper: str) -> None:
+    path = tmp_path / "usage.jsonl"
+    write_log(path, 12).close()
+    lines = path.read_text().splitlines(keepends=True)
+    if tamper == "edit":
+        lines[4] = lines[4].replace('"user":"ann"', '"user":"bob"')
+    elif tamper == "delete":
+        del lines[5]
+    elif tamper == "insert":
+        lines.insert(3, lines[3])
+    elif tamper == "swap":
+        lines[2], lines[3] = lines[3], lines[2]
+    path.write_text("".join(lines))
+    if tamper == "resign":
+        # rewrite the whole log consistently, signed with another key: the chain holds, the key does not
+        other = new_signing_key()
+        forged = UsageLog(tmp_path / "forged.jsonl", other)
+        for i in range(12):
+            forged.record(event(i))
+        forged.close()
+        path = tmp_path / "forged.jsonl"
+        assert verify_log([path]).ok
+    report = verify_log([path], PUBLIC)
+    assert not report.ok
+
+
+def test_rotation_seals_and_the_chain_continues_across_files(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    log = write_log(path, 60, rotate_bytes=4096)
+    log.close()
+    rotated = sorted(tmp_path.glob("usage-*.jsonl"))
+    assert rotated
+    for old in rotated:
+        assert json.loads(old.read_text().splitlines()[-1])["event"] == "seal"
+    report = verify_log([*rotated, path], PUBLIC)
+    assert report.ok, report.problems
+    assert report.signatures >= len(rotated) + 1
+    assert len(rotated) >= 2
+    assert not verify_log([rotated[0], *rotated[2:], path], PUBLIC).ok  # a file left out breaks the chain
+
+
+def test_log_continues_after_a_crash_cut_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    write_log(path, 5).close()
+    with open(path, "ab") as f:
+        f.write(b'{"seq":7,"event":"gra')  # a write cut short by a crash
+    log = UsageLog(path, KEY)
+    log.record(event(9))
+    log.close()
+    assert verify_log([path], PUBLIC).ok
+
+
+def test_verify_log_command_exits_2_on_an_edited_log(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    write_log(path, 6).close()
+    cmd = [sys.executable, "-m", "licentia.cli.main", "--home", str(tmp_path / "h"), "runtime", "verify-log", str(path),
+           "--public-key", PUBLIC.hex()]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "the log is intact" in ok.stdout
+    path.write_text(path.read_text().replace('"pid":1002', '"pid":4242'))
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "altered" in bad.stderr
+
+
+# -- configuration --
+
+
+def test_config_defaults_file_flags_and_limits(tmp_path: Path) -> None:
+    defaults = config.RuntimeConfig()
+    assert {s.name: s.default for s in config.SETTINGS} == {f.name: getattr(defaults, f.name) for f in fields(defaults)}
+    (tmp_path / "runtime.toml").write_text("[network]\nenabled = true\nport = 23000\nclient_timeout = 30\n")
+    cfg = config.build(tmp_path, {"network_port": 24000})
+    assert cfg.network and cfg.network_port == 24000 and cfg.client_timeout == 30.0
+    (tmp_path / "runtime.toml").write_text("[network]\nclient_timeout = 2\n")
+    with pytest.raises(LicentiaError) as e:
+        config.build(tmp_path)
+    assert "at least 5" in e.value.message
+    (tmp_path / "runtime.toml").write_text("[network]\nportt = 1\n")
+    with pytest.raises(LicentiaError) as e:
+        config.build(tmp_path)
+    assert "unknown setting" in e.value.message
+    # the commented default file parses to the defaults
+    settings_only = re.sub(r"(?m)^# (\w+ = )", r"\1", config.default_file())
+    (tmp_path / "runtime.toml").write_text(settings_only)
+    assert config.build(tmp_path) == defaults
+
+
+# -- group commit --
+
+
+def test_group_commit_batches_concurrent_decrements_into_few_transactions(
+    tmp_path: Path, root: Path, vendor: Vendor
+) -> None:
+    home = tmp_path / "home"
+    serial = make_home(home, root, vendor, [ProductItem(product_code=7, units=1000)])
+    results = {}
+    for group in (True, False):
+        container = open_container(home, root, serial)
+        writer = ContainerWriter(container, group=group)
+
+        async def run(w: ContainerWriter = writer) -> list[object]:
+            ops = [w.submit(decrement_op(vendor.firm, 1, 1, int(time.time()))) for _ in range(40)]
+            ops.append(w.submit(decrement_op(vendor.firm, 1, 10_000, int(time.time()))))  # refused alone
+            return await asyncio.gather(*ops, return_exceptions=True)
+
+        out = asyncio.run(run())
+        writer.close()
+        assert isinstance(out[-1], LicentiaError) and out[-1].code is ErrorCode.NOT_ENOUGH_UNITS
+        assert sorted(out[:-1], reverse=True) == out[:-1]  # each saw the counter after its own decrement
+        results[group] = (writer.transactions, writer.operations)
+    assert open_container(home, root, serial).read().find(vendor.firm, 7)[0].state.units_remaining == 1000 - 80
+    assert results[False] == (41, 41)
+    assert results[True][1] == 41 and results[True][0] <= 5
+
+
+# -- processes --
+
+
+def test_process_identity_includes_the_start_time(tmp_path: Path) -> None:
+    pid, start = procs.own_identity()
+    assert pid == os.getpid() and start > 0
+    assert procs.alive(pid, start)
+    assert not procs.alive(pid, start + 1)  # same PID, another process
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(30)
+    assert procs.start_time(child.pid) is None
+    fake = tmp_path / "proc" / "42"
+    fake.mkdir(parents=True)
+    (fake / "stat").write_bytes(b"42 (a b) c) S " + b" ".join(str(i).encode() for i in range(4, 30)))
+    assert procs.start_time(42, tmp_path / "proc") == 22
+
+
+@given(st.lists(st.sampled_from(["a.example:1", "b.example", "[::1]:22350", "10.0.0.5:22350"]), max_size=6))
+def test_server_search_list_keeps_order_and_no_duplicates(tmp_path_factory: pytest.TempPathFactory,
+                                                         adds: list[str]) -> None:
+    path = tmp_path_factory.mktemp("list") / "servers.json"
+    for a in adds:
+        searchlist.add(path, a)
+    listed = searchlist.read_list(path)
+    assert len(listed) == len(set(listed))
+    expected: list[str] = []
+    for a in adds:
+        n = searchlist.normalise(a)
+        if n in expected:
+            expected.remove(n)
+        expected.append(n)
+    assert listed == expected
+    if listed:
+        searchlist.remove(path, listed[0])
+        assert searchlist.read_list(path) == listed[1:]
