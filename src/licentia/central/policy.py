@@ -36,10 +36,7 @@ class Rule:
     match: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"allowed": self.allowed, "max_count": self.max_count, "min_wait": self.min_wait}
-        if self.match:
-            out["match"] = list(self.match)
-        return out
+        return {"allowed": self.allowed, "max_count": self.max_count, "min_wait": self.min_wait, "match": list(self.match)}
 
 
 @dataclass(frozen=True)
