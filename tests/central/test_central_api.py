@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,9 +15,12 @@ import pytest
 from central_helpers import T0, Box
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.testclient import TestClient
 
 from licentia.central.api import create_app
+
+with warnings.catch_warnings():  # starlette's note about its httpx transport
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 from licentia.central.service import Central
 
 

@@ -364,3 +364,19 @@ def test_license_type_change_reissues(central: Central) -> None:
     with pytest.raises(LicentiaError) as exc:
         central.change_license_type("ops", T0 + 9, changed["customer"]["id"], "multi-user", "x", "10.0.0.1")
     assert codes(exc) == ErrorCode.INVALID_PARAMETER
+
+
+def test_two_first_starts_at_once_migrate_once(db_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from licentia.central.db import Database
+
+    dbs = [Database(db_url) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda db: db.migrate(), dbs))
+        with dbs[0].transaction() as s:
+            assert s.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+    finally:
+        for db in dbs:
+            db.dispose()

@@ -271,6 +271,9 @@ def migrate(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Several central processes may start at once on one database: one migrates.
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(72350001)")
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 
