@@ -11,7 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.runtime.harness import Procs, Runtime, Vendor, machine, make_home, open_container, put_items, wait_for
+from tests.runtime.harness import (
+    Procs,
+    Runtime,
+    Vendor,
+    machine,
+    make_home,
+    open_container,
+    put_items,
+    wait_for,
+)
 
 import licentia
 from licentia.model import ErrorCode, LicentiaError, ProductItem
