@@ -86,6 +86,7 @@ def test_restart_reattaches_live_programs_and_drops_ended_ones(
     wait_for("the snapshot", lambda: (home / "state" / "seats.snapshot").exists())
 
     rt.stop()
+    assert stays.ask("check")["events"] == ["server-lost"]  # the program notices the runtime is gone
     goes.kill()  # ends while the runtime is down
     rt.start()
     rows = wait_for("the restored seats", lambda: [r for r in rt.sessions()] if len(rt.sessions()) == 1 else None)
