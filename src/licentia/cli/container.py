@@ -28,6 +28,7 @@ from licentia.cli.common import (
 from licentia.containers import ContainerStore, item_rows
 from licentia.containers.operations import set_user_fields
 from licentia.containers.store import TokenInspection
+from licentia.core.content import ContainerContent
 from licentia.model import ContainerKind, ContainerStatus, ErrorCode, LicentiaError, Tolerance
 
 
@@ -193,15 +194,7 @@ def _show_token(args: argparse.Namespace, st: ContainerStore, r: TokenInspection
     assert r.content is not None
     if r.claims is not None and r.claims.changes:
         print(f"  claims   {len(r.claims.changes)} change(s) of hands in the last minute")
-    if r.content.clock.manipulated:
-        print(f"  clock    manipulated (set back at {fmt_time(r.content.clock.manipulated_at)}); "
-              "time-limited items stay closed until a signed time from the vendor heals it")
-    for f in r.content.firms.values():
-        print(f"  firm {f.firm_code}  update step {f.update_counter}" + (f"  {f.text}" if f.text else ""))
-    if not rows:
-        print("  no items: request an update with `licentia update request`")
-    for row in rows:
-        _print_item(row)
+    _print_content(r.content, rows)
     return 0
 
 
@@ -232,16 +225,20 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 2
     print(f"  binding  {r.detail}")
     assert r.content is not None
-    if r.content.clock.manipulated:
-        print(f"  clock    manipulated (set back at {fmt_time(r.content.clock.manipulated_at)}); "
+    _print_content(r.content, rows)
+    return 0
+
+
+def _print_content(content: ContainerContent, rows: list[dict[str, Any]]) -> None:
+    if content.clock.manipulated:
+        print(f"  clock    manipulated (set back at {fmt_time(content.clock.manipulated_at)}); "
               "time-limited items stay closed until a signed time from the vendor heals it")
-    for f in r.content.firms.values():
+    for f in content.firms.values():
         print(f"  firm {f.firm_code}  update step {f.update_counter}" + (f"  {f.text}" if f.text else ""))
     if not rows:
         print("  no items: request an update with `licentia update request`")
     for row in rows:
         _print_item(row)
-    return 0
 
 
 def _print_item(row: dict[str, Any]) -> None:

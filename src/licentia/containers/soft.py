@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from licentia.containers.base import ContainerBase
 from licentia.core.content import ContainerContent
 from licentia.core.licenses import load_content
 from licentia.crypto import (
@@ -51,7 +52,6 @@ from licentia.model import (
     DEFAULT_MASK,
     ContainerKind,
     ContainerSerial,
-    ContainerStatus,
     ErrorCode,
     Fingerprint,
     LicentiaError,
@@ -160,7 +160,7 @@ def _state_aad(h: Header) -> bytes:
     return MAGIC + str(h.serial).encode() + h.sign_public + h.box_public + digest(h.binding)
 
 
-class SoftContainer:
+class SoftContainer(ContainerBase):
     """An opened soft container: the path and the rebuilt secret that unseals its state."""
 
     kind = ContainerKind.SOFT
@@ -283,18 +283,6 @@ class SoftContainer:
                 atomic_write(self.path, data)
                 self.header = parse_header(data)
             return result
-
-    def observe_clock(self, now: int) -> ContainerContent:
-        """Show the system time to the virtual clock, persisting the mark when it moves."""
-
-        def change(c: ContainerContent) -> tuple[ContainerContent, ContainerContent]:
-            updated = c.with_clock(c.clock.observe(now))
-            return updated, updated
-
-        return self.transact(change)
-
-    def status(self, content: ContainerContent) -> ContainerStatus:
-        return ContainerStatus.CLOCK_MANIPULATED if content.clock.manipulated else ContainerStatus.OK
 
     def describe(self) -> dict[str, Any]:
         return {"serial": str(self.serial), "kind": self.kind.value, "path": str(self.path),

@@ -59,6 +59,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from licentia.containers.base import ContainerBase
 from licentia.containers.pkcs11 import (
     DEFAULT_APPLICATION,
     KeyKind,
@@ -91,7 +92,6 @@ from licentia.model import (
     DEFAULT_MASK,
     ContainerKind,
     ContainerSerial,
-    ContainerStatus,
     ErrorCode,
     LicentiaError,
 )
@@ -421,7 +421,7 @@ class TokenKeys:
         return open_sealed(self._container._box_key, sealed, aad)
 
 
-class TokenContainer:
+class TokenContainer(ContainerBase):
     """An opened token container. Close it (or use it as a context manager) when done."""
 
     kind = ContainerKind.TOKEN
@@ -784,18 +784,6 @@ class TokenContainer:
                     raise LicentiaError(ErrorCode.INTERNAL, "a change tried to alter the serial")
                 self._write(CONTENT_PREFIX, CONTENT_MAGIC, {"content": _content_body(new_content)}, highest + 1)
             return result
-
-    def observe_clock(self, now: int) -> ContainerContent:
-        """Show the system time to the virtual clock, storing the mark when it moves."""
-
-        def change(c: ContainerContent) -> tuple[ContainerContent, ContainerContent]:
-            updated = c.with_clock(c.clock.observe(now))
-            return updated, updated
-
-        return self.transact(change)
-
-    def status(self, content: ContainerContent) -> ContainerStatus:
-        return ContainerStatus.CLOCK_MANIPULATED if content.clock.manipulated else ContainerStatus.OK
 
     # -- claims: one runtime per token --
 
