@@ -162,10 +162,11 @@ class Cloud:
         return c
 
     def _items(self, s: Session, serial: str) -> list[tuple[Activation, License]]:
-        return list(s.execute(
+        rows = s.execute(
             select(Activation, License).join(License, License.id == Activation.license_id)
             .where(Activation.serial == serial, Activation.state == "active").order_by(License.id)
-        ).tuples())
+        ).all()
+        return [(a, lic) for a, lic in rows]
 
     def items(self, serial: str, secret: str, now: int) -> dict[str, Any]:
         with self.central.db.transaction() as s:
