@@ -269,6 +269,13 @@ def test_single_user_one_machine_one_product(central: Central) -> None:
         central.activate(second, Box.new().request(), T0)
     assert codes(exc) == ErrorCode.LICENSE_TYPE_CONFLICT
     activate(central, second, box)
+    # rehosting: once both tickets are returned, another machine may take them
+    for t in (ticket, second):
+        issued = central.return_licenses(t, box.request(), T0)
+        central.confirm_receipt(box.apply(issued.update), T0)
+    new_machine = Box.new()
+    activate(central, ticket, new_machine)
+    assert central.get_customer(customer["id"])["server_serial"] == new_machine.serial
 
 
 def test_multi_user_host_names_are_checked(central: Central) -> None:

@@ -900,12 +900,29 @@ class Central:
             c.customer_id = customer.id
             self._audit(s, now, "central", "customer.bind", customer.id, serial=c.serial, license_type=customer.license_type)
         elif customer.server_serial != c.serial:
+            if customer.license_type == "single-user" and not self._customer_holds(s, customer, customer.server_serial):
+                # Rehosting: every license came back from the old machine, so the new one may take them.
+                self._audit(s, now, "central", "customer.rebind", customer.id, previous=customer.server_serial, serial=c.serial)
+                customer.server_serial = c.serial
+                c.customer_id = customer.id
+                return
             what = "license server" if customer.license_type == "multi-user" else "machine"
             raise _err(
                 ErrorCode.LICENSE_TYPE_CONFLICT,
                 f"customer {customer.id} ({customer.license_type}) uses the {what} with container "
                 f"{customer.server_serial}; its licenses cannot go to container {c.serial}",
             )
+
+    def _customer_holds(self, s: Session, customer: Customer, serial: str) -> bool:
+        """Does `serial` hold (or is it about to receive) any license of the customer's tickets?"""
+        row = s.execute(
+            select(Activation.id).join(License, License.id == Activation.license_id)
+            .join(Ticket, Ticket.id == License.ticket_id)
+            .where(Ticket.customer_id == customer.id, Activation.serial == serial,
+                   Activation.state.in_(("pending", "active", "returning")))
+            .limit(1)
+        ).first()
+        return row is not None
 
     def return_licenses(
         self, ticket: str, request: bytes, now: int, *, licenses: Sequence[int] | None = None, actor: str = "user",
