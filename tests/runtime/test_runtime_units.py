@@ -210,3 +210,17 @@ def test_server_search_list_keeps_order_and_no_duplicates(tmp_path_factory: pyte
     if listed:
         searchlist.remove(path, listed[0])
         assert searchlist.read_list(path) == listed[1:]
+
+
+@given(st.text(max_size=20), st.text(max_size=20), st.text(max_size=20), st.sampled_from(list(EventKind)),
+       st.one_of(st.none(), st.integers(0, 2**40)))
+def test_the_fast_log_formatter_writes_what_json_would(program: str, user: str, host: str, kind: EventKind,
+                                                       handle: int | None) -> None:
+    from licentia.runtime.usagelog import _Formatter, event_fields
+
+    holder = Holder.local(Station(host or "h", "", user), 7, 1.0, program=program, user=user, host=host)
+    ev = event(1, kind)._replace(holder=holder, station=holder.process.station if holder.process else Station("h"),
+                                 handle=handle)
+    fast = json.loads("{" + _Formatter().body(ev) + "}")
+    slow = event_fields(ev)
+    assert fast == slow

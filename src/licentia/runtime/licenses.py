@@ -14,10 +14,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from licentia.containers.soft import SUFFIX, SoftContainer, list_paths
+from licentia.core.clock import VirtualClock
 from licentia.core.content import ContainerContent, ItemEntry
 from licentia.core.evaluate import begin_use, decrement, evaluate
+from licentia.core.seats import ItemKey
 from licentia.crypto import sign, signing_public_key
 from licentia.model import (
     ContainerStatus,
@@ -55,6 +58,12 @@ class Loaded:
     status: ContainerStatus = ContainerStatus.OK
 
 
+class Candidate(NamedTuple):
+    loaded: Loaded
+    entry: ItemEntry
+    key: ItemKey
+
+
 @dataclass
 class Problem:
     path: Path
@@ -83,6 +92,9 @@ class LocalContainers:
         self.group_commit = group_commit
         self.loaded: dict[str, Loaded] = {}
         self.problems: dict[str, Problem] = {}
+        self._candidates: dict[tuple[int, int, str | None], list[Candidate]] = {}
+        self._verdicts: dict[tuple[ItemKey, int],
+                             tuple[int, ItemEntry, VirtualClock, Verdict, bool, ItemRequest]] = {}
 
     # -- scanning (the disk part runs in a worker thread, the rest on the loop) --
 
@@ -120,6 +132,8 @@ class LocalContainers:
 
     def apply_scan(self, result: ScanResult) -> Changes:
         changes = Changes()
+        if result.gone or result.opened or result.reread:
+            self._changed()
         for serial in result.gone:
             ld = self.loaded.pop(serial, None)
             if ld is not None:
@@ -150,6 +164,7 @@ class LocalContainers:
             if ld is not None and ld.container is container:
                 ld.content = content
                 ld.stamp = stamp_of(ld.path)
+                self._changed()
 
         return ContainerWriter(container, group=self.group_commit, on_content=on_content)
 
@@ -159,8 +174,15 @@ class LocalContainers:
 
     # -- finding items --
 
-    def candidates(self, firm: int, product: int, container: str | None = None) -> list[tuple[Loaded, ItemEntry]]:
-        out: list[tuple[Loaded, ItemEntry]] = []
+    def candidates(self, firm: int, product: int, container: str | None = None) -> list[Candidate]:
+        """The items of firm/product (in one container, or all), in container and item order.
+
+        Cached until any container's content changes: the license path asks this on every access."""
+        cache_key = (firm, product, container)
+        found = self._candidates.get(cache_key)
+        if found is not None:
+            return found
+        out: list[Candidate] = []
         for serial, ld in self.loaded.items():
             if container is not None and serial != container:
                 continue
@@ -170,18 +192,32 @@ class LocalContainers:
             for item_id in sorted(firm_entry.items):
                 entry = firm_entry.items[item_id]
                 if entry.item.product_code == product:
-                    out.append((ld, entry))
+                    out.append(Candidate(ld, entry, ItemKey(serial, firm, product, item_id)))
+        if len(self._candidates) > 10_000:
+            self._candidates.clear()
+        self._candidates[cache_key] = out
         return out
 
-    @staticmethod
-    def judge(ld: Loaded, entry: ItemEntry, request: ItemRequest, now: int) -> Verdict:
-        return evaluate(entry.item, entry.state, request, ld.content.clock, now)
+    def judge(self, cand: Candidate, request: ItemRequest, now: int) -> tuple[Verdict, bool]:
+        """The core's verdict on `cand` for `request` at `now`, and whether granting it must
+        first write the container (a usage period starts, the clock steps). Within one second
+        and one content the answer does not change, so it is kept that long."""
+        ld, entry = cand.loaded, cand.entry
+        clock = ld.content.clock
+        memo_key = (cand.key, id(request))
+        memo = self._verdicts.get(memo_key)
+        if memo is not None and memo[0] == now and memo[1] is entry and memo[2] is clock and memo[5] is request:
+            return memo[3], memo[4]
+        verdict = evaluate(entry.item, entry.state, request, clock, now)
+        write = clock.observe(now) != clock or begin_use(entry.item, entry.state, now) != entry.state
+        if len(self._verdicts) > 10_000:
+            self._verdicts.clear()
+        self._verdicts[memo_key] = (now, entry, clock, verdict, write, request)
+        return verdict, write
 
-    @staticmethod
-    def needs_write(ld: Loaded, entry: ItemEntry, now: int) -> bool:
-        """Whether granting `entry` now changes what is stored (usage period, clock step)."""
-        content = ld.content
-        return content.clock.observe(now) != content.clock or begin_use(entry.item, entry.state, now) != entry.state
+    def _changed(self) -> None:
+        self._candidates.clear()
+        self._verdicts.clear()
 
     def entry(self, serial: str, firm: int, item_id: int) -> tuple[Loaded, ItemEntry]:
         ld = self.loaded.get(serial)

@@ -34,9 +34,9 @@ from typing import Any
 import msgpack
 
 from licentia.binding import detect_session
+from licentia.core.evaluate import status_of, valid_until
 from licentia.core.seats import (
     Event,
-    EventKind,
     Holder,
     ItemKey,
     ProcessId,
@@ -233,7 +233,7 @@ class Connection(asyncio.Protocol):
 
     def send(self, reply: Message) -> None:
         t = self.transport
-        if t is None or t.is_closing():
+        if t is None:
             return
         try:
             t.write(encode(reply))
@@ -269,7 +269,7 @@ class Runtime:
         self.net_pids: dict[int, int] = {}  # handle -> program pid, for network holders (display)
         self.handle_events: dict[int, set[str]] = {}
         self.gone: collections.OrderedDict[int, str] = collections.OrderedDict()
-        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self.recent: collections.deque[tuple[int, Event | dict[str, Any]]] = collections.deque(maxlen=1000)
         self.recent_seq = 0
         self.upstreams: dict[str, Upstream] = {}
         self.discovered = Discovered()
@@ -291,6 +291,7 @@ class Runtime:
         self._stop: asyncio.Event | None = None
         self._lock_fd: int | None = None
         self._session_cache: dict[frozenset[tuple[str, str]], tuple[SessionKind, str]] = {}
+        self._requests: dict[tuple[int, str | None, int | None, bool], ItemRequest] = {}
         self._handlers: dict[str, Handler] = {
             "hello": self.op_hello,
             "access": self.op_access,
@@ -485,7 +486,10 @@ class Runtime:
     def dispatch(self, conn: Connection, msg: Message) -> None:
         rid = msg.get("id", CONNECTION_ID)
         try:
-            op = validate_request(msg)
+            raw_op: Any = msg.get("op")
+            # the hot requests are checked inline; anything unusual takes the full check
+            fast = _FAST.get(raw_op) if type(raw_op) is str else None
+            op: str = raw_op if fast is not None and fast(msg) else validate_request(msg)
             if op != "hello" and conn.ident is None:
                 raise LicentiaError(ErrorCode.PROTOCOL_ERROR, "say hello first: the first request names the client")
             result = self._handlers[op](conn, msg)
@@ -509,7 +513,8 @@ class Runtime:
         except Exception as exc:
             reply = error_reply(rid, ErrorCode.INTERNAL, f"the runtime failed on this request: {exc!r}")
             self._note_problem(f"request {rid}: {exc!r}")
-        conn.send(reply)
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.send(reply)
 
     # ================================================================== hello and identity
 
@@ -634,14 +639,8 @@ class Runtime:
         ident = self._ident_for(conn, msg)
         if ident.kind == "admin" and conn.peer is None:
             raise LicentiaError(ErrorCode.ACCESS_DENIED, "admin connections do not take licenses")
-        try:
-            mode = AccessMode(msg.get("mode", "per-access"))
-            version = msg.get("version")
-            request = ItemRequest(feature_code=msg.get("feature", 0),
-                                  version=parse_version(version) if version else None,
-                                  release_date=msg.get("release_date"), in_vm=ident.in_vm)
-        except ValueError as exc:
-            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"access: {exc}") from None
+        mode = _MODES[msg.get("mode", "per-access")]
+        request = self._request_for(msg.get("feature", 0), msg.get("version"), msg.get("release_date"), ident.in_vm)
         # a server never forwards what reaches it over the network
         where = "local" if conn.listener == "network" else msg.get("where") or self.config.order
         if where in ("local", "local-first"):
@@ -654,6 +653,17 @@ class Runtime:
         if where == "network":
             return self._access_network(msg, ident, mode, first_error=None)
         return self._access_network(msg, ident, mode, first_error=None, then_local=request)
+
+    def _request_for(self, feature: int, version: str | None, release_date: int | None, in_vm: bool) -> ItemRequest:
+        key = (feature, version, release_date, in_vm)
+        request = self._requests.get(key)
+        if request is None:
+            if len(self._requests) > 1000:
+                self._requests.clear()
+            request = self._requests[key] = ItemRequest(
+                feature_code=feature, version=parse_version(version) if version else None,
+                release_date=release_date, in_vm=in_vm)
+        return request
 
     def _may_forward(self, msg: Message) -> bool:
         return bool(self._servers_to_ask_now() or self.config.broadcast) and not msg.get("container")
@@ -671,14 +681,15 @@ class Runtime:
         seats = self.seats
         log = self.log
         assert log is not None
-        for ld, entry in candidates:
-            verdict = self.containers.judge(ld, entry, request, inow)
+        judge = self.containers.judge
+        for cand in candidates:
+            ld, entry = cand.loaded, cand.entry
+            verdict, write = judge(cand, request, inow)
             if verdict.error is not None:
                 best = _better(best, LicentiaError(verdict.error, f"container {ld.serial}: {verdict.reason}"))
                 continue
-            key = ItemKey(ld.serial, firm, product, entry.item_id)
             try:
-                grant = seats.access(key=key, quantity=entry.item.quantity, mode=mode, station=ident.station,
+                grant = seats.access(key=cand.key, quantity=entry.item.quantity, mode=mode, station=ident.station,
                                      holder=ident.holder, local=ident.local, session=ident.session, now=now)
             except SeatRefused as exc:
                 log.record(exc.event)
@@ -687,11 +698,13 @@ class Runtime:
                 continue
             ev = grant.events[0]
             log.record(ev)
-            self._remember(ev)
+            self.recent_seq += 1
+            self.recent.append((self.recent_seq, ev))
             if ident.pid is not None and ident.holder.process is None:
                 self.net_pids[grant.handle] = ident.pid
-            self._seats_changed()
-            if self.containers.needs_write(ld, entry, inow):
+            if self._snapshot_handle is None:
+                self._seats_changed()
+            if write:
                 return self._grant_durably(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local)
             return self._grant_reply(msg, ld, entry, grant.handle, mode, ident.local)
         assert best is not None
@@ -713,13 +726,11 @@ class Runtime:
 
     def _grant_reply(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
                      local: bool) -> Message:
-        from licentia.core.evaluate import valid_until
-
         state = entry.state
         until = valid_until(entry.item, state)
         reply: Message = {
             "id": msg["id"], "ok": True, "handle": handle, "container": ld.serial, "item": entry.item_id,
-            "location": "local" if local else "network", "server": self.host_name, "mode": mode.value,
+            "location": "local" if local else "network", "server": self.host_name, "mode": str(mode),
             "valid_until": until,
             "units": state.units_remaining, "license": entry.license, "container_key": ld.public_key,
         }
@@ -834,7 +845,18 @@ class Runtime:
                 raise self._not_held(handle)
             return self._release_remote(msg["id"], hold, ReleaseReason.PROGRAM)
         rel = self.seats.release(handle, time.time(), holder=None if ident.kind == "admin" else ident.holder)
-        self._after_release(rel.events)
+        ev = rel.events[0]
+        log = self.log
+        assert log is not None
+        log.record(ev)
+        self.recent_seq += 1
+        self.recent.append((self.recent_seq, ev))
+        if self.handle_events:
+            self.handle_events.pop(handle, None)
+        if self.net_pids:
+            self.net_pids.pop(handle, None)
+        if self._snapshot_handle is None:
+            self._seats_changed()
         return {"id": msg["id"], "ok": True}
 
     async def _release_remote(self, rid: int, hold: RemoteHold, reason: ReleaseReason) -> Message:
@@ -899,8 +921,6 @@ class Runtime:
         reply: Message = {"id": msg["id"], "ok": True, "units": remaining}
         nonce = msg.get("nonce")
         if isinstance(nonce, bytes) and nonce:
-            from licentia.core.evaluate import valid_until
-
             entry = ld.content.firms[key.firm_code].items[key.item_id]
             until = valid_until(entry.item, entry.state)
             reply["valid_until"] = until
@@ -946,8 +966,6 @@ class Runtime:
                 events.append(CONTAINER_REMOVED)
             return {"id": msg["id"], "ok": True, "valid": False, "events": events,
                     "reason": f"container {key.container} or its item {key.item_id} is gone"}
-        from licentia.core.evaluate import status_of, valid_until
-
         verdict = status_of(entry.item, entry.state, ld.content.clock, int(time.time()))
         until = valid_until(entry.item, entry.state)
         reply: Message = {"id": msg["id"], "ok": True, "valid": verdict.ok, "valid_until": until,
@@ -1209,7 +1227,7 @@ class Runtime:
     def op_events(self, conn: Connection, msg: Message) -> Message:
         since = msg.get("since", 0)
         limit = max(1, min(msg.get("limit", 100), 1000))
-        out = [e for e in self.recent if e["seq"] > since][:limit]
+        out = self.recent_events(since, limit)
         return {"id": msg["id"], "ok": True, "events": out, "next": out[-1]["seq"] if out else since}
 
     # ================================================================== logging and snapshot
@@ -1221,17 +1239,27 @@ class Runtime:
             self._remember(ev)
 
     def _remember(self, ev: Event) -> None:
-        if ev.kind is EventKind.GRANT and len(self.recent) == self.recent.maxlen and self.recent_seq % 8:
-            # under load keep every denial and release but only some grants: this is for display
-            self.recent_seq += 1
-            return
         self.recent_seq += 1
-        self.recent.append({"seq": self.recent_seq, "event": ev.kind.value, "at": ev.at, "handle": ev.handle,
+        self.recent.append((self.recent_seq, ev))
+
+    def recent_events(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Recent grants, denials and releases as plain data, oldest first."""
+        out: list[dict[str, Any]] = []
+        for seq, ev in self.recent:
+            if seq <= since:
+                continue
+            if isinstance(ev, dict):
+                out.append({"seq": seq, **ev})
+            else:
+                out.append({"seq": seq, "event": ev.kind.value, "at": ev.at, "handle": ev.handle,
                             "container": ev.key.container, "firm": ev.key.firm_code,
                             "product": ev.key.product_code, "station": str(ev.station),
                             "program": ev.holder.program, "user": ev.holder.user, "host": ev.holder.host,
                             "reason": ev.reason.value if ev.reason else None,
                             "code": int(ev.code) if ev.code is not None else None, "used": ev.used})
+            if len(out) >= limit:
+                break
+        return out
 
     def _log_remote(self, kind: str, hold: RemoteHold, **extra: Any) -> None:
         assert self.log is not None
@@ -1243,7 +1271,7 @@ class Runtime:
                   "server_handle": hold.remote_handle, **extra}
         self.log.note(fields)
         self.recent_seq += 1
-        self.recent.append({"seq": self.recent_seq, **fields})
+        self.recent.append((self.recent_seq, fields))
 
     def _flush_log(self) -> None:
         if self.log is not None and self.log.pending:
@@ -1321,6 +1349,60 @@ class Runtime:
 
 
 # ====================================================================== helpers
+
+
+_MODES = {m.value: m for m in AccessMode}
+
+# Inline checks of the hot requests: field -> the exact types allowed (bool is not int here),
+# required fields. A request that does not fit goes through `validate_request` for its error.
+_ACCESS_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (int,), "op": (str,), "firm": (int,), "product": (int,), "mode": (str,), "feature": (int,),
+    "version": (str,), "release_date": (int,), "nonce": (bytes,), "where": (str,), "container": (str,),
+    "server": (str,), "client": (dict,),
+}
+_HANDLE_TYPES: dict[str, tuple[type, ...]] = {"id": (int,), "op": (str,), "handle": (int,), "nonce": (bytes,)}
+_WHERE = frozenset(("local", "network", "local-first", "network-first"))
+
+
+def _fast_access(msg: Message) -> bool:
+    rid = msg["id"]
+    if type(rid) is not int or rid < 1 or type(msg.get("firm")) is not int or type(msg.get("product")) is not int:
+        return False
+    n = len(msg)
+    if n == 4:
+        return True
+    if n == 5:
+        mode = msg.get("mode")
+        if type(mode) is str:
+            return mode in _MODES
+    return _fits(msg, _ACCESS_TYPES, ("firm", "product"))
+
+
+def _fast_handle(msg: Message) -> bool:
+    rid = msg["id"]
+    if type(rid) is not int or rid < 1 or type(msg.get("handle")) is not int:
+        return False
+    return len(msg) == 3 or _fits(msg, _HANDLE_TYPES, ("handle",))
+
+
+_FAST: dict[str, Callable[[Message], bool]] = {"access": _fast_access, "release": _fast_handle, "check": _fast_handle}
+
+
+def _fits(msg: Message, types: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> bool:
+    for name, value in msg.items():
+        allowed = types.get(name)
+        if allowed is not None and type(value) not in allowed:
+            return False
+    for name in required:
+        if name not in msg:
+            return False
+    if msg["id"] < 1:
+        return False
+    mode = msg.get("mode")
+    if mode is not None and mode not in _MODES:
+        return False
+    where = msg.get("where")
+    return where is None or where in _WHERE
 
 
 def _text(value: Any, limit: int) -> str:

@@ -95,7 +95,7 @@ class StatusHTTP(asyncio.Protocol):
                                                        query.get("container")))
                 elif path == "/api/events":
                     since = _int(query.get("since")) or 0
-                    self._respond(200, [e for e in rt.recent if e["seq"] > since][-1000:])
+                    self._respond(200, rt.recent_events(since))
                 else:
                     self._respond(404, {"error": f"no such page: {path}"})
                 return
@@ -207,7 +207,7 @@ def page(rt: Runtime) -> str:
                    f"<td>{e(s['host'])}</td><td>{e(s['location'])}</td><td>{_t(s['since'])}</td></tr>")
     out.append("</table><h2>Recent events</h2><table><tr><th>time</th><th>event</th><th>firm</th><th>product</th>"
                "<th>program</th><th>user</th><th>host</th><th>detail</th></tr>")
-    for ev in list(rt.recent)[-30:][::-1]:
+    for ev in rt.recent_events(max(rt.recent_seq - 30, 0))[::-1]:
         detail = ev.get("reason") or (f"error {ev['code']}" if ev.get("code") else "")
         out.append(f"<tr><td>{_t(ev.get('at'))}</td><td>{e(str(ev.get('event')))}</td><td>{ev.get('firm', '')}</td>"
                    f"<td>{ev.get('product', '')}</td><td>{e(str(ev.get('program', '')))}</td>"

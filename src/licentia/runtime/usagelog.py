@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from licentia.core.seats import Event
-from licentia.model import ErrorCode, LicentiaError
+from licentia.core.seats import Event, EventKind, Holder, ItemKey, ReleaseReason, Station
+from licentia.model import AccessMode, ErrorCode, LicentiaError
 
 GENESIS = "0" * 64
 SIGNED_KINDS = ("checkpoint", "seal")
@@ -44,6 +44,54 @@ def _hash(line: bytes) -> str:
 
 def signed_message(prev: str, seq: int) -> bytes:
     return _DOMAIN + bytes.fromhex(prev) + seq.to_bytes(8, "big")
+
+
+_json_str = json.JSONEncoder(ensure_ascii=False).encode
+_KINDS = {k: k.value for k in EventKind}
+_MODES = {m: m.value for m in AccessMode}
+_REASONS = {r: f',"reason":"{r.value}"' for r in ReleaseReason}
+
+
+class _Formatter:
+    """Writes seat events as JSON text fast: the parts that repeat (an item, a holder on its
+    station) are formatted once and kept. The output equals `json.dumps(event_fields(ev))`
+    up to the number format of "at"."""
+
+    def __init__(self) -> None:
+        self._keys: dict[ItemKey, str] = {}
+        self._holders: dict[int, tuple[Holder, Station, str]] = {}
+
+    def body(self, ev: Event) -> str:
+        key = ev.key
+        kf = self._keys.get(key)
+        if kf is None:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            kf = self._keys[key] = (f'"container":{_json_str(key.container)},"firm":{key.firm_code},'
+                                    f'"product":{key.product_code},"item":{key.item_id}')
+        holder = ev.holder
+        cached = self._holders.get(id(holder))
+        if cached is not None and cached[0] is holder and cached[1] is ev.station:
+            hf = cached[2]
+        else:
+            hf = (f'"station":{_json_str(str(ev.station))},"user":{_json_str(holder.user)},'
+                  f'"host":{_json_str(holder.host)},"program":{_json_str(holder.program)}')
+            if holder.process is not None:
+                hf += f',"pid":{holder.process.pid}'
+            if holder.client_id is not None:
+                hf += f',"client":{_json_str(holder.client_id)}'
+            if len(self._holders) > 10_000:
+                self._holders.clear()
+            self._holders[id(holder)] = (holder, ev.station, hf)
+        out = f'"event":"{_KINDS[ev.kind]}","at":{ev.at:.3f},{kf},"mode":"{_MODES[ev.mode]}",{hf}'
+        if ev.handle is not None:
+            out += f',"handle":{ev.handle}'
+        out += f',"used":{ev.used}'
+        if ev.reason is not None:
+            out += _REASONS[ev.reason]
+        if ev.code is not None:
+            out += f',"code":{int(ev.code)}'
+        return out
 
 
 def event_fields(ev: Event, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -90,6 +138,7 @@ class UsageLog:
         self._seq = 0
         self._prev = GENESIS
         self._unsigned = 0
+        self._format = _Formatter()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._recover()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -125,7 +174,11 @@ class UsageLog:
         if self._pending:
             pending, self._pending = self._pending, []
             lines = []
+            body = self._format.body
             for ev, extra in pending:
+                if ev is not None and not extra:
+                    lines.append(self._event_line(body(ev)))
+                    continue
                 fields = event_fields(ev, extra) if ev is not None else dict(extra or {})
                 fields.setdefault("at", round(time.time(), 3))
                 lines.append(self._line(fields))
@@ -167,6 +220,13 @@ class UsageLog:
         self._seq += 1
         body = {"seq": self._seq, **fields, "prev": self._prev}
         line = _encode(body).encode()
+        self._prev = _hash(line)
+        self._unsigned += 1
+        return line + b"\n"
+
+    def _event_line(self, body: str) -> bytes:
+        self._seq += 1
+        line = f'{{"seq":{self._seq},{body},"prev":"{self._prev}"}}'.encode()
         self._prev = _hash(line)
         self._unsigned += 1
         return line + b"\n"
