@@ -238,6 +238,16 @@ class Runtime:
         self._log.close()
 
 
+def compile_bytecode() -> None:
+    """Write licentia's .pyc files, as an install does: a start measured without them
+    (PYTHONDONTWRITEBYTECODE set, or a fresh checkout) would time the compiler."""
+    import compileall
+
+    import licentia
+
+    compileall.compile_dir(str(Path(licentia.__file__).parent), quiet=1)
+
+
 # ------------------------------------------------------------------ frames and the load client
 
 
