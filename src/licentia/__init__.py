@@ -13,9 +13,10 @@ The application SDK is here, loaded on first use so `import licentia` stays chea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # typing is not imported: a protected program pays for every import at start
 if TYPE_CHECKING:
+    from typing import Any
+
     from licentia.model.errors import ErrorCode, LicentiaError
     from licentia.sdk import require
     from licentia.sdk.access import Event, License, LicenseInfo, access

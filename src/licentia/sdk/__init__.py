@@ -17,18 +17,17 @@ Cheap to import: the network client, msgpack and the model load on the first acc
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
-
+TYPE_CHECKING = False  # nothing heavy at import: see licentia/__init__.py
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
     from licentia.sdk.access import Event, License, LicenseInfo, access
     from licentia.sdk.aio import AsyncLicense, access_async
 
-__all__ = ["AsyncLicense", "Event", "License", "LicenseInfo", "access", "access_async", "require"]
+    F = TypeVar("F", bound=Callable[..., Any])
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["AsyncLicense", "Event", "License", "LicenseInfo", "access", "access_async", "require"]
 
 _LAZY = {
     "access": "licentia.sdk.access",
@@ -56,6 +55,9 @@ def require(firm_code: int, product_code: int, **options: Any) -> Callable[[F], 
     (a `LicentiaError` with its code) propagates to the caller. The keyword options are
     those of `licentia.access()`. A function that wants its license declares a `license`
     parameter and receives it."""
+
+    import functools
+    import inspect
 
     def decorate(fn: F) -> F:
         wants = "license" in inspect.signature(fn).parameters

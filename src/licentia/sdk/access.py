@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -256,7 +255,7 @@ class License:
         """Spend `units` from the unit counter; durable when this returns. Returns what remains."""
         self._live()
         fields: dict[str, Any] = {"handle": self.handle, "units": units}
-        nonce = secrets.token_bytes(NONCE_SIZE) if self._verified is not None else None
+        nonce = os.urandom(NONCE_SIZE) if self._verified is not None else None
         if nonce is not None:
             fields["nonce"] = nonce
         reply = self._link.request("decrement", **fields)
@@ -274,7 +273,7 @@ class License:
         (also passed to the callback). After LICENSE_GONE, `valid` is False."""
         if self.released:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released")
-        nonce = secrets.token_bytes(NONCE_SIZE) if self._verified is not None else None
+        nonce = os.urandom(NONCE_SIZE) if self._verified is not None else None
         fields: dict[str, Any] = {"handle": self.handle}
         if nonce is not None:
             fields["nonce"] = nonce
@@ -401,7 +400,7 @@ def access(
                 "pass firm_key= (the file from `licentia vendor export-public`), or verify=False to try without",
             )
         key = load_firm_key(firm_key, firm_code)
-    nonce = secrets.token_bytes(NONCE_SIZE) if key is not None else None
+    nonce = os.urandom(NONCE_SIZE) if key is not None else None
     fields = access_fields(product_code, firm_code, mode, feature, version, release_date, where, container, nonce)
     link, reply = _try_targets(lambda lk: lk.request("access", **fields))
     verified: Verified | None = None

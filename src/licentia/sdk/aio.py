@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
+import os
 import weakref
 from collections.abc import Generator
 from typing import Any
@@ -129,7 +129,7 @@ class AsyncLicense:
         if self.released or not self.valid:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released or is gone")
         fields: dict[str, Any] = {"handle": self.handle, "units": units}
-        nonce = secrets.token_bytes(NONCE_SIZE) if self._verified is not None else None
+        nonce = os.urandom(NONCE_SIZE) if self._verified is not None else None
         if nonce is not None:
             fields["nonce"] = nonce
         reply = await self._link.request("decrement", **fields)
@@ -145,7 +145,7 @@ class AsyncLicense:
     async def check(self) -> list[Event]:
         if self.released:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released")
-        nonce = secrets.token_bytes(NONCE_SIZE) if self._verified is not None else None
+        nonce = os.urandom(NONCE_SIZE) if self._verified is not None else None
         fields: dict[str, Any] = {"handle": self.handle}
         if nonce is not None:
             fields["nonce"] = nonce
@@ -266,7 +266,7 @@ def access_async(
         key = load_firm_key(firm_key, firm_code)
 
     async def take() -> AsyncLicense:
-        nonce = secrets.token_bytes(NONCE_SIZE) if key is not None else None
+        nonce = os.urandom(NONCE_SIZE) if key is not None else None
         fields = access_fields(product_code, firm_code, mode, feature, version, release_date, where, container, nonce)
         best: LicentiaError | None = None
         for target in targets():

@@ -16,13 +16,9 @@ Search order (the first that applies wins):
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import secrets
 import socket
 import sys
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from licentia.sdk.proof import session_environment, station_host_id
@@ -38,14 +34,14 @@ class Target(NamedTuple):
     pin_file: str | None = None
 
 
-def _homes(environ: Any) -> list[Path]:
-    homes = []
+def _homes(environ: Any) -> list[str]:
     if environ.get("LICENTIA_HOME"):
-        homes.append(Path(environ["LICENTIA_HOME"]).expanduser())
-    else:
-        with contextlib.suppress(RuntimeError):
-            homes.append(Path.home() / ".local" / "share" / "licentia")
-        homes.append(Path("/var/lib/licentia"))
+        return [os.path.expanduser(environ["LICENTIA_HOME"])]
+    homes = []
+    user = os.path.expanduser("~")
+    if user != "~":
+        homes.append(os.path.join(user, ".local", "share", "licentia"))
+    homes.append("/var/lib/licentia")
     return homes
 
 
@@ -54,21 +50,24 @@ def targets(environ: Any = None) -> list[Target]:
     env = os.environ if environ is None else environ
     server = env.get("LICENTIA_SERVER")
     if server:
-        user_home = _homes({})[0] if not env.get("LICENTIA_HOME") else Path(env["LICENTIA_HOME"]).expanduser()
+        user_home = _homes(env)[0]
         safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in server).strip("_")
         return [Target(server, True, env.get("LICENTIA_SERVER_PIN") or None, env.get("LICENTIA_CA_FILE") or None,
-                       str(user_home / "pins" / f"{safe}.pin"))]
+                       os.path.join(user_home, "pins", f"{safe}.pin"))]
     explicit = env.get("LICENTIA_RUNTIME")
     if explicit:
         return [Target(explicit, False)]
     out: list[Target] = []
     for home in _homes(env):
-        sock = home / "runtime.sock"
-        if sock.exists():
-            out.append(Target(str(sock), False))
+        sock = os.path.join(home, "runtime.sock")
+        if os.path.exists(sock):
+            out.append(Target(sock, False))
             continue
         try:
-            doc = json.loads((home / "runtime.json").read_text())
+            import json
+
+            with open(os.path.join(home, "runtime.json")) as f:
+                doc = json.load(f)
             port = int(doc["local_port"])
             out.append(Target(f"{doc.get('local_address', '127.0.0.1')}:{port}", False))
         except (OSError, ValueError, KeyError, TypeError):
@@ -123,7 +122,7 @@ def hello_client(target: Target, program: str | None = None, program_version: st
     env = session_environment()
     if target.network:
         # a server cannot look at this machine: say what it needs to count by station
-        client["client_id"] = "prog-" + secrets.token_hex(16)
+        client["client_id"] = "prog-" + os.urandom(16).hex()
         kind = _SESSIONS.get(env.get("LICENTIA_SESSION", "").strip().lower(), "local console")
         session_id = env.get("LICENTIA_SESSION_ID") or env.get("XDG_SESSION_ID") or ""
         client["session"] = kind

@@ -13,10 +13,7 @@ container the vendor licensed can make it.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -42,22 +39,27 @@ def proof_message(
     return packed
 
 
-def machine_root() -> Path:
-    return Path(os.environ.get("LICENTIA_MACHINE_ROOT", "/"))
+def machine_root() -> str:
+    return os.environ.get("LICENTIA_MACHINE_ROOT", "/")
 
 
-def station_host_id(root: Path | None = None) -> str:
+def station_host_id(root: str | os.PathLike[str] | None = None) -> str:
     """A stable, non-revealing name for this machine: a digest of its machine id (or host name)."""
-    base = machine_root() if root is None else root
+    import hashlib
+
+    base = machine_root() if root is None else os.fspath(root)
     raw = b""
     for rel in ("etc/machine-id", "var/lib/dbus/machine-id"):
         try:
-            raw = (base / rel).read_bytes().strip()
+            with open(os.path.join(base, rel), "rb") as f:
+                raw = f.read().strip()
         except OSError:
             continue
         if raw:
             break
     if not raw:
+        import socket
+
         raw = b"host:" + socket.gethostname().encode()
     return hashlib.sha256(b"licentia station\x00" + raw).hexdigest()[:16]
 

@@ -9,10 +9,8 @@ the licensed container. `cryptography` is imported only when this runs.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from licentia.model import ErrorCode, LicentiaError
@@ -41,11 +39,14 @@ def load_firm_key(key: FirmKey, firm_code: int | None = None) -> bytes:
         return key
     if isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdefABCDEF" for c in key):
         return bytes.fromhex(key)
+    import json
+
     if isinstance(key, bytes):
         text = key.decode("utf-8", "replace")
     else:
         try:
-            text = Path(key).read_text()
+            with open(os.fspath(key), encoding="utf-8") as f:
+                text = f.read()
         except OSError as exc:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"cannot read the firm public key {key}: {exc}",
                                 "export it with `licentia vendor export-public -o FILE`") from None
