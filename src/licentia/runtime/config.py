@@ -79,7 +79,7 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between checks for ended programs (and silent network clients)"),
     Setting("group_commit", "runtime", "group_commit", bool, True,
             "write concurrent unit decrements of a container in one durable transaction"),
-    Setting("snapshot_delay", "runtime", "snapshot_delay", float, 0.2,
+    Setting("snapshot_delay", "runtime", "snapshot_delay", float, 1.0,
             "seconds after a seat change before the seat snapshot is written"),
     Setting("max_frame", "runtime", "max_frame", int, 1 << 20,
             "largest request frame accepted, in bytes"),
@@ -119,7 +119,7 @@ class RuntimeConfig:
     connect_timeout: float = 3.0
     reap_interval: float = 1.0
     group_commit: bool = True
-    snapshot_delay: float = 0.2
+    snapshot_delay: float = 1.0
     max_frame: int = 1 << 20
     log_rotate_bytes: int = 16 << 20
     log_checkpoint_interval: float = 60.0

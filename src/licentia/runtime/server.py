@@ -288,6 +288,7 @@ class Runtime:
         self._snapshot_handle: asyncio.TimerHandle | None = None
         self._snapshot_running = False
         self._snapshot_again = False
+        self._snapshot_future: asyncio.Future[None] | None = None
         self._stop: asyncio.Event | None = None
         self._lock_fd: int | None = None
         self._session_cache: dict[frozenset[tuple[str, str]], tuple[SessionKind, str]] = {}
@@ -365,6 +366,9 @@ class Runtime:
             await up.close()
         if self._snapshot_handle is not None:
             self._snapshot_handle.cancel()
+        if self._snapshot_future is not None:  # one writer of the snapshot file at a time
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._snapshot_future), 10.0)
         self._write_snapshot_now()
         if self.log is not None:
             self.log.note({"event": "stop", "host": self.host_name, "sessions": len(self.seats) + len(self.remote)})
@@ -1301,6 +1305,7 @@ class Runtime:
         data = self._snapshot_bytes()
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(None, atomic_write, self.home.snapshot, data)
+        self._snapshot_future = fut
 
         def done(f: asyncio.Future[None]) -> None:
             self._snapshot_running = False
