@@ -78,6 +78,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def cpus_busy() -> list[float]:
+    """Busy seconds (user, nice, system, irq, softirq, steal) of each CPU, from /proc/stat."""
+    out: list[float] = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = [int(x) for x in line.split()[1:9]]
+                out.append((v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / _TICK)
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

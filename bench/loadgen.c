@@ -16,7 +16,7 @@
  * SERVER_PID: the server's CPU (utime + stime of /proc/PID/stat) is read at the start
  * and the end of the window (0: not read).
  * Prints one JSON object on stdout: ops, ops_s, p50_us, p99_us, server_cpu_s,
- * client_cpu_s, window_s, errors, first_error.
+ * client_cpu_s, window_s, errors, first_error, cpu_busy_s (busy seconds of each CPU in the window).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -86,6 +86,26 @@ static double cpu_of_pid(long pid) {
         p = end + 1;
     }
     return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+#define MAX_CPUS 64
+
+/* busy seconds (user, nice, system, irq, softirq, steal) of each CPU from /proc/stat */
+static int cpus_busy_s(double *busy) {
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return 0;
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof line, f) && n < MAX_CPUS) {
+        int cpu;
+        unsigned long long v[8] = {0};
+        if (strncmp(line, "cpu", 3) || line[3] < '0' || line[3] > '9') continue;
+        if (sscanf(line + 3, "%d %llu %llu %llu %llu %llu %llu %llu %llu", &cpu, &v[0], &v[1], &v[2], &v[3], &v[4],
+                   &v[5], &v[6], &v[7]) < 9 || cpu != n) continue;
+        busy[n++] = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+    }
+    fclose(f);
+    return n;
 }
 
 static int unhex(const char *hex, uint8_t **out, size_t *outlen) {
@@ -311,6 +331,8 @@ int main(int argc, char **argv) {
     int ready = 0, done = 0, started = 0, in_window = 0, window_over = 0;
     double w_start = 0, w_end = 0, hard_end = now_s() + 30.0; /* the handshake's bound */
     double srv0 = 0, srv1 = 0, cli0 = 0, cli1 = 0;
+    double busy0[MAX_CPUS] = {0}, busy1[MAX_CPUS] = {0};
+    int ncpu = 0;
     uint8_t out[64];
     struct epoll_event evs[256];
 
@@ -321,12 +343,14 @@ int main(int argc, char **argv) {
             in_window = 1;
             srv0 = cpu_of_pid(server_pid);
             cli0 = cpu_self_s();
+            ncpu = cpus_busy_s(busy0);
         }
         if (in_window && t >= w_end) {
             in_window = 0;
             window_over = 1;
             srv1 = cpu_of_pid(server_pid);
             cli1 = cpu_self_s();
+            cpus_busy_s(busy1);
         }
         if (t > hard_end) { note_error("timed out"); break; }
         for (int e = 0; e < n; e++) {
@@ -427,15 +451,17 @@ int main(int argc, char **argv) {
             }
         }
     }
-    if (!window_over) { srv1 = cpu_of_pid(server_pid); cli1 = cpu_self_s(); }
+    if (!window_over) { srv1 = cpu_of_pid(server_pid); cli1 = cpu_self_s(); cpus_busy_s(busy1); }
     for (int i = 0; i < conc; i++) close(cs[i].fd);
 
     qsort(lat, lat_n, sizeof(double), cmp_double);
     double p50 = lat_n ? lat[(size_t)(0.50 * (lat_n - 1))] : 0;
     double p99 = lat_n ? lat[(size_t)(0.99 * (lat_n - 1))] : 0;
     printf("{\"ops\": %ld, \"ops_s\": %.1f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"server_cpu_s\": %.3f, "
-           "\"client_cpu_s\": %.3f, \"window_s\": %.3f, \"errors\": %ld, \"first_error\": \"%s\"}\n",
+           "\"client_cpu_s\": %.3f, \"window_s\": %.3f, \"errors\": %ld, \"first_error\": \"%s\", \"cpu_busy_s\": [",
            ops, ops / window, p50 * 1e6, p99 * 1e6, (server_pid > 0 && srv0 >= 0 && srv1 >= 0) ? srv1 - srv0 : -1.0,
            cli1 - cli0, window, errors, first_error);
+    for (int i = 0; i < ncpu; i++) printf("%s%.3f", i ? ", " : "", busy1[i] - busy0[i]);
+    printf("]}\n");
     return 0;
 }

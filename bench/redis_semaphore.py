@@ -102,9 +102,9 @@ def run(port: int, conc: int, warmup: float, window: float, server_pid: int) -> 
                                       text=True, env=B.child_env()))
     try:
         time.sleep(max(0.0, t_start - time.time()))
-        cpu0 = B.cpu_seconds(server_pid)
+        cpu0, busy0 = B.cpu_seconds(server_pid), B.cpus_busy()
         time.sleep(max(0.0, t_end - time.time()))
-        cpu1 = B.cpu_seconds(server_pid)
+        cpu1, busy1 = B.cpu_seconds(server_pid), B.cpus_busy()
         outs = []
         for p in procs:
             out, err = p.communicate(timeout=lead + warmup + window + 30)
@@ -121,7 +121,8 @@ def run(port: int, conc: int, warmup: float, window: float, server_pid: int) -> 
     return {"ops": ops, "ops_s": ops / window, "p50_us": 1e6 * lat[(len(lat) - 1) // 2] if lat else 0.0,
             "p99_us": 1e6 * lat[int(0.99 * (len(lat) - 1))] if lat else 0.0, "server_cpu_s": cpu1 - cpu0,
             "client_cpu_s": sum(o["cpu_s"] for o in outs), "window_s": window, "processes": len(outs),
-            "errors": sum(o["errors"] for o in outs), "late": any(o["late"] for o in outs)}
+            "errors": sum(o["errors"] for o in outs), "late": any(o["late"] for o in outs),
+            "cpu_busy_s": [b - a for a, b in zip(busy0, busy1, strict=True)]}
 
 
 # ------------------------------------------------------------------ one client process
