@@ -61,11 +61,15 @@ def test_client_runtime_takes_and_loses_seats_on_a_server(
 
     again = Program(procs, other_root, via_client, **opts)
     assert again.granted
+    client.stop()  # a restart of the client runtime keeps the seats of its live programs
+    client.start()
+    assert again.ask("check")["valid"] is True
+    assert sorted(r["pid"] for r in server.sessions()) == sorted([again.pid, direct.pid])
     client.stop(signal.SIGKILL)  # the client runtime dies: its keep-alives stop
     wait_for("the server to time the silent client out",
              lambda: [r["pid"] for r in server.sessions()] == [direct.pid], timeout=20)
-    timeouts = [e for e in server.usage_log() if e["event"] == "release" and e.get("reason") == "timeout"]
-    assert timeouts
+    wait_for("the timeout in the server's log", lambda: [
+        e for e in server.usage_log() if e["event"] == "release" and e.get("reason") == "timeout"])
     # meanwhile the direct program's keep-alives held its seat past the 5 s timeout
     assert direct.ask("check")["valid"] is True
 
