@@ -87,7 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
             "rotate the usage log (and sign its chain head) at this size"),
     Setting("log_checkpoint_interval", "log", "checkpoint_interval", float, 60.0,
             "seconds between signed checkpoints of the usage log while it grows"),
-    Setting("log_flush_interval", "log", "flush_interval", float, 0.05,
+    Setting("log_flush_interval", "log", "flush_interval", float, 0.02,
             "seconds usage-log entries may wait in memory before they are written"),
 )
 
@@ -123,7 +123,7 @@ class RuntimeConfig:
     max_frame: int = 1 << 20
     log_rotate_bytes: int = 16 << 20
     log_checkpoint_interval: float = 60.0
-    log_flush_interval: float = 0.05
+    log_flush_interval: float = 0.02
 
     def check(self) -> RuntimeConfig:
         """Refuse settings that cannot work, with what to change."""

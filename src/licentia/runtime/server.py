@@ -25,6 +25,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -316,6 +317,11 @@ class Runtime:
         key = self._runtime_key()
         self.log = UsageLog(home.usage_log, key, rotate_bytes=config.log_rotate_bytes)
         loop = asyncio.get_running_loop()
+
+        def schedule_flush() -> None:
+            loop.call_later(config.log_flush_interval, self._flush_log)
+
+        self.log.on_pending = schedule_flush
         now = int(time.time())
         result = await loop.run_in_executor(None, self.containers.scan_disk, now)
         self.containers.apply_scan(result)
@@ -327,7 +333,6 @@ class Runtime:
         self._write_status()
         self._tasks = [
             loop.create_task(self._every(config.reap_interval, self._reap)),
-            loop.create_task(self._every(config.log_flush_interval, self._flush_log)),
             loop.create_task(self._every(config.log_checkpoint_interval, self._checkpoint_log)),
             loop.create_task(self._every(max(config.reap_interval, 1.0) * 2, self._rescan)),
             loop.create_task(self._keepalive_loop()),
@@ -1279,7 +1284,10 @@ class Runtime:
 
     def _flush_log(self) -> None:
         if self.log is not None and self.log.pending:
-            self.log.flush()
+            try:
+                self.log.flush()
+            except OSError as exc:  # a full disk must not stop the license service; say so where one can
+                print(f"licentia runtime: cannot write the usage log: {exc}", file=sys.stderr)
 
     def _checkpoint_log(self) -> None:
         if self.log is not None:

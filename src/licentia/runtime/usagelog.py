@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,9 @@ class UsageLog:
         self._prev = GENESIS
         self._unsigned = 0
         self._format = _Formatter()
+        # called when the first entry starts waiting, so the owner can schedule a flush
+        # (no timer runs while nothing happens)
+        self.on_pending: Callable[[], None] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         self._recover()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -147,14 +150,18 @@ class UsageLog:
     # -- recording (cheap) --
 
     def record(self, event: Event, extra: dict[str, Any] | None = None) -> None:
+        if not self._pending and self.on_pending is not None:
+            self.on_pending()
         self._pending.append((event, extra))
 
     def record_events(self, events: Iterable[Event]) -> None:
         for ev in events:
-            self._pending.append((ev, None))
+            self.record(ev)
 
     def note(self, fields: dict[str, Any]) -> None:
         """A runtime entry (start, stop, admin action): `fields` must hold "event"."""
+        if not self._pending and self.on_pending is not None:
+            self.on_pending()
         self._pending.append((None, fields))
 
     @property
