@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from licentia.binding import binding_holds, match_weight, required_weight
 from licentia.model import MachineProperty, Tolerance

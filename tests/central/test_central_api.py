@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 from central_helpers import T0, Box
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from licentia.central.api import create_app
 

@@ -4,8 +4,7 @@ delay, and the replacement decision."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import assume, given
-from hypothesis import strategies as st
+from hypothesis import assume, given, strategies as st
 
 from licentia.central import ids
 from licentia.central.policy import Policy, Rule, decide, parse_policy

@@ -20,20 +20,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pkcs11 import Attribute, ObjectClass, TokenFlag
-from pkcs11 import exceptions as p11e
+from pkcs11 import Attribute, ObjectClass, TokenFlag, exceptions as p11e
 
 from licentia.containers import token as tk
 from licentia.containers.operations import spend_units, use_item
 from licentia.containers.pkcs11 import open_session, reinitialize
 from licentia.containers.token import TokenContainer, TokenEvent, TokenEventKind
-from licentia.core import claims as C
-from licentia.core import updates as U
+from licentia.core import claims as C, updates as U
 from licentia.core.content import ContainerContent
 from licentia.crypto import new_signing_key
 from licentia.crypto.artifacts import sign_artifact_with
-from licentia.model import ContainerKind, ErrorCode, ItemRequest, LicentiaError, ProductItem
-from licentia.model import envelope as env
+from licentia.model import (
+    ContainerKind,
+    ErrorCode,
+    ItemRequest,
+    LicentiaError,
+    ProductItem,
+    envelope as env,
+)
 from tokens import SoftToken, TokenStore, softhsm_store
 
 FIRM = 10_001

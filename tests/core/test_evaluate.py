@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from licentia.core.clock import CLOCK_SKEW, CLOCK_STEP, VirtualClock
 from licentia.core.evaluate import begin_use, decrement, evaluate, status_of

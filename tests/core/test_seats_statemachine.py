@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import msgpack
 import pytest
-from hypothesis import settings
-from hypothesis import strategies as st
+from hypothesis import settings, strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,

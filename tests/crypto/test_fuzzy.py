@@ -9,8 +9,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from licentia.crypto import fuzzy
 from licentia.crypto.fuzzy import (

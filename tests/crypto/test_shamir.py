@@ -6,8 +6,7 @@ import os
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from licentia.crypto import shamir
 from licentia.crypto.shamir import combine, split

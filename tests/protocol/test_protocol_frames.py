@@ -6,8 +6,7 @@ import struct
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from licentia.model import ErrorCode, LicentiaError
 from licentia.protocol import (

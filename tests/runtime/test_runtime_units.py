@@ -14,8 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from tests.runtime.harness import Vendor, make_home, open_container
 
 from licentia.core.seats import Event, EventKind, Holder, ItemKey, ReleaseReason, Station

@@ -5,8 +5,7 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from licentia.containers.pkcs11 import KeyKind
 from licentia.model import ErrorCode, LicentiaError

@@ -32,8 +32,7 @@ from licentia.central.service import BUSY, Central, _err
 from licentia.core.clock import VirtualClock
 from licentia.core.evaluate import evaluate
 from licentia.crypto.artifacts import sign_artifact
-from licentia.model import ErrorCode, ItemRequest, ItemState, LicentiaError
-from licentia.model import envelope as env
+from licentia.model import ErrorCode, ItemRequest, ItemState, LicentiaError, envelope as env
 
 CREDENTIAL_FORMAT = "licentia-cloud-credential"
 GRANT_MAGIC = b"LCCG"

@@ -32,9 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pkcs11
-from asn1crypto import core as asn1_core
-from asn1crypto import keys as asn1_keys
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import core as asn1_core, keys as asn1_keys, x509 as asn1_x509
 from pkcs11 import (
     Attribute,
     CertificateType,
@@ -43,14 +41,13 @@ from pkcs11 import (
     MechanismFlag,
     ObjectClass,
     TokenFlag,
+    exceptions as p11e,
 )
-from pkcs11 import exceptions as p11e
 from pkcs11.attributes import AttributeMapper, handle_ulong
 from pkcs11.constants import DEFAULT
 from pkcs11.util.ec import encode_ecdsa_signature
 
-from licentia.crypto.x509 import key_identifier as _ski
-from licentia.crypto.x509 import wrap_for_import
+from licentia.crypto.x509 import key_identifier as _ski, wrap_for_import
 from licentia.model import ErrorCode, LicentiaError
 
 if TYPE_CHECKING:

@@ -56,8 +56,8 @@ from licentia.model import (
     Fingerprint,
     LicentiaError,
     Tolerance,
+    envelope as env,
 )
-from licentia.model import envelope as env
 
 MAGIC = b"LCSC"
 VERSION = 1

@@ -94,8 +94,8 @@ from licentia.model import (
     ContainerSerial,
     ErrorCode,
     LicentiaError,
+    envelope as env,
 )
-from licentia.model import envelope as env
 
 T = TypeVar("T")
 

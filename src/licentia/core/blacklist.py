@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 from licentia.crypto import InvalidArtifact
 from licentia.crypto.artifacts import open_signed_artifact, sign_artifact
-from licentia.model import ContainerSerial, ErrorCode, LicentiaError
-from licentia.model import envelope as env
+from licentia.model import ContainerSerial, ErrorCode, LicentiaError, envelope as env
 
 MAGIC = b"LCBL"
 VERSION = 1

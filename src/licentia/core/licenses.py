@@ -14,8 +14,14 @@ from licentia.core.clock import VirtualClock
 from licentia.core.content import ContainerContent, FirmEntry, ItemEntry
 from licentia.crypto import InvalidArtifact
 from licentia.crypto.artifacts import open_signed_artifact, sign_artifact
-from licentia.model import ContainerSerial, ErrorCode, ItemState, LicentiaError, ProductItem
-from licentia.model import envelope as env
+from licentia.model import (
+    ContainerSerial,
+    ErrorCode,
+    ItemState,
+    LicentiaError,
+    ProductItem,
+    envelope as env,
+)
 
 LICENSE_MAGIC = b"LCLI"
 LICENSE_VERSION = 1

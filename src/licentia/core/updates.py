@@ -28,8 +28,14 @@ from licentia.core.licenses import License, check_license_for, issue_license, re
 from licentia.crypto import InvalidArtifact, digest, seal_to, signing_public_key
 from licentia.crypto.artifacts import sign_artifact, sign_artifact_with, split_signed
 from licentia.crypto.recipes import verify
-from licentia.model import ContainerSerial, ErrorCode, ItemState, LicentiaError, ProductItem
-from licentia.model import envelope as env
+from licentia.model import (
+    ContainerSerial,
+    ErrorCode,
+    ItemState,
+    LicentiaError,
+    ProductItem,
+    envelope as env,
+)
 
 REQUEST_MAGIC, UPDATE_MAGIC, RECEIPT_MAGIC = b"LCRQ", b"LCUP", b"LCRC"
 VERSION = 1

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields, replace
-from enum import StrEnum
 from typing import Any
 
 from licentia.model.errors import ErrorCode, LicentiaError
 from licentia.model.ids import UINT32_MAX, product_code
+from licentia.model.states import AccessMode, ContainerStatus, ItemStatus
+
+__all__ = [
+    "AccessMode", "ContainerStatus", "ItemRequest", "ItemState", "ItemStatus", "ProductItem",
+    "Verdict", "Version", "VersionRange", "format_version", "parse_version",
+]
 
 Version = tuple[int, ...]
 
@@ -24,29 +29,6 @@ Version = tuple[int, ...]
 TEXT_MAX = 256
 DATA_MAX = 256
 HIDDEN_MAX = 4096
-
-
-class ItemStatus(StrEnum):
-    VALID = "valid"
-    EXPIRED = "expired"
-    NOT_YET_ACTIVE = "not yet active"
-    USED_UP = "used up"
-    DISABLED = "disabled"
-    LOCKED = "locked"
-
-
-class ContainerStatus(StrEnum):
-    OK = "ok"
-    INVALID = "invalid"  # tampered with, or not ours
-    BROKEN = "broken"  # the machine binding no longer holds
-    CLOCK_MANIPULATED = "clock manipulated"
-
-
-class AccessMode(StrEnum):
-    PER_ACCESS = "per-access"  # each handle takes a seat
-    PER_STATION = "per-station"  # all handles of one station share a seat
-    NONE = "none"  # no seat; the item must only be valid
-    EXCLUSIVE = "exclusive"  # one handle per station
 
 
 def parse_version(text: str) -> Version:

@@ -12,8 +12,13 @@ from pathlib import Path
 
 from licentia.model import ErrorCode, LicentiaError
 from licentia.protocol.client import Client
-from licentia.sdk.connect import Target as _Target
-from licentia.sdk.connect import hello_client, process_start, program_name, user_name
+from licentia.sdk.connect import (
+    Target as _Target,
+    hello_client,
+    process_start,
+    program_name,
+    user_name,
+)
 
 
 def socket_of(home: Path) -> Path:

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from asn1crypto import csr as asn1_csr
-from asn1crypto import keys as asn1_keys
-from asn1crypto import pem
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import csr as asn1_csr, keys as asn1_keys, pem, x509 as asn1_x509
 from cryptography import x509
 
 from licentia.containers.pkcs11 import KeyKind, key_identifier, public_key_kind

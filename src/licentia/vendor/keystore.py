@@ -23,8 +23,7 @@ from licentia.crypto import (
     wrap_with_passphrase,
 )
 from licentia.fsutil import write_new
-from licentia.model import ErrorCode, LicentiaError
-from licentia.model import firm_code as check_firm_code
+from licentia.model import ErrorCode, LicentiaError, firm_code as check_firm_code
 
 FORMAT = "licentia-firm-keystore"
 VERSION = 1
