@@ -115,6 +115,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interva
         time.sleep(interval)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the benchmark process dies (even by SIGKILL)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Stopper:
     """Every child process started, stopped at the end by its PID (SIGTERM, then SIGKILL)."""
 
@@ -122,7 +130,7 @@ class Stopper:
         self.children: list[subprocess.Popen[Any]] = []
 
     def spawn(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(list(argv), **kwargs)
+        proc = subprocess.Popen(list(argv), preexec_fn=_die_with_parent, **kwargs)
         self.children.append(proc)
         return proc
 
