@@ -7,34 +7,73 @@
 - `clock`: signed time from the vendor side.
 """
 
-from licentia.crypto.recipes import (
-    InvalidArtifact,
-    box_public_key,
-    derive,
-    digest,
-    equal,
-    key_id,
-    keyed_digest,
-    new_box_key,
-    new_key,
-    new_signing_key,
-    open_hidden_data,
-    open_sealed,
-    random_bytes,
-    seal,
-    seal_hidden_data,
-    seal_to,
-    sign,
-    signing_public_key,
-    unseal,
-    unwrap_with_passphrase,
-    verify,
-    wrap_with_passphrase,
-)
+from __future__ import annotations
+
+import importlib
+
+# Loaded on first use, like licentia.model: a protected program pays only for what it calls.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from licentia.crypto.recipes import (
+        InvalidArtifact as InvalidArtifact,
+        box_public_key as box_public_key,
+        derive as derive,
+        digest as digest,
+        equal as equal,
+        key_id as key_id,
+        keyed_digest as keyed_digest,
+        new_box_key as new_box_key,
+        new_key as new_key,
+        new_signing_key as new_signing_key,
+        open_hidden_data as open_hidden_data,
+        open_sealed as open_sealed,
+        random_bytes as random_bytes,
+        seal as seal,
+        seal_hidden_data as seal_hidden_data,
+        seal_to as seal_to,
+        sign as sign,
+        signing_public_key as signing_public_key,
+        unseal as unseal,
+        unwrap_with_passphrase as unwrap_with_passphrase,
+        verify as verify,
+        wrap_with_passphrase as wrap_with_passphrase,
+    )
 
 __all__ = [
-    "InvalidArtifact", "box_public_key", "derive", "digest", "equal", "key_id",
-    "keyed_digest", "new_box_key", "new_key", "new_signing_key", "open_hidden_data", "open_sealed",
-    "random_bytes", "seal", "seal_hidden_data", "seal_to", "sign", "signing_public_key", "unseal",
-    "unwrap_with_passphrase", "verify", "wrap_with_passphrase",
+    "InvalidArtifact",
+    "box_public_key",
+    "derive",
+    "digest",
+    "equal",
+    "key_id",
+    "keyed_digest",
+    "new_box_key",
+    "new_key",
+    "new_signing_key",
+    "open_hidden_data",
+    "open_sealed",
+    "random_bytes",
+    "seal",
+    "seal_hidden_data",
+    "seal_to",
+    "sign",
+    "signing_public_key",
+    "unseal",
+    "unwrap_with_passphrase",
+    "verify",
+    "wrap_with_passphrase",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'licentia.crypto' has no attribute {name!r}")
+    value = getattr(importlib.import_module("licentia.crypto.recipes"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

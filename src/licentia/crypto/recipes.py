@@ -18,20 +18,12 @@ import hashlib
 import hmac
 import os
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.asymmetric.x25519 import (
-    X25519PrivateKey,
-    X25519PublicKey,
-)
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# Primitives are imported where they are used: a protected program that only verifies
+# a signature loads Ed25519 and nothing else of cryptography at start.
 
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
@@ -78,6 +70,9 @@ def equal(a: bytes, b: bytes) -> bool:
 
 def derive(key: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
     """A subkey for one purpose (`info` names it) from a master key."""
+    from cryptography.hazmat.primitives.hashes import SHA256
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=SHA256(), length=length, salt=None, info=info).derive(key)
 
 
@@ -86,12 +81,17 @@ def derive(key: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
 
 def new_signing_key() -> bytes:
     """A fresh Ed25519 private key, as 32 raw bytes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
 
 
 def signing_public_key(private_key: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return (
         _ed_private(private_key)
         .public_key()
@@ -105,6 +105,9 @@ def sign(private_key: bytes, data: bytes) -> bytes:
 
 def verify(public_key: bytes, data: bytes, signature: bytes) -> None:
     """Raise InvalidArtifact unless `signature` is `public_key`'s over exactly `data`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         raise InvalidArtifact()
     try:
@@ -119,6 +122,8 @@ def key_id(public_key: bytes) -> str:
 
 
 def _ed_private(private_key: bytes) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if len(private_key) != KEY_SIZE:
         raise InvalidArtifact()
     return Ed25519PrivateKey.from_private_bytes(private_key)
@@ -129,12 +134,17 @@ def _ed_private(private_key: bytes) -> Ed25519PrivateKey:
 
 def seal(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
     """Encrypt and authenticate: version byte, nonce, ciphertext with tag."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = os.urandom(_NONCE_SIZE)
     return _SEAL_V1 + nonce + AESGCM(key).encrypt(nonce, plaintext, _SEAL_V1 + aad)
 
 
 def unseal(key: bytes, sealed: bytes, aad: bytes = b"") -> bytes:
     """Open what `seal` made with the same key and aad, or raise InvalidArtifact."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     if len(key) != KEY_SIZE or len(sealed) < 1 + _NONCE_SIZE + 16 or sealed[:1] != _SEAL_V1:
         raise InvalidArtifact()
     nonce, body = sealed[1 : 1 + _NONCE_SIZE], sealed[1 + _NONCE_SIZE :]
@@ -149,12 +159,18 @@ def unseal(key: bytes, sealed: bytes, aad: bytes = b"") -> bytes:
 
 def new_box_key() -> bytes:
     """A fresh X25519 private key (32 raw bytes) for receiving sealed messages."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return X25519PrivateKey.generate().private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
 
 
 def box_public_key(private_key: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return (
         X25519PrivateKey.from_private_bytes(private_key)
         .public_key()
@@ -164,6 +180,9 @@ def box_public_key(private_key: bytes) -> bytes:
 
 def seal_to(public_key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
     """Encrypt for the holder of the X25519 private key that matches `public_key`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
     if len(public_key) != PUBLIC_KEY_SIZE:
         raise InvalidArtifact()
     ephemeral = X25519PrivateKey.generate()
@@ -179,6 +198,9 @@ def seal_to(public_key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
 
 
 def open_sealed(private_key: bytes, sealed: bytes, aad: bytes = b"") -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
     if len(sealed) < 1 + PUBLIC_KEY_SIZE or sealed[:1] != _SEAL_TO_V1 or len(private_key) != KEY_SIZE:
         raise InvalidArtifact()
     eph_public = sealed[1 : 1 + PUBLIC_KEY_SIZE]
@@ -214,6 +236,8 @@ def unwrap_with_passphrase(wrapped: bytes, passphrase: str) -> bytes:
 
 
 def _stretch(passphrase: str, salt: bytes, cost: int) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
     return Scrypt(salt=salt, length=KEY_SIZE, n=2**cost, r=8, p=1).derive(passphrase.encode())
 
 
