@@ -159,7 +159,8 @@ def report(args: argparse.Namespace, doc: dict[str, Any]) -> str:
     out.append(B.table(["server", "conc", "pairs/s", "p50 µs", "p99 µs", "server CPU µs/pair", "server %", "load %",
                         "others %", "errors"], rows))
     out.append("   server %, load %: CPU time of the server process and of the load client(s) over the window (100 % = one "
-               "core); others %: CPU the rest of the machine used meanwhile (other work, hypervisor steal); a run with "
+               "core); others %: CPU the rest of the machine used meanwhile (other work, hypervisor steal; 0 ± 10 when "
+               "quiet, tick accounting); a run with "
                f"more than {args.quiet:g} % was repeated up to {args.retries} times and the quietest kept "
                f"({doc['retried_runs']} of {doc['total_runs']} runs were repeated)")
     out.append("   load: compiled epoll client (runtime, floor); redis-py: "
