@@ -204,10 +204,12 @@ def endpoints(central: Central) -> list[Endpoint]:
         Endpoint("POST", "/api/cloud/access", lambda call: cloud.access(
             call.field("serial", str), call.field("secret", str), call.field("product_code", int),
             call.field("station", str), call.now, feature_code=call.field("feature_code", int, required=False, default=0),
-            lease=call.field("lease", int, required=False, default=300)), None,
-            "Take a seat of a cloud license (counted in central)",
+            lease=call.field("lease", int, required=False, default=300),
+            container_key=call.field("container_key", str, required=False)), None,
+            "Take a seat of a cloud license (counted in central); with container_key, also a license for that key",
             body=_obj({**secret, "product_code": {"type": "integer"}, "station": {"type": "string"},
-                       "feature_code": {"type": "integer"}, "lease": {"type": "integer"}},
+                       "feature_code": {"type": "integer"}, "lease": {"type": "integer"},
+                       "container_key": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}},
                       ["serial", "secret", "product_code", "station"])),
         Endpoint("POST", "/api/cloud/heartbeat", lambda call: cloud.heartbeat(
             call.field("serial", str), call.field("secret", str), call.field("handle", str), call.now,

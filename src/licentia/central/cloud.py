@@ -11,15 +11,14 @@ grant more seats than the license has: the database refuses the second insert of
 A seat lives for a lease (default 5 minutes), renewed by heartbeats, and is reclaimed
 once expired. Every grant is signed by the firm (magic LCCG) so the runtime can trust it.
 
-Credential file (JSON, like the keystore, so an administrator can tell what it is):
-    {"format": "licentia-cloud-credential", "version": 1, "central": URL,
-     "firm_code": N, "serial": "140-…", "secret": "…", "issued_at": T}
+The credential file format, the grant and the item wire form are `licentia.core.cloud`,
+shared with the runtime. A runtime that sends its container key with an access gets a
+license for that seat too, signed by the firm and naming the cloud serial and that key,
+so a protected program verifies a cloud seat as it verifies any other license.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from typing import Any
 
@@ -30,33 +29,24 @@ from sqlalchemy.orm import Session
 from licentia.central.db import Activation, CloudCredential, CloudSeat, Container, License
 from licentia.central.service import BUSY, Central, _err
 from licentia.core.clock import VirtualClock
+from licentia.core.cloud import (
+    CLOUD_MASK,
+    CREDENTIAL_FORMAT,
+    DEFAULT_LEASE,
+    GRANT_MAGIC,
+    MAX_LEASE,
+    Grant,
+    issue_grant,
+    item_to_wire,
+    make_credential,
+    read_credential,
+    secret_digest as _digest,
+)
 from licentia.core.evaluate import evaluate
-from licentia.crypto.artifacts import sign_artifact
-from licentia.model import ErrorCode, ItemRequest, ItemState, LicentiaError, envelope as env
+from licentia.core.licenses import License as SignedLicense, issue_license
+from licentia.model import ContainerSerial, ErrorCode, ItemRequest, ItemState, LicentiaError
 
-CREDENTIAL_FORMAT = "licentia-cloud-credential"
-GRANT_MAGIC = b"LCCG"
-DEFAULT_LEASE = 300
-MAX_LEASE = 3600
-CLOUD_MASK = 140
-
-
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def read_credential(text: str) -> dict[str, Any]:
-    """Parse a credential file; refuse anything else with CREDENTIAL_INVALID."""
-    try:
-        doc = json.loads(text)
-        if doc.get("format") != CREDENTIAL_FORMAT or doc.get("version") != 1:
-            raise ValueError
-        for key in ("central", "serial", "secret"):
-            if not isinstance(doc.get(key), str):
-                raise ValueError
-        return dict(doc)
-    except (ValueError, AttributeError):
-        raise LicentiaError(ErrorCode.CREDENTIAL_INVALID, "this is not a licentia cloud credential file") from None
+__all__ = ["CLOUD_MASK", "CREDENTIAL_FORMAT", "DEFAULT_LEASE", "GRANT_MAGIC", "MAX_LEASE", "Cloud", "read_credential"]
 
 
 class Cloud:
@@ -87,10 +77,8 @@ class Cloud:
         secret = secrets.token_urlsafe(32)
         s.add(CloudCredential(serial=c.serial, digest=_digest(secret), created_at=now))
         self.central._audit(s, now, actor, "cloud.credential", c.serial)
-        return {
-            "format": CREDENTIAL_FORMAT, "version": 1, "central": base_url or self.public_url,
-            "firm_code": self.central.firm.firm_code, "serial": c.serial, "secret": secret, "issued_at": now,
-        }
+        return make_credential(base_url or self.public_url, self.central.firm.firm_code, c.serial, secret, now,
+                               self.central.firm.public_key)
 
     def move_to_cloud(self, ticket: str, now: int, *, base_url: str = "", actor: str = "user") -> dict[str, Any]:
         """Put the ticket's free licenses into its cloud container (made on first use) and
@@ -177,15 +165,23 @@ class Cloud:
                 used = s.execute(select(func.count()).select_from(CloudSeat).where(
                     CloudSeat.license_id == lic.id, CloudSeat.expires_at > now)).scalar_one()
                 out.append({"item_id": lic.id, "product_code": item.product_code, "quantity": item.quantity,
-                            "in_use": used, "item": _plain(item.to_dict()), "since": a.confirmed_at})
+                            "in_use": used, "item": item_to_wire(item), "since": a.confirmed_at})
             return {"serial": serial, "firm_code": self.central.firm.firm_code, "items": out, "time": now}
 
     def access(self, serial: str, secret: str, product_code: int, station: str, now: int,
-               *, feature_code: int = 0, lease: int = DEFAULT_LEASE) -> dict[str, Any]:
+               *, feature_code: int = 0, lease: int = DEFAULT_LEASE, container_key: str | None = None) -> dict[str, Any]:
         if not 30 <= lease <= MAX_LEASE:
             raise _err(ErrorCode.INVALID_PARAMETER, f"a lease lasts 30 to {MAX_LEASE} seconds")
         if not station or len(station) > 200:
             raise _err(ErrorCode.INVALID_PARAMETER, "name the station (1-200 characters)")
+        key: bytes | None = None
+        if container_key is not None:
+            try:
+                key = bytes.fromhex(container_key)
+            except ValueError:
+                key = None
+            if key is None or len(key) != 32:
+                raise _err(ErrorCode.INVALID_PARAMETER, "container_key must be an Ed25519 public key (64 hex digits)")
         with self.central.db.transaction() as s:
             self._authenticate(s, serial, secret)
             candidates = [(a, lic) for a, lic in self._items(s, serial)
@@ -217,16 +213,20 @@ class Cloud:
                     self.central._audit(s, now, f"cloud:{serial}", "cloud.access", serial, license=lic.id, slot=slot,
                                         station=station, handle=handle)
                     grant = self._grant(serial, lic.id, product_code, handle, now + lease, now)
-                    return {"handle": handle, "item_id": lic.id, "expires_at": now + lease, "lease": lease,
-                            "item": _plain(item.to_dict()), "grant": grant}
+                    answer = {"handle": handle, "item_id": lic.id, "expires_at": now + lease, "lease": lease,
+                              "item": item_to_wire(item), "grant": grant}
+                    if key is not None:  # the runtime's key for this seat: a license a program can verify
+                        answer["license"] = issue_license(
+                            SignedLicense(ContainerSerial.parse(serial), key, self.central.firm.firm_code, lic.id, item, now),
+                            self.central.firm.private_key).hex()
+                    return answer
                 refusal = _err(ErrorCode.NO_MORE_LICENSES, f"all {item.quantity} seats of product {product_code} are in use")
             assert refusal is not None
             raise refusal
 
     def _grant(self, serial: str, item_id: int, product_code: int, handle: str, expires_at: int, now: int) -> str:
-        body = env.encode({"serial": serial, "firm_code": self.central.firm.firm_code, "item_id": item_id,
-                           "product_code": product_code, "handle": handle, "expires_at": expires_at, "issued_at": now})
-        return sign_artifact(GRANT_MAGIC, 1, body, self.central.firm.private_key).hex()
+        grant = Grant(serial, self.central.firm.firm_code, item_id, product_code, handle, expires_at, now)
+        return issue_grant(grant, self.central.firm.private_key).hex()
 
     def _seat(self, s: Session, serial: str, handle: str) -> CloudSeat:
         seat = s.execute(select(CloudSeat).where(CloudSeat.handle == handle).with_for_update()).scalar_one_or_none()
@@ -257,7 +257,3 @@ class Cloud:
             s.delete(seat)
             self.central._audit(s, now, f"cloud:{serial}", "cloud.release", serial, license=seat.license_id, handle=handle)
             return {"handle": handle, "released": True}
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in d.items()}
