@@ -89,6 +89,34 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between signed checkpoints of the usage log while it grows"),
     Setting("log_flush_interval", "log", "flush_interval", float, 0.02,
             "seconds usage-log entries may wait in memory before they are written"),
+    Setting("tokens", "tokens", "enabled", bool, True,
+            "serve the token containers (PKCS#11) of the configured module"),
+    Setting("token_module", "tokens", "module", str, "",
+            "PKCS#11 module of token containers (default: $LICENTIA_PKCS11_MODULE, else the one "
+            "recorded in containers/tokens.json)"),
+    Setting("token_pin_file", "tokens", "pin_file", str, "",
+            "file holding the tokens' user PIN (default: the PIN file recorded per container, "
+            "else $LICENTIA_PIN_FILE or $LICENTIA_PIN)"),
+    Setting("token_watch_interval", "tokens", "watch_interval", float, 0.5,
+            "seconds between presence checks of each token in use (a pulled token is reported within "
+            "this and one check)"),
+    Setting("token_scan_interval", "tokens", "scan_interval", float, 5.0,
+            "seconds between looks for token containers plugged in, or free again after another runtime "
+            "held them"),
+    Setting("cloud_credential", "cloud", "credentials", list, (),
+            "cloud container credential files whose licenses this runtime offers (repeat the flag for several)"),
+    Setting("cloud_lease", "cloud", "lease", int, 300,
+            "seconds a cloud seat is leased from central; renewed every third of it"),
+    Setting("cloud_refresh", "cloud", "refresh", float, 60.0,
+            "seconds between asking central for the cloud containers' licenses (and whether their "
+            "credentials still hold)"),
+    Setting("central_url", "central", "url", str, "",
+            "central's URL: sync every soft and token container with it (empty: no sync)"),
+    Setting("central_interval", "central", "interval", float, 3600.0,
+            "seconds between syncs with central (checkpoint licenses are renewed sooner, when less than "
+            "half their period remains)"),
+    Setting("central_timeout", "central", "timeout", float, 30.0,
+            "seconds to wait for central to answer"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -124,6 +152,17 @@ class RuntimeConfig:
     log_rotate_bytes: int = 16 << 20
     log_checkpoint_interval: float = 60.0
     log_flush_interval: float = 0.02
+    tokens: bool = True
+    token_module: str = ""
+    token_pin_file: str = ""
+    token_watch_interval: float = 0.5
+    token_scan_interval: float = 5.0
+    cloud_credential: tuple[str, ...] = ()
+    cloud_lease: int = 300
+    cloud_refresh: float = 60.0
+    central_url: str = ""
+    central_interval: float = 3600.0
+    central_timeout: float = 30.0
 
     def check(self) -> RuntimeConfig:
         """Refuse settings that cannot work, with what to change."""
@@ -149,6 +188,14 @@ class RuntimeConfig:
             _bad("max_frame must be at least 1024 bytes")
         if self.log_rotate_bytes < 4096:
             _bad("log rotate_bytes must be at least 4096")
+        for name in ("token_watch_interval", "token_scan_interval", "cloud_refresh", "central_interval",
+                     "central_timeout"):
+            if getattr(self, name) <= 0:
+                _bad(f"{name} must be a positive number of seconds")
+        if not 30 <= self.cloud_lease <= 3600:
+            _bad(f"cloud lease {self.cloud_lease} s is out of range; use 30 to 3600 seconds")
+        if self.central_url and not self.central_url.startswith(("http://", "https://")):
+            _bad(f"central url {self.central_url!r} must start with http:// or https://")
         return self
 
     def keepalive_for(self, server_timeout: float) -> float:
@@ -193,6 +240,13 @@ def load(path: Path) -> dict[str, Any]:
 
 def _convert(setting: Setting, value: Any, where: str) -> Any:
     kind = setting.kind
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise LicentiaError(
+                ErrorCode.INVALID_PARAMETER,
+                f"{where}: [{setting.section}] {setting.key} must be a list of strings, got {value!r}",
+            )
+        return tuple(value)
     ok = (
         isinstance(value, bool) if kind is bool
         else isinstance(value, int | float) and not isinstance(value, bool) if kind is float
@@ -223,13 +277,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if s.kind is bool:
             parser.add_argument(flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{s.help} (default {str(s.default).lower()})")
+        elif s.kind is list:
+            parser.add_argument(flag, dest=s.name, action="append", default=None, metavar="FILE",
+                                help=f"{s.help} (default none)")
         else:
             parser.add_argument(flag, dest=s.name, type=s.kind, default=None, metavar=s.kind.__name__.upper(),
                                 help=f"{s.help} (default {s.default!r})")
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    return {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    out = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
 def default_file() -> str:
@@ -253,6 +311,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)
 
 
