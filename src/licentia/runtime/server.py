@@ -86,6 +86,7 @@ from licentia.runtime.licenses import (
     make_proof,
 )
 from licentia.runtime.searchlist import Discovered, DiscoveryResponder, read_list
+from licentia.runtime.tokens import REMOVED, RuntimeContainers, RuntimeTokens
 from licentia.runtime.upstream import Upstream, unreachable
 from licentia.runtime.usagelog import UsageLog
 from licentia.sdk.proof import station_host_id
@@ -264,7 +265,9 @@ class Runtime:
         self.host_name = socket.gethostname()
         self.host_id = station_host_id(machine_root)
         self.seats = SeatTable()
-        self.containers = LocalContainers(home.containers, fingerprint, group_commit=config.group_commit)
+        self.containers: LocalContainers = RuntimeContainers(home.containers, fingerprint,
+                                                             group_commit=config.group_commit)
+        self.tokens = RuntimeTokens(self)
         self.log: UsageLog | None = None
         self.remote: dict[int, RemoteHold] = {}
         self.next_remote = REMOTE_BASE
@@ -326,6 +329,7 @@ class Runtime:
         now = int(time.time())
         result = await loop.run_in_executor(None, self.containers.scan_disk, now)
         self.containers.apply_scan(result)
+        await self.tokens.start()
         self._restore_state()
         self._reload_servers()
         self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
@@ -375,6 +379,7 @@ class Runtime:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
         for up in self.upstreams.values():
             await up.close()
+        await self.tokens.stop()
         if self._snapshot_handle is not None:
             self._snapshot_handle.cancel()
         if self._snapshot_future is not None:  # one writer of the snapshot file at a time
@@ -719,6 +724,8 @@ class Runtime:
                 self.net_pids[grant.handle] = ident.pid
             if self._snapshot_handle is None:
                 self._seats_changed()
+            if ld.serial in self.tokens.held:  # the token proves it is here, off the loop
+                return self.tokens.grant(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local, write)
             if write:
                 return self._grant_durably(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local)
             return self._grant_reply(msg, ld, entry, grant.handle, mode, ident.local)
@@ -928,6 +935,8 @@ class Runtime:
             return self._forward(msg, hold, "decrement", units=units)
         sess = self._session_for(ident, handle)
         ld, _ = self.containers.entry(sess.key.container, sess.key.firm_code, sess.key.item_id)
+        if ld.serial in self.tokens.held:
+            return self.tokens.decrement(msg, ld, sess, units)
         return self._decrement(msg, ld, sess, units)
 
     async def _decrement(self, msg: Message, ld: Loaded, sess: Session, units: int) -> Message:
@@ -992,6 +1001,9 @@ class Runtime:
             reply["license"] = entry.license
         nonce = msg.get("nonce")
         if nonce:
+            if key.container in self.tokens.held:
+                return self.tokens.prove_reply(reply, ld, nonce, handle, key.firm_code, key.item_id,
+                                               entry.state.units_remaining, until)
             reply["proof"] = make_proof(ld.content, nonce, handle, key.firm_code, key.item_id,
                                         entry.state.units_remaining, until)
         return reply
@@ -999,7 +1011,8 @@ class Runtime:
     def _gone_reply(self, rid: int, handle: int) -> Message:
         why = self.gone.get(handle)
         reason = f"the license was freed ({_why(why)})" if why else "the handle is not held"
-        return {"id": rid, "ok": True, "valid": False, "events": [LICENSE_GONE], "reason": reason}
+        events = [CONTAINER_REMOVED, LICENSE_GONE] if why and why.startswith(REMOVED) else [LICENSE_GONE]
+        return {"id": rid, "ok": True, "valid": False, "events": events, "reason": reason}
 
     async def _check_remote(self, msg: Message, hold: RemoteHold) -> Message:
         events = set(self.handle_events.pop(hold.handle, ()))
@@ -1212,6 +1225,8 @@ class Runtime:
     def container_rows(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for serial, ld in sorted(self.containers.loaded.items()):
+            if serial in self.containers.external:  # type: ignore[attr-defined]
+                continue  # token and cloud containers: their own rows below
             rows.append({"serial": serial, "kind": "soft", "status": ld.status.value,
                          "binding": ld.container.health.describe(), "items": len(ld.content.entries()),
                          "path": str(ld.path)})
@@ -1220,6 +1235,7 @@ class Runtime:
                       else ContainerStatus.INVALID)
             rows.append({"serial": Path(path).name.removesuffix(".lcsc"), "kind": "soft", "status": status.value,
                          "binding": problem.error.message, "items": None, "path": path})
+        rows += self.tokens.rows()
         return rows
 
     def item_rows(self, firm: int | None = None) -> list[dict[str, Any]]:

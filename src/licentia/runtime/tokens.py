@@ -1,0 +1,594 @@
+"""Token containers in the runtime: found, claimed, proven on every access, watched.
+
+At start (and every `[tokens] scan_interval` seconds) the runtime looks at the tokens of
+its PKCS#11 module (`[tokens] module`, else $LICENTIA_PKCS11_MODULE, else the module
+recorded in `containers/tokens.json`). Each token that carries a licentia container is
+opened with its PIN (`[tokens] pin_file`, else the PIN file recorded for that container,
+else $LICENTIA_PIN_FILE or $LICENTIA_PIN) and **claimed** with this runtime's id, kept in
+`HOME/state/runtime.id` so a restart is no change of hands. The container then serves like
+a soft one (same candidates, same seat table), with two differences:
+
+- every grant is **proven by the token**: it signs the program's challenge (or, without
+  one, a fresh presence challenge) through `TokenContainer.prove`, which also checks that
+  this runtime still holds the token; the proof never comes from a cached key;
+- a **watch** checks the token every `[tokens] watch_interval` seconds (0.5 s). When the
+  token is pulled, its slot vanishes, another runtime claims it, or it is locked out for
+  changing hands too fast, the runtime frees every seat of the container (usage log:
+  `release` with reason `container-removed`), logs `container-removed`, shows the reason
+  on the status API, and the programs see `container-removed` and `license-gone` at their
+  next check. An access that finds the token gone does the same at once.
+
+A token taken away is not claimed back while another runtime holds it (two runtimes
+would otherwise hand it back and forth into a lockout); it is claimed again once it is
+free (the other runtime released it, or a lockout ended). A wrong PIN is tried once and
+not again until the PIN source changes, so the runtime never uses up the token's tries.
+
+`RuntimeContainers` is the runtime's container table: the home's soft containers plus
+containers kept elsewhere (tokens here, cloud containers in `licentia.runtime.cloud`), which
+a scan of the containers directory must not report gone. `withdraw` takes such a
+container away and frees its seats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from licentia.core.content import ContainerContent
+from licentia.core.evaluate import valid_until
+from licentia.core.seats import Session
+from licentia.fsutil import atomic_write
+from licentia.model import ContainerSerial, ErrorCode, ItemRequest, LicentiaError
+from licentia.runtime.commit import ContainerWriter
+from licentia.runtime.licenses import (
+    Changes,
+    Loaded,
+    LocalContainers,
+    ScanResult,
+    _changed_items,
+    decrement_op,
+    first_use_op,
+)
+from licentia.sdk.proof import proof_message
+
+if TYPE_CHECKING:
+    from licentia.containers.token import TokenContainer, TokenEvent, TokenWatch
+    from licentia.runtime.server import Runtime
+
+Message = dict[str, Any]
+
+RUNTIME_ID_FILE = "runtime.id"
+REMOVED = "container-removed"  # the release reason of seats whose container went away
+# Errors that mean this runtime cannot use the token any more.
+LOST = frozenset({ErrorCode.TOKEN_REMOVED, ErrorCode.TOKEN_TAKEN_AWAY, ErrorCode.TOKEN_LOCKED_OUT})
+# Errors of opening a token that must not be retried with the same PIN.
+_PIN_REFUSED = frozenset({ErrorCode.PIN_INCORRECT, ErrorCode.PIN_LOCKED})
+
+
+# ====================================================================== the container table
+
+
+class RuntimeContainers(LocalContainers):
+    """Soft containers from the home's directory, and containers kept elsewhere."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.external: dict[str, str] = {}  # serial -> kind ("token", "cloud")
+
+    def scan_disk(self, now: int) -> ScanResult:
+        result = super().scan_disk(now)
+        if self.external:
+            result.gone = [s for s in result.gone if s not in self.external]
+        return result
+
+    def put(self, ld: Loaded, kind: str) -> None:
+        """Serve `ld` (a token or cloud container) beside the soft containers.
+
+        The table is replaced, not changed in place: a scan reading it in a worker thread
+        keeps the table it started with."""
+        loaded = dict(self.loaded)
+        loaded[ld.serial] = ld
+        self.loaded = loaded
+        self.external[ld.serial] = kind
+        self._changed()
+
+    def drop(self, serial: str) -> Loaded | None:
+        """Stop serving an external container; returns it (its writer still open)."""
+        if serial not in self.loaded:
+            self.external.pop(serial, None)
+            return None
+        loaded = dict(self.loaded)
+        ld = loaded.pop(serial)
+        self.loaded = loaded
+        self.external.pop(serial, None)
+        self._changed()
+        return ld
+
+    def replace_content(self, serial: str, content: ContainerContent) -> Changes:
+        """New content for an external container; the items that changed."""
+        changes = Changes()
+        ld = self.loaded.get(serial)
+        if ld is None:
+            return changes
+        changes.changed_items = _changed_items(serial, ld.content, content)
+        ld.content = content
+        ld.status = ld.container.status(content)
+        self._changed()
+        return changes
+
+    def writer_for(self, container: Any, serial: str) -> ContainerWriter:
+        return self._writer(container, serial)
+
+    def kind_of(self, serial: str) -> str:
+        return self.external.get(serial, "soft")
+
+
+def withdraw(rt: Runtime, serial: str, kind: str, reason: str, detail: str, code: ErrorCode | None) -> int:
+    """Take container `serial` out of service: every seat of it freed and logged, the
+    container reported removed. Returns the number of seats freed."""
+    ld = rt.containers.drop(serial) if isinstance(rt.containers, RuntimeContainers) else None
+    if ld is not None:
+        writer = ld.writer
+        asyncio.get_running_loop().run_in_executor(None, writer.close)
+    now = time.time()
+    log = rt.log
+    freed = 0
+    for sess in [s for s in rt.seats.sessions() if s.key.container == serial]:
+        try:
+            rel = rt.seats.force_release(sess.handle, now)
+        except LicentiaError:
+            continue
+        for ev in rel.events:
+            fields = {"reason": REMOVED, "detail": detail[:300]}
+            if log is not None:
+                log.record(ev, fields)
+            rt.recent_seq += 1
+            rt.recent.append((rt.recent_seq, {
+                "event": ev.kind.value, "at": round(ev.at, 3), "handle": ev.handle, "container": serial,
+                "firm": ev.key.firm_code, "product": ev.key.product_code, "station": str(ev.station),
+                "program": ev.holder.program, "user": ev.holder.user, "host": ev.holder.host, "used": ev.used,
+                **fields}))
+        rt.handle_events.pop(sess.handle, None)
+        rt.net_pids.pop(sess.handle, None)
+        rt._forget_later(sess.handle, f"{REMOVED}: {detail}"[:300])
+        freed += 1
+    note: dict[str, Any] = {"event": "container-removed", "at": round(now, 3), "container": serial, "kind": kind,
+                            "reason": reason, "detail": detail[:500], "released": freed}
+    if code is not None:
+        note["code"] = int(code)
+    if log is not None:
+        log.note(note)
+    rt.recent_seq += 1
+    rt.recent.append((rt.recent_seq, note))
+    if freed:
+        rt._seats_changed()
+    return freed
+
+
+def release_seat(rt: Runtime, handle: int) -> None:
+    """Give back a seat granted a moment ago whose answer failed (logged as the program's)."""
+    if handle in rt.seats:
+        rel = rt.seats.release(handle, time.time())
+        rt._log_events(rel.events)
+        rt._seats_changed()
+
+
+# ====================================================================== the runtime's id
+
+
+def runtime_id(state_dir: Path) -> str:
+    """This runtime installation's stable id (claims name it): kept in state/runtime.id."""
+    path = state_dir / RUNTIME_ID_FILE
+    try:
+        value = path.read_text().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    value = "rt-" + secrets.token_hex(12)
+    atomic_write(path, value.encode() + b"\n", mode=0o600)
+    return value
+
+
+# ====================================================================== tokens
+
+
+@dataclass
+class Held:
+    serial: str
+    container: TokenContainer
+    label: str
+    slot: int
+    since: float
+    outcome: str
+    watch: TokenWatch | None = None
+
+
+@dataclass
+class Lost:
+    kind: str  # gone, taken away, locked out, failed, or a refusal at open
+    code: int | None
+    detail: str
+    at: float
+    label: str = ""
+    retry: bool = True  # look at it again at the next scan
+    pin_mark: str = ""  # the PIN source a refused PIN came from
+
+
+@dataclass
+class _Scan:
+    opened: list[tuple[str, TokenContainer, ContainerContent, str]] = field(default_factory=list)
+    refused: dict[str, Lost] = field(default_factory=dict)
+    error: str = ""
+
+
+class RuntimeTokens:
+    """The token containers a runtime serves."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.held: dict[str, Held] = {}
+        self.lost: dict[str, Lost] = {}
+        self.module: str | None = None
+        self.runtime_id = ""
+        self.scan_error = ""
+        self._task: asyncio.Task[None] | None = None
+        self._scanning = False
+
+    # -- life --
+
+    async def start(self) -> None:
+        rt = self.rt
+        if not rt.config.tokens:
+            return
+        self.module = self._module()
+        if not self.module:
+            return
+        self.runtime_id = runtime_id(rt.home.state)
+        await self.scan()
+        self._task = asyncio.get_running_loop().create_task(self._scan_loop())
+
+    def _module(self) -> str | None:
+        cfg = self.rt.config
+        if cfg.token_module:
+            return str(cfg.path(self.rt.home.path, cfg.token_module))
+        from licentia.containers.store import ContainerStore
+
+        store = ContainerStore(self.rt.home.containers, self.rt.fingerprint)
+        try:
+            return store.configured_module()
+        except LicentiaError as exc:
+            self.scan_error = exc.message
+            return None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        held, self.held = list(self.held.values()), {}
+        writers = []
+        for h in held:
+            ld = self.rt.containers.drop(h.serial) if isinstance(self.rt.containers, RuntimeContainers) else None
+            if ld is not None:
+                writers.append(ld.writer)
+        if held:
+            await asyncio.get_running_loop().run_in_executor(None, _close_all, held, True, writers)
+
+    async def _scan_loop(self) -> None:
+        interval = self.rt.config.token_scan_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.scan()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep serving; say what failed
+                self.rt._note_problem(f"token scan: {exc!r}")
+
+    # -- finding and claiming --
+
+    async def scan(self) -> None:
+        """Open and claim the token containers not served yet; refresh the served ones."""
+        if self._scanning or self.module is None:
+            return
+        self._scanning = True
+        try:
+            loop = asyncio.get_running_loop()
+            skip = set(self.held)
+            pins = {serial: lost.pin_mark for serial, lost in self.lost.items() if not lost.retry}
+            held_elsewhere = {serial for serial, lost in self.lost.items() if lost.kind in ("taken away", "locked out")}
+            result = await loop.run_in_executor(None, self._scan_tokens, self.module, skip, pins, held_elsewhere,
+                                                int(time.time()))
+            self.scan_error = result.error
+            for serial, lost in result.refused.items():
+                previous = self.lost.get(serial)
+                if previous is not None and previous.kind == "gone" and lost.kind in ("gone", "refused"):
+                    continue  # a pulled token's remains: it stays reported as gone
+                self.lost[serial] = lost
+                if previous is None or (previous.kind, previous.code) != (lost.kind, lost.code):
+                    self.rt._note_problem(f"token container {serial}: {lost.detail}")
+            for serial, container, content, outcome in result.opened:
+                self._serve(serial, container, content, outcome)
+            for serial in list(self.held):
+                await self._refresh(serial)
+        finally:
+            self._scanning = False
+
+    def _scan_tokens(self, module: str, skip: set[str], pins: dict[str, str], held_elsewhere: set[str],
+                     now: int) -> _Scan:
+        """In a worker thread: the token containers of `module` not in `skip`, opened and claimed."""
+        from licentia.containers.token import TokenContainer, find_containers
+
+        out = _Scan()
+        try:
+            found_all = find_containers(module)
+        except LicentiaError as exc:
+            out.error = exc.message
+            return out
+        for found in found_all:
+            if found.description is None:
+                continue
+            serial = str(found.description.serial)
+            if serial in skip:
+                continue
+            info = found.token
+            where = f"token '{info.label}' slot {info.slot_id}"
+            if info.pin_state != "ok":
+                out.refused[serial] = Lost("PIN not tried", int(ErrorCode.PIN_LOCKED), f"{where}: the token reports "
+                                           f"its user PIN {info.pin_state}", time.time(), info.label)
+                continue
+            try:
+                pin, mark = self._pin(serial)
+            except LicentiaError as exc:
+                out.refused[serial] = Lost("PIN needed", int(exc.code), f"{where}: {exc.message}", time.time(),
+                                           info.label)
+                continue
+            if serial in pins and pins[serial] == mark:
+                continue  # refused with this PIN already: never spend another try on it
+            container: TokenContainer | None = None
+            try:
+                container = TokenContainer.open(module, slot=info.slot_id, pin=pin,
+                                                serial=ContainerSerial.parse(serial))
+                if serial in held_elsewhere:
+                    state = container.claim_state(now)
+                    if state.locked(now) or (state.holder is not None and state.holder.runtime_id != self.runtime_id):
+                        container.close()
+                        continue  # another runtime holds it, or the lockout lasts: leave it be
+                result = container.claim(self.runtime_id, now)
+                content = container.read()
+            except LicentiaError as exc:
+                if container is not None:
+                    with contextlib.suppress(Exception):
+                        container.close()
+                kind = {ErrorCode.PIN_INCORRECT: "PIN refused", ErrorCode.PIN_LOCKED: "PIN locked",
+                        ErrorCode.TOKEN_LOCKED_OUT: "locked out", ErrorCode.TOKEN_REMOVED: "gone"}.get(exc.code, "refused")
+                out.refused[serial] = Lost(kind, int(exc.code), f"{where}: {exc.message}", time.time(), info.label,
+                                           retry=exc.code not in _PIN_REFUSED, pin_mark=mark)
+                continue
+            outcome = result.outcome.value
+            if result.previous:
+                outcome += f" from {result.previous}"
+            out.opened.append((serial, container, content, outcome))
+        return out
+
+    def _pin(self, serial: str) -> tuple[str, str]:
+        """The PIN for a token container and a mark of where it came from (a digest)."""
+        cfg = self.rt.config
+        source = ""
+        text: str | None = None
+        if cfg.token_pin_file:
+            path = cfg.path(self.rt.home.path, cfg.token_pin_file)
+            source = str(path)
+            text = _read_pin(path, serial)
+        else:
+            from licentia.containers.store import ContainerStore
+
+            store = ContainerStore(self.rt.home.containers, self.rt.fingerprint)
+            entry = store.token_registry()["containers"].get(serial) or {}
+            if entry.get("pin_file"):
+                source = str(entry["pin_file"])
+                text = _read_pin(Path(source), serial)
+            elif os.environ.get("LICENTIA_PIN_FILE"):
+                source = os.environ["LICENTIA_PIN_FILE"]
+                text = _read_pin(Path(source), serial)
+            elif os.environ.get("LICENTIA_PIN"):
+                source, text = "$LICENTIA_PIN", os.environ["LICENTIA_PIN"]
+        if text is None:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"no PIN for token container {serial}",
+                                "set [tokens] pin_file in runtime.toml (or --token-pin-file)")
+        mark = hashlib.sha256(f"{source}\0{text}".encode()).hexdigest()[:16]
+        return text, mark
+
+    def _serve(self, serial: str, container: TokenContainer, content: ContainerContent, outcome: str) -> None:
+        rt = self.rt
+        containers = rt.containers
+        assert isinstance(containers, RuntimeContainers)
+        label, slot = container.token.label, container.token.slot_id
+        writer = containers.writer_for(container, serial)
+        ld = Loaded(serial, Path(f"pkcs11:token={label};slot={slot}"), container,  # type: ignore[arg-type]
+                    content, None, writer, container.sign_public, container.status(content))
+        containers.put(ld, "token")
+        self.lost.pop(serial, None)
+        held = Held(serial, container, label, slot, time.time(), outcome)
+        self.held[serial] = held
+        loop = asyncio.get_running_loop()
+
+        def on_event(event: TokenEvent) -> None:  # on the watch thread
+            loop.call_soon_threadsafe(self._on_event, serial, container, event)
+
+        held.watch = container.watch(on_event, interval=rt.config.token_watch_interval)
+        note = {"event": "container-added", "at": round(time.time(), 3), "container": serial, "kind": "token",
+                "token": label, "slot": slot, "runtime_id": self.runtime_id, "claim": outcome}
+        if rt.log is not None:
+            rt.log.note(note)
+        rt.recent_seq += 1
+        rt.recent.append((rt.recent_seq, note))
+
+    async def _refresh(self, serial: str) -> None:
+        """Read the token's content again (a tool may have applied an update meanwhile)."""
+        h = self.held.get(serial)
+        ld = self.rt.containers.loaded.get(serial)
+        if h is None or ld is None or ld.container is not cast(Any, h.container):
+            return
+        before = ld.content
+        try:
+            after = await ld.writer.submit(lambda c: (c, c))  # read through the writer: never stale
+        except LicentiaError as exc:
+            if exc.code in LOST:
+                self.lose(serial, exc)
+            return
+        changed = _changed_items(serial, before, after)
+        if changed:
+            self.rt._container_changes(Changes(changed_items=changed))
+
+    # -- losing a token --
+
+    def _on_event(self, serial: str, container: TokenContainer, event: TokenEvent) -> None:
+        h = self.held.get(serial)
+        if h is None or h.container is not container:
+            return
+        self.lose(serial, event.error, kind=event.kind.value)
+
+    def lose(self, serial: str, error: LicentiaError, *, kind: str | None = None) -> None:
+        """The token is no longer ours: free its seats, report it, close it."""
+        h = self.held.pop(serial, None)
+        if h is None:
+            return
+        kind = kind or {ErrorCode.TOKEN_REMOVED: "gone", ErrorCode.TOKEN_TAKEN_AWAY: "taken away",
+                        ErrorCode.TOKEN_LOCKED_OUT: "locked out"}.get(error.code, "failed")
+        self.lost[serial] = Lost(kind, int(error.code), error.message, time.time(), h.label)
+        withdraw(self.rt, serial, "token", f"token {kind}", error.message, error.code)
+        asyncio.get_running_loop().run_in_executor(None, _close_all, [h], False)
+
+    # -- the license path --
+
+    def _prove(self, serial: str, challenge: bytes) -> Awaitable[bytes]:
+        h = self.held.get(serial)
+        if h is None:
+            raise LicentiaError(ErrorCode.CONTAINER_NOT_FOUND, f"token container {serial} is no longer here")
+        return asyncio.get_running_loop().run_in_executor(None, h.container.prove, challenge, int(time.time()))
+
+    async def grant(self, msg: Message, ld: Loaded, item_id: int, handle: int, mode: Any, request: ItemRequest,
+                    now: int, local: bool, write: bool) -> Message:
+        """Finish a grant on a token: record a first use if needed, then have the token
+        prove it is here (signing the program's challenge, or a fresh one)."""
+        rt = self.rt
+        firm = msg["firm"]
+        nonce = msg.get("nonce")
+        try:
+            if write:
+                entry = await ld.writer.submit(first_use_op(firm, item_id, request, now))
+            else:
+                entry = ld.content.firms[firm].items[item_id]
+            until = valid_until(entry.item, entry.state)
+            if nonce:
+                challenge = proof_message(nonce, handle, ld.serial, firm, item_id, entry.state.units_remaining, until)
+            else:
+                from licentia.containers.token import presence_challenge
+
+                challenge = presence_challenge(os.urandom(32))
+            signature = await self._prove(ld.serial, challenge)
+        except LicentiaError as exc:
+            release_seat(rt, handle)
+            if exc.code in LOST:
+                self.lose(ld.serial, exc)
+            raise
+        if handle not in rt.seats:
+            raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released while it was being granted")
+        bare = dict(msg)
+        bare.pop("nonce", None)
+        reply = rt._grant_reply(bare, ld, entry, handle, mode, local)
+        if nonce:
+            reply["proof"] = signature
+        return reply
+
+    async def decrement(self, msg: Message, ld: Loaded, sess: Session, units: int) -> Message:
+        key = sess.key
+        try:
+            remaining = await ld.writer.submit(decrement_op(key.firm_code, key.item_id, units, int(time.time())))
+            reply: Message = {"id": msg["id"], "ok": True, "units": remaining}
+            nonce = msg.get("nonce")
+            if isinstance(nonce, bytes) and nonce:
+                entry = ld.content.firms[key.firm_code].items[key.item_id]
+                until = valid_until(entry.item, entry.state)
+                reply["valid_until"] = until
+                reply["proof"] = await self._prove(ld.serial, proof_message(
+                    nonce, sess.handle, ld.serial, key.firm_code, key.item_id, remaining, until))
+        except LicentiaError as exc:
+            if exc.code in LOST:
+                self.lose(ld.serial, exc)
+            raise
+        return reply
+
+    async def prove_reply(self, reply: Message, ld: Loaded, nonce: bytes, handle: int, firm: int, item_id: int,
+                          units: int | None, until: int | None) -> Message:
+        """A check answer with the token's proof; if the token is gone, the answer says so."""
+        try:
+            reply["proof"] = await self._prove(ld.serial, proof_message(nonce, handle, ld.serial, firm, item_id,
+                                                                        units, until))
+        except LicentiaError as exc:
+            if exc.code not in LOST and exc.code is not ErrorCode.CONTAINER_NOT_FOUND:
+                raise
+            if exc.code in LOST:
+                self.lose(ld.serial, exc)
+            return self.rt._gone_reply(reply["id"], handle)
+        return reply
+
+    # -- what the status API shows --
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for serial, h in sorted(self.held.items()):
+            ld = self.rt.containers.loaded.get(serial)
+            rows.append({"serial": serial, "kind": "token", "status": ld.status.value if ld else "ok",
+                         "binding": f"token '{h.label}' slot {h.slot}; claimed by this runtime ({self.runtime_id}, "
+                                    f"{h.outcome})",
+                         "items": len(ld.content.entries()) if ld else None,
+                         "path": f"pkcs11:token={h.label};slot={h.slot}", "runtime_id": self.runtime_id})
+        for serial, lost in sorted(self.lost.items()):
+            if serial in self.held:
+                continue
+            rows.append({"serial": serial, "kind": "token", "status": lost.kind, "binding": lost.detail,
+                         "items": None, "path": f"pkcs11:token={lost.label}", "code": lost.code, "since": lost.at})
+        if self.scan_error:
+            rows.append({"serial": "-", "kind": "token", "status": "unavailable", "binding": self.scan_error,
+                         "items": None, "path": self.module or ""})
+        return rows
+
+
+def _read_pin(path: Path, serial: str) -> str:
+    try:
+        return path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER,
+                            f"cannot read the PIN file {path} of token container {serial}: {exc.strerror}") from None
+
+
+def _close_all(held: list[Held], release: bool, writers: list[ContainerWriter] | None = None) -> None:
+    """In a worker thread: stop watching, write what is pending, give the claim up (at stop), close."""
+    now = int(time.time())
+    for h in held:
+        if h.watch is not None:
+            with contextlib.suppress(Exception):
+                h.watch.stop()
+    for writer in writers or ():
+        with contextlib.suppress(Exception):
+            writer.close()
+    for h in held:
+        if release:
+            with contextlib.suppress(Exception):
+                h.container.release(now)
+        with contextlib.suppress(Exception):
+            h.container.close()
+
+
+__all__ = ["LOST", "REMOVED", "RuntimeContainers", "RuntimeTokens", "release_seat", "runtime_id", "withdraw"]

@@ -1,0 +1,159 @@
+"""Token containers through the runtime, on SoftHSM2: every access proven by the token, a
+pulled token frees its seats, a second runtime takes the token away, rapid changes of
+hands lock it out for every runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.runtime.harness import Procs, Program, Runtime, Vendor, wait_for
+from tests.tokens import TokenStore, softhsm_store
+
+from licentia.core import updates as U
+from licentia.core.content import ContainerContent
+from licentia.model import ProductItem
+
+PIN = "1234"
+
+
+@pytest.fixture
+def store() -> Iterator[TokenStore]:
+    with softhsm_store() as s:
+        yield s
+
+
+def token_container(store: TokenStore, vendor: Vendor, items: list[ProductItem], label: str = "lic") -> tuple[str, Path]:
+    """A new SoftHSM2 token made a container holding `items`: its serial and its directory."""
+    from licentia.containers.token import TokenContainer
+
+    before = set((store.directory / "tokens").iterdir())
+    store.add_token(label, pin=PIN)
+    (directory,) = set((store.directory / "tokens").iterdir()) - before
+    now = int(time.time())
+    with TokenContainer.create(store.module, label=label, pin=PIN, now=now) as c:
+        def change(content: ContainerContent) -> tuple[ContainerContent, U.Applied]:
+            request = U.read_request(U.make_request(content, vendor.firm, now, {}, keys=c.keys))
+            ops: list[U.Operation] = [U.PutItem(i + 1, item) for i, item in enumerate(items)]
+            update = U.issue_update(request, vendor.firm, vendor.private, ops, now)
+            applied = U.apply_update(content, update, now, in_vm=False, keys=c.keys)
+            return applied.content, applied
+
+        c.transact(change)
+        return str(c.serial), directory
+
+
+def token_runtime(procs: Procs, home: Path, root: Path, store: TokenStore, *flags: str) -> Runtime:
+    home.mkdir(parents=True, exist_ok=True)
+    pin_file = home / "pin"
+    pin_file.write_text(PIN + "\n")
+    return Runtime(procs, home, root, "--token-module", store.module, "--token-pin-file", str(pin_file),
+                   "--token-scan-interval", "0.5", "--token-watch-interval", "0.2", *flags)
+
+
+def get(rt: Runtime, path: str) -> Any:
+    with urllib.request.urlopen(f"{rt.http}{path}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def token_row(rt: Runtime, serial: str) -> dict[str, Any]:
+    rows = [c for c in get(rt, "/api/containers") if c["serial"] == serial]
+    assert len(rows) == 1, rows
+    row: dict[str, Any] = rows[0]
+    return row
+
+
+def removals(rt: Runtime, serial: str) -> list[dict[str, Any]]:
+    return [e for e in rt.usage_log() if e.get("event") == "container-removed" and e.get("container") == serial]
+
+
+def test_access_is_proven_by_the_token_and_a_pulled_token_frees_its_seats(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs, store: TokenStore
+) -> None:
+    serial, directory = token_container(store, vendor, [ProductItem(product_code=7, quantity=2, units=50)])
+    home = tmp_path / "home"
+    rt = token_runtime(procs, home, root, store)
+    row = wait_for("the token container", lambda: token_row(rt, serial) if any(
+        c["serial"] == serial and c["status"] == "ok" for c in get(rt, "/api/containers")) else None)
+    assert row["kind"] == "token" and "claimed by this runtime" in row["binding"]
+    assert (home / "state" / "runtime.id").read_text().strip() in row["binding"]
+
+    env = {"LICENTIA_HOME": str(home)}
+    opts = {"firm_code": vendor.firm, "product_code": 7, "firm_key": str(vendor.public_file)}
+    prog = Program(procs, root, env, **opts)
+    # the program verified the vendor's license and the token's signature over its challenge
+    assert prog.granted and prog.first["verified"] and prog.first["container"] == serial, prog.first
+    assert prog.ask("decrement 3") == {"units": 47}  # written into the token, proven by it
+    assert prog.ask("check")["valid"] is True
+    assert [r["container"] for r in rt.sessions()] == [serial]
+
+    shutil.rmtree(directory)  # the token is pulled
+    wait_for("the seats of the pulled token to be freed", lambda: rt.sessions() == [])
+    answer = prog.ask("check")
+    assert answer["valid"] is False and set(answer["events"]) == {"container-removed", "license-gone"}, answer
+    again = Program(procs, root, env, **opts)
+    assert "error" in again.first  # nothing left to grant
+    assert token_row(rt, serial)["status"] == "gone"
+    released = wait_for("the release in the log", lambda: [
+        e for e in rt.usage_log() if e.get("event") == "release" and e.get("reason") == "container-removed"])
+    assert released[0]["handle"] == prog.first["handle"] and released[0]["container"] == serial
+    (removed,) = removals(rt, serial)
+    assert removed["kind"] == "token" and removed["reason"] == "token gone" and removed["code"] == 1117
+    events = get(rt, "/api/events")
+    assert any(e.get("event") == "container-removed" and e.get("container") == serial for e in events)
+
+
+@pytest.mark.slow
+def test_a_second_runtime_takes_the_token_away_and_rapid_changes_lock_it_out_for_both(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs, store: TokenStore
+) -> None:
+    serial, _ = token_container(store, vendor, [ProductItem(product_code=8, quantity=3)])
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    a = token_runtime(procs, home_a, root, store)
+    wait_for("runtime a to serve the token", lambda: token_row(a, serial)["status"] == "ok")
+    opts = {"firm_code": vendor.firm, "product_code": 8, "firm_key": str(vendor.public_file)}
+    on_a = Program(procs, root, {"LICENTIA_HOME": str(home_a)}, **opts)
+    assert on_a.granted, on_a.first
+
+    # A second runtime claims the token: the first frees its seats and says it was taken away.
+    b = token_runtime(procs, home_b, root, store)  # change of hands 1
+    wait_for("runtime b to serve the token", lambda: token_row(b, serial)["status"] == "ok")
+    assert "took over" in token_row(b, serial)["binding"]
+    wait_for("runtime a to let go", lambda: token_row(a, serial)["status"] == "taken away")
+    assert a.sessions() == []
+    assert set(on_a.ask("check")["events"]) == {"container-removed", "license-gone"}
+    (removed,) = wait_for("a's log", lambda: removals(a, serial))
+    assert removed["reason"] == "token taken away" and removed["code"] == 1118
+    on_b = Program(procs, root, {"LICENTIA_HOME": str(home_b)}, **opts)
+    assert on_b.granted and on_b.first["verified"]
+    # runtime a does not grab it back while b holds it
+    time.sleep(1.2)  # several scans of runtime a
+    assert token_row(a, serial)["status"] == "taken away" and token_row(b, serial)["status"] == "ok"
+
+    # The token hops back and forth (runtimes restarted): the 4th change within a minute locks it out.
+    a.stop()
+    a.start()  # change 2
+    wait_for("a to hold it again", lambda: token_row(a, serial)["status"] == "ok")
+    wait_for("b to let go", lambda: token_row(b, serial)["status"] == "taken away")
+    b.stop()
+    b.start()  # change 3
+    wait_for("b to hold it again", lambda: token_row(b, serial)["status"] == "ok")
+    wait_for("a to let go", lambda: token_row(a, serial)["status"] == "taken away")
+    a.stop()
+    a.start()  # change 4: refused, and the token is locked out for every runtime
+    row_a = wait_for("a to see the lockout", lambda: token_row(a, serial) if token_row(a, serial)["status"] == "locked out" else None)
+    assert row_a["code"] == 1119 and "locked out for" in row_a["binding"]
+    row_b = wait_for("b to see the lockout", lambda: token_row(b, serial) if token_row(b, serial)["status"] == "locked out" else None)
+    assert row_b["code"] == 1119
+    assert a.sessions() == [] and b.sessions() == []
+    for home in (home_a, home_b):
+        refused = Program(procs, root, {"LICENTIA_HOME": str(home)}, **opts)
+        assert "error" in refused.first, refused.first
+    time.sleep(1.2)  # the runtimes keep looking, and keep honouring the lockout
+    assert token_row(a, serial)["status"] == "locked out" and token_row(b, serial)["status"] == "locked out"
