@@ -174,3 +174,122 @@ def test_import_licentia_stays_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+class Switch:
+    """An answer that can be changed between accesses."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+    def __call__(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return self.answer(msg)
+
+
+def flipped(data: bytes, index: int) -> bytes:
+    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param(lambda lic: flipped(lic, len(lic) - 1), id="the-genuine-body-with-a-forged-signature"),
+        pytest.param(lambda lic: flipped(lic, 20), id="a-changed-body-with-the-genuine-signature"),
+        pytest.param(lambda lic: license_bytes(firm_key=new_signing_key()), id="a-license-signed-by-another-key"),
+        pytest.param(lambda lic: lic + b"\x00", id="the-genuine-license-extended"),
+    ],
+)
+def test_a_forged_license_is_refused_after_a_genuine_one_was_remembered(
+        fake: Callable[[Answer], FakeRuntime], forged: Callable[[bytes], bytes]) -> None:
+    genuine = license_bytes()
+    switch = Switch(lambda m: honest(m, lic=genuine))
+    rt = fake(switch)
+    for _ in range(2):  # the second access finds the genuine license remembered
+        with take() as lic:
+            assert lic.info.verified and lic.info.units == 10
+    bad = forged(genuine)
+    assert bad != genuine
+    switch.answer = lambda m: honest(m, lic=bad)
+    for _ in range(2):  # refused every time, not remembered
+        with pytest.raises(LicentiaError) as e:
+            take()
+        assert e.value.code is ErrorCode.SECURITY_PROBLEM
+    assert rt.released[-2:] == [5, 5]
+    switch.answer = lambda m: honest(m, lic=genuine)
+    with take() as lic:
+        assert lic.info.verified
+
+
+def test_a_remembered_license_still_needs_a_fresh_proof(fake: Callable[[Answer], FakeRuntime]) -> None:
+    genuine = license_bytes()
+    recorded: list[dict[str, Any]] = []
+
+    def record(m: dict[str, Any]) -> dict[str, Any]:
+        recorded.append(honest(m, lic=genuine))
+        return recorded[-1]
+
+    switch = Switch(record)
+    fake(switch)
+    with take():
+        pass
+    switch.answer = lambda m: recorded[0]  # the same license and an earlier, genuine proof
+    with pytest.raises(LicentiaError) as e:
+        take()
+    assert e.value.code is ErrorCode.SECURITY_PROBLEM and "challenge" in e.value.message
+
+
+def test_the_same_license_under_another_firm_key_is_verified_again(fake: Callable[[Answer], FakeRuntime]) -> None:
+    fake(honest)
+    with take() as lic:
+        assert lic.info.verified
+    other = signing_public_key(new_signing_key())
+    with pytest.raises(LicentiaError) as e:
+        licentia.access(FIRM, 7, firm_key=other)
+    assert e.value.code is ErrorCode.SECURITY_PROBLEM
+
+
+def test_a_changed_key_file_is_read_again(fake: Callable[[Answer], FakeRuntime], tmp_path: Path) -> None:
+    fake(honest)
+    key_file = tmp_path / "firm.pub"
+
+    def export(public: bytes, mtime_ns: int) -> None:
+        key_file.write_text('{"format": "licentia-firm-public-key", "version": 1, "firm_code": 10001, '
+                            f'"name": "x", "public_key": "{public.hex()}"}}')
+        os.utime(key_file, ns=(mtime_ns, mtime_ns))
+
+    export(signing_public_key(new_signing_key()), 1_000_000_000_000_000_000)
+    with pytest.raises(LicentiaError) as e:
+        licentia.access(FIRM, 7, firm_key=str(key_file))
+    assert e.value.code is ErrorCode.SECURITY_PROBLEM
+    export(VENDOR_PUBLIC, 1_000_000_001_000_000_000)  # same size, a later time
+    with licentia.access(FIRM, 7, firm_key=str(key_file)) as lic:
+        assert lic.info.verified
+
+
+def test_info_is_read_only_and_offers_the_item(fake: Callable[[Answer], FakeRuntime]) -> None:
+    fake(honest)
+    with take() as lic:
+        info = lic.info
+        assert info.item == ProductItem(product_code=7, units=10)
+        with pytest.raises(AttributeError):
+            info.units = 99
+        info.options["units"] = 99  # a program's copy: the remembered license is not touched
+        assert lic.info is info and info.replace(units=3).units == 3
+    with take() as again:
+        assert again.info.options["units"] == 10 and again.info.units == 10
+
+
+def test_a_verified_start_loads_only_what_it_needs(fake: Callable[[Answer], FakeRuntime]) -> None:
+    rt = fake(honest)
+    code = (
+        "import sys, licentia\n"
+        f"lic = licentia.access({FIRM}, 7, firm_key={VENDOR_PUBLIC.hex()!r})\n"
+        "assert lic.info.verified\n"
+        "lic.release()\n"
+        "heavy = [m for m in ('licentia.core', 'dataclasses', 'inspect', 'threading', 'socket', 'asyncio', 'ssl',"
+        " 'pathlib', 'licentia.model.item', 'licentia.model.ids') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "LICENTIA_RUNTIME": str(rt.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr

@@ -76,7 +76,7 @@ def test_require_decorator_sync_and_async(env: Env) -> None:
     def work(x: int, license: licentia.License) -> tuple[int, int]:
         return x * 2, license.handle
 
-    value, handle = work(21)
+    value, handle = work(21)  # type: ignore[call-arg]  # the decorator passes `license`
     assert value == 42 and handle > 0 and env.runtime.sessions() == []
 
     @licentia.require(env.vendor.firm, 8, firm_key=env.vendor.public_file)

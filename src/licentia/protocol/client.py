@@ -9,33 +9,43 @@ The address is a Unix socket path (`/run/licentia/runtime.sock`, or `unix:PATH`)
 
 This module stays cheap to import: a protected program pays for it at start. It
 imports neither asyncio (`AsyncClient` loads `licentia.protocol.aio` on first use)
-nor ssl nor cryptography.
+nor ssl nor cryptography, and not even `socket`, `threading` or `typing` (their C
+halves `_socket` and `_thread` do the work; `socket` loads only for TLS).
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
+import _socket
+import _thread
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
 
-from licentia.model import ErrorCode, LicentiaError
+from licentia.model.errors import ErrorCode, LicentiaError
 from licentia.protocol.frames import (
     CONNECTION_ID,
     MAX_FRAME,
     FrameDecoder,
-    Message,
     ProtocolError,
     encode,
     reply_error,
 )
 from licentia.protocol.messages import DEFAULT_PORT, HELLO, SUPPORTED_VERSIONS
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
+    from typing import Any, NamedTuple
 
     from licentia.protocol.aio import AsyncClient as AsyncClient
+    from licentia.protocol.frames import Message
+
+    class _EndpointFields(NamedTuple):
+        path: str | None = None
+        host: str = ""
+        port: int = DEFAULT_PORT
+else:
+    from collections import namedtuple  # loaded already (enum needs it); typing is not
+
+    _EndpointFields = namedtuple("Endpoint", ("path", "host", "port"), defaults=(None, "", DEFAULT_PORT))
 
 __all__ = ["AsyncClient", "Client", "Endpoint", "parse_address"]
 
@@ -43,12 +53,11 @@ DEFAULT_TIMEOUT = 10.0
 _RECV_SIZE = 1 << 16
 
 
-class Endpoint(NamedTuple):
-    """Where a client connects: a Unix socket path, or a host and port."""
+class Endpoint(_EndpointFields):
+    """Where a client connects: a Unix socket path, or a host and port
+    (a named tuple: `path`, `host`, `port`)."""
 
-    path: str | None = None
-    host: str = ""
-    port: int = DEFAULT_PORT
+    __slots__ = ()
 
     def __str__(self) -> str:
         if self.path is not None:
@@ -132,15 +141,36 @@ class Client:
         self.timeout = timeout
         self.max_frame = max_frame
         self._decoder = FrameDecoder(max_frame)
-        self._io = threading.Lock()  # serialises socket reads and writes
-        self._state = threading.Lock()  # guards the fields below
+        self._io = _thread.allocate_lock()  # serialises socket reads and writes (a threading.Lock)
+        self._state = _thread.allocate_lock()  # guards the fields below
         self._next_id = 1
         self._replies: dict[int, Message] = {}
         self._waiting: set[int] = set()
         self._broken: LicentiaError | None = None
         self._sock = self._connect(ssl_context, server_hostname)
 
-    def _connect(self, ssl_context: ssl.SSLContext | None, server_hostname: str | None) -> socket.socket:
+    def _connect(self, ssl_context: ssl.SSLContext | None, server_hostname: str | None) -> _socket.socket:
+        ep = self.endpoint
+        if ssl_context is not None:
+            return self._connect_tls(ssl_context, server_hostname)
+        sock: _socket.socket | None = None
+        try:
+            if ep.path is not None:
+                sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                sock.settimeout(self.timeout)
+                sock.connect(ep.path)
+            else:
+                sock = _tcp_connect(ep.host, ep.port, self.timeout)
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            raise connect_error(ep, exc) from None
+        return sock
+
+    def _connect_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None) -> _socket.socket:
+        import socket  # ssl wraps a socket.socket; plain connections do with _socket's
+
         ep = self.endpoint
         sock: socket.socket | None = None
         try:
@@ -155,8 +185,6 @@ class Client:
             if sock is not None:
                 sock.close()
             raise connect_error(ep, exc) from None
-        if ssl_context is None:
-            return sock
         try:
             return ssl_context.wrap_socket(sock, server_hostname=server_hostname or ep.host or "localhost")
         except OSError as exc:
@@ -276,8 +304,10 @@ class Client:
         self._close_socket()
 
     def _close_socket(self) -> None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (contextlib is one more import at a program's start)
             self._sock.close()
+        except OSError:
+            pass
 
     # -- life ----------------------------------------------------------------
 
@@ -296,6 +326,22 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<licentia Client {self.endpoint}{' closed' if self.closed else ''}>"
+
+
+def _tcp_connect(host: str, port: int, timeout: float) -> _socket.socket:
+    """`socket.create_connection` with `_socket` alone: each address in turn, the last error raised."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error or OSError(f"{host!r} has no address")
 
 
 def _again(error: LicentiaError) -> LicentiaError:

@@ -25,15 +25,21 @@ Messages decoded before the bad frame in the same call are on `error.messages`.
 from __future__ import annotations
 
 import struct
-import threading
-from collections.abc import Mapping
-from typing import Any
+from _thread import _local
 
 import msgpack
 
-from licentia.model import ErrorCode, LicentiaError
+from licentia.model.errors import ErrorCode, LicentiaError
 
-Message = dict[str, Any]
+# A protected program imports this at start: no typing, threading or collections.abc at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    Message = dict[str, Any]
+else:
+    Message = dict
 
 FRAME_VERSION = 1
 VERSION_BYTE = 0xB0 | FRAME_VERSION
@@ -47,7 +53,7 @@ _HEADER_unpack_from = _HEADER.unpack_from
 _unpackb = msgpack.unpackb
 
 
-class _Packers(threading.local):
+class _Packers(_local):  # threading.local is this C type
     """One reusable msgpack Packer per thread (msgpack.packb builds a new one per call)."""
 
     def __init__(self) -> None:

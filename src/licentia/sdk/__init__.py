@@ -43,9 +43,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+    return getattr(__import__(module, fromlist=(name,)), name)
 
 
 def require(firm_code: int, product_code: int, **options: Any) -> Callable[[F], F]:
@@ -56,12 +54,11 @@ def require(firm_code: int, product_code: int, **options: Any) -> Callable[[F], 
     those of `licentia.access()`. A function that wants its license declares a `license`
     parameter and receives it."""
 
-    import functools
-    import inspect
+    import functools  # loaded already (enum needs it)
 
     def decorate(fn: F) -> F:
-        wants = "license" in inspect.signature(fn).parameters
-        if inspect.iscoroutinefunction(fn):
+        wants, is_async = _shape(fn)
+        if is_async:
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -86,3 +83,18 @@ def require(firm_code: int, product_code: int, **options: Any) -> Callable[[F], 
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
+
+
+def _shape(fn: Callable[..., Any]) -> tuple[bool, bool]:
+    """(takes a `license` parameter, is an `async def`): read from a plain function's code
+    object; anything else (a partial, a wrapped or callable object) asks `inspect`."""
+    code = getattr(fn, "__code__", None)
+    if code is not None and not hasattr(fn, "__wrapped__") and type(fn).__name__ == "function":
+        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        return "license" in names, bool(code.co_flags & _CO_COROUTINE)
+    import inspect
+
+    return "license" in inspect.signature(fn).parameters, inspect.iscoroutinefunction(fn)

@@ -15,30 +15,32 @@ challenge, so a faked runtime cannot fake a license. Without a key, pass `verify
 
 from __future__ import annotations
 
-import contextlib
+import _thread
 import os
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from enum import StrEnum  # loaded already: the error codes are an IntEnum
 
-from licentia.model import ErrorCode, LicentiaError
+from licentia.model.errors import ErrorCode, LicentiaError
 from licentia.protocol.client import Client
 from licentia.sdk.connect import Target, hello_client, targets, tls_context
 from licentia.sdk.proof import NONCE_SIZE
-from licentia.sdk.verify import (
-    FirmKey,
-    Verified,
-    load_firm_key,
-    read_unverified,
-    verify_grant,
-    verify_proof,
-)
+from licentia.sdk.verify import load_firm_key, read_unverified, verify_grant, verify_proof
+
+# A protected program pays for every import at start: no typing, dataclasses, threading
+# (until a thread is started) or contextlib at run time; annotations are strings.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from licentia.model import ProductItem
+    from licentia.sdk.verify import FirmKey, Verified
+
+    EventCallback = Callable[["License | Any", "Event", str], None]
 
 MODES = ("per-access", "per-station", "none", "exclusive")
 WHERE = ("local", "network", "local-first", "network-first")
 _RECONNECT = frozenset({ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME})
+_UNREACHABLE = (ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME, ErrorCode.SERVER_NOT_FOUND)
 
 
 class Event(StrEnum):
@@ -50,12 +52,14 @@ class Event(StrEnum):
     ITEM_CHANGED = "item-changed"  # the license was updated (options, units, lock)
 
 
-EventCallback = Callable[["License | Any", Event, str], None]
+_INFO_FIELDS = ("firm_code", "product_code", "handle", "container", "item_id", "mode", "location", "server",
+                "options", "units", "valid_until", "verified")
 
 
-@dataclass(frozen=True)
 class LicenseInfo:
-    """What a program may know about its license."""
+    """What a program may know about its license (read-only)."""
+
+    __slots__ = (*_INFO_FIELDS, "_item")
 
     firm_code: int
     product_code: int
@@ -65,10 +69,62 @@ class LicenseInfo:
     mode: str
     location: str  # "local" or "network"
     server: str
-    options: dict[str, Any] = field(default_factory=dict)  # item options, as the vendor signed them
-    units: int | None = None  # units remaining on the unit counter
-    valid_until: int | None = None  # earliest of expiry, usage-period end, checkpoint
-    verified: bool = False
+    options: dict[str, Any]  # item options, as the vendor signed them
+    units: int | None  # units remaining on the unit counter
+    valid_until: int | None  # earliest of expiry, usage-period end, checkpoint
+    verified: bool
+    _item: ProductItem | None
+
+    def __init__(self, firm_code: int, product_code: int, handle: int, container: str, item_id: int, mode: str,
+                 location: str, server: str, options: dict[str, Any] | None = None, units: int | None = None,
+                 valid_until: int | None = None, verified: bool = False) -> None:
+        setter = object.__setattr__
+        setter(self, "firm_code", firm_code)
+        setter(self, "product_code", product_code)
+        setter(self, "handle", handle)
+        setter(self, "container", container)
+        setter(self, "item_id", item_id)
+        setter(self, "mode", mode)
+        setter(self, "location", location)
+        setter(self, "server", server)
+        setter(self, "options", {} if options is None else options)
+        setter(self, "units", units)
+        setter(self, "valid_until", valid_until)
+        setter(self, "verified", verified)
+        setter(self, "_item", None)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"LicenseInfo is read-only (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"LicenseInfo is read-only (cannot delete {name!r})")
+
+    def replace(self, **changes: Any) -> LicenseInfo:
+        """A copy with some fields changed."""
+        values = {name: getattr(self, name) for name in _INFO_FIELDS}
+        values.update(changes)
+        return LicenseInfo(**values)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not LicenseInfo:
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in _INFO_FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # options is a dict
+
+    def __repr__(self) -> str:
+        return "LicenseInfo(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in _INFO_FIELDS) + ")"
+
+    @property
+    def item(self) -> ProductItem:
+        """The options as a `licentia.model.ProductItem` (built on first use)."""
+        item = self._item
+        if item is None:
+            from licentia.model.item import ProductItem
+
+            item = ProductItem.from_dict(dict(self.options))
+            object.__setattr__(self, "_item", item)
+        return item
 
     @property
     def expires_at(self) -> int | None:
@@ -101,6 +157,19 @@ def check_args(firm_code: int, product_code: int, mode: str, where: str | None) 
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"where {where!r} is unknown; use {', '.join(WHERE)}")
 
 
+def firm_key_for(verify: bool, firm_key: FirmKey | None, firm_code: int) -> bytes | None:
+    """The firm key the answers are checked with; None when verification is waived."""
+    if not verify:
+        return None
+    if firm_key is None:
+        raise LicentiaError(
+            ErrorCode.INVALID_PARAMETER,
+            "no firm public key to verify the license with",
+            "pass firm_key= (the file from `licentia vendor export-public`), or verify=False to try without",
+        )
+    return load_firm_key(firm_key, firm_code)
+
+
 def access_fields(product_code: int, firm_code: int, mode: str, feature: int, version: str | None,
                   release_date: int | None, where: str | None, container: str | None, nonce: bytes | None) -> dict[str, Any]:
     fields: dict[str, Any] = {"firm": firm_code, "product": product_code, "mode": mode}
@@ -119,17 +188,111 @@ def access_fields(product_code: int, firm_code: int, mode: str, feature: int, ve
     return fields
 
 
-def make_info(firm_code: int, product_code: int, mode: str, reply: dict[str, Any], verified: Verified | None) -> LicenseInfo:
-    options = verified.item if verified is not None else read_unverified(reply.get("license"))
-    return LicenseInfo(
-        firm_code=firm_code, product_code=product_code, handle=int(reply["handle"]),
-        container=str(reply.get("container", "")), item_id=int(reply.get("item", 0) or 0),
-        mode=str(reply.get("mode", mode)), location=str(reply.get("location", "local")),
-        server=str(reply.get("server", "")), options=options,
-        units=verified.units if verified is not None else reply.get("units"),
-        valid_until=verified.valid_until if verified is not None else reply.get("valid_until"),
-        verified=verified is not None,
-    )
+class Held:
+    """What a held license knows, sync or async: the access answer, what its signatures
+    vouch for, and the events not yet reported. `info` is built on first use."""
+
+    def __init__(self, firm_code: int, product_code: int, mode: str, reply: dict[str, Any],
+                 verified: Verified | None, on_event: EventCallback | None) -> None:
+        self.handle: int = int(reply["handle"])
+        self._firm_code = firm_code
+        self._product_code = product_code
+        self._mode = mode
+        self._reply = reply
+        self._verified = verified
+        self._units: Any = verified.units if verified is not None else reply.get("units")
+        self._valid_until: Any = verified.valid_until if verified is not None else reply.get("valid_until")
+        self._options: dict[str, Any] | None = None
+        self._info: LicenseInfo | None = None
+        self._events: list[tuple[Event, str]] = []
+        self._on_event = on_event
+        self.valid = True
+        self.released = False
+
+    @property
+    def info(self) -> LicenseInfo:
+        """What the program may know about its license (see `LicenseInfo`)."""
+        info = self._info
+        if info is None:
+            options = self._options
+            if options is None:
+                verified = self._verified
+                options = self._options = (dict(verified.item) if verified is not None
+                                           else read_unverified(self._reply.get("license")))
+            reply = self._reply
+            info = self._info = LicenseInfo(
+                self._firm_code, self._product_code, self.handle, str(reply.get("container", "")),
+                int(reply.get("item", 0) or 0), str(reply.get("mode", self._mode)),
+                str(reply.get("location", "local")), str(reply.get("server", "")), options,
+                self._units, self._valid_until, self._verified is not None,
+            )
+        return info
+
+    def _state(self, units: Any, valid_until: Any) -> None:
+        self._units = units
+        self._valid_until = valid_until
+        self._info = None
+
+    def _nonce(self) -> bytes | None:
+        return os.urandom(NONCE_SIZE) if self._verified is not None else None
+
+    def _after_decrement(self, reply: dict[str, Any], nonce: bytes | None) -> int:
+        remaining = reply.get("units")
+        verified = self._verified
+        if verified is not None and nonce is not None:
+            proof_reply = dict(reply)
+            proof_reply.setdefault("handle", self.handle)
+            verified = self._verified = verify_proof(verified, nonce, proof_reply)
+            remaining = verified.units
+        self._state(remaining, reply.get("valid_until", self._valid_until))
+        return int(remaining or 0)
+
+    def _after_check(self, reply: dict[str, Any], nonce: bytes | None) -> None:
+        events = reply.get("events")
+        for name in events or ():
+            try:
+                event = Event(name)
+            except ValueError:
+                continue
+            if event is Event.LICENSE_GONE:
+                self._gone(str(reply.get("reason", "")))
+            else:
+                self._note(event, str(reply.get("reason", "")))
+        if reply.get("valid") is False and not events:
+            self.valid = False
+        verified = self._verified
+        if "proof" in reply and verified is not None and nonce is not None:
+            proof_reply = dict(reply)
+            proof_reply.setdefault("handle", self.handle)
+            verified = self._verified = verify_proof(verified, nonce, proof_reply)
+            self._state(verified.units, verified.valid_until)
+        elif "units" in reply:
+            self._state(reply.get("units"), reply.get("valid_until"))
+
+    def _note(self, event: Event, detail: str) -> None:
+        if not any(e is event for e, _ in self._events):
+            self._events.append((event, detail))
+
+    def _gone(self, detail: str) -> None:
+        raise NotImplementedError
+
+    def _take_events(self) -> list[tuple[Event, str]]:
+        events, self._events = self._events, []
+        return events
+
+    def _drain(self) -> list[Event]:
+        events = self._take_events()
+        if self._on_event is not None:
+            for event, detail in events:
+                self._call_back(event, detail)
+        return [e for e, _ in events]
+
+    def _call_back(self, event: Event, detail: str) -> None:
+        import contextlib  # not on a program's start path
+
+        assert self._on_event is not None
+        with contextlib.suppress(Exception):  # a callback's failure must not stop the watcher
+            self._on_event(self, event, detail)
 
 
 # ---------------------------------------------------------------------------- connection
@@ -141,12 +304,12 @@ class _Link:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
         self.client: Client | None = None
         self.pid = os.getpid()
         self.licenses: dict[int, License] = {}
         self.keepalive_interval = 30.0
-        self._keepalive: threading.Thread | None = None
+        self._keepalive = False
 
     def connect(self) -> Client:
         with self.lock:
@@ -164,15 +327,17 @@ class _Link:
             if isinstance(interval, int | float) and interval > 0:
                 self.keepalive_interval = float(interval)
             self.client = c
-            if self.target.network and self._keepalive is None:
-                self._keepalive = threading.Thread(target=self._keep_alive, name="licentia-keepalive", daemon=True)
-                self._keepalive.start()
+            if self.target.network and not self._keepalive:
+                self._keepalive = True
+                _start_thread(self._keep_alive, "licentia-keepalive")
             return c
 
     def request(self, op: str, /, **fields: Any) -> dict[str, Any]:
+        c = self.client
+        if c is None or c.closed:
+            c = self.connect()
         try:
-            client = self.connect()
-            return client.request(op, **fields)
+            return c.request(op, **fields)
         except LicentiaError as exc:
             if exc.code not in _RECONNECT:
                 raise
@@ -199,8 +364,16 @@ class _Link:
                     gone._gone("the server freed the license")
 
 
+def _start_thread(target: Callable[..., None], name: str, *args: Any) -> Any:
+    import threading  # only a program that watches its licenses pays for threading
+
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 _links: dict[Target, _Link] = {}
-_links_lock = threading.Lock()
+_links_lock = _thread.allocate_lock()
 
 
 def _link_for(target: Target) -> _Link:
@@ -228,80 +401,51 @@ def _try_targets(call: Callable[[_Link], dict[str, Any]]) -> tuple[_Link, dict[s
 # ---------------------------------------------------------------------------- the license
 
 
-class License:
-    """A held license. Release it with `release()` or by leaving the `with` block."""
+class License(Held):
+    """A held license. Release it with `release()` or by leaving the `with` block.
 
-    def __init__(self, link: _Link, info: LicenseInfo, firm_key: bytes | None, verified: Verified | None,
-                 on_event: EventCallback | None, watch_interval: float) -> None:
+    `info` (a `LicenseInfo`), `handle`, `valid` (False once the license is gone),
+    `released`; `decrement()`, `check()`, `release()`."""
+
+    def __init__(self, link: _Link, firm_code: int, product_code: int, mode: str, reply: dict[str, Any],
+                 verified: Verified | None, on_event: EventCallback | None, watch_interval: float) -> None:
+        super().__init__(firm_code, product_code, mode, reply, verified, on_event)
         self._link = link
-        self.info = info
-        self._firm_key = firm_key
-        self._verified = verified
-        self._events: list[tuple[Event, str]] = []
-        self._on_event = on_event
-        self._lock = threading.Lock()
-        self.valid = True
-        self.released = False
-        self._watch_stop = threading.Event()
-        link.licenses[info.handle] = self
+        self._lock = _thread.allocate_lock()
+        self._watch_stop: Any = None
+        link.licenses[self.handle] = self
         if on_event is not None:
-            threading.Thread(target=self._watch, args=(watch_interval,), name="licentia-events", daemon=True).start()
+            import threading
 
-    @property
-    def handle(self) -> int:
-        return self.info.handle
+            self._watch_stop = threading.Event()
+            _start_thread(self._watch, "licentia-events", watch_interval)
 
     def decrement(self, units: int = 1) -> int:
         """Spend `units` from the unit counter; durable when this returns. Returns what remains."""
         self._live()
         fields: dict[str, Any] = {"handle": self.handle, "units": units}
-        nonce = os.urandom(NONCE_SIZE) if self._verified is not None else None
+        nonce = self._nonce()
         if nonce is not None:
             fields["nonce"] = nonce
-        reply = self._link.request("decrement", **fields)
-        remaining = reply.get("units")
-        if self._verified is not None and nonce is not None:
-            proof_reply = dict(reply)
-            proof_reply.setdefault("handle", self.handle)
-            self._verified = verify_proof(self._verified, nonce, proof_reply)
-            remaining = self._verified.units
-        self.info = _with(self.info, units=remaining, valid_until=reply.get("valid_until", self.info.valid_until))
-        return int(remaining or 0)
+        return self._after_decrement(self._link.request("decrement", **fields), nonce)
 
     def check(self) -> list[Event]:
         """Ask whether the license still holds; returns the events since the last check
         (also passed to the callback). After LICENSE_GONE, `valid` is False."""
         if self.released:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released")
-        nonce = os.urandom(NONCE_SIZE) if self._verified is not None else None
+        nonce = self._nonce()
         fields: dict[str, Any] = {"handle": self.handle}
         if nonce is not None:
             fields["nonce"] = nonce
         try:
             reply = self._link.request("check", **fields)
         except LicentiaError as exc:
-            if exc.code in (ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME, ErrorCode.SERVER_NOT_FOUND):
+            if exc.code in _UNREACHABLE:
                 self._note(Event.SERVER_LOST, exc.message)
                 return self._drain()
             raise
-        for name in reply.get("events") or ():
-            try:
-                event = Event(name)
-            except ValueError:
-                continue
-            if event is Event.LICENSE_GONE:
-                self._gone(str(reply.get("reason", "")))
-            else:
-                self._note(event, str(reply.get("reason", "")))
-        if reply.get("valid") is False and not reply.get("events"):
-            self.valid = False
-        if "proof" in reply and self._verified is not None and nonce is not None:
-            proof_reply = dict(reply)
-            proof_reply.setdefault("handle", self.handle)
-            self._verified = verify_proof(self._verified, nonce, proof_reply)
-            self.info = _with(self.info, units=self._verified.units, valid_until=self._verified.valid_until)
-        elif "units" in reply:
-            self.info = _with(self.info, units=reply.get("units"), valid_until=reply.get("valid_until"))
+        self._after_check(reply, nonce)
         return self._drain()
 
     def release(self) -> None:
@@ -309,7 +453,8 @@ class License:
         if self.released:
             return
         self.released = True
-        self._watch_stop.set()
+        if self._watch_stop is not None:
+            self._watch_stop.set()
         self._link.licenses.pop(self.handle, None)
         if not self.valid:
             return
@@ -326,8 +471,8 @@ class License:
         self.release()
 
     def __repr__(self) -> str:
-        i = self.info
-        return f"<licentia License firm {i.firm_code} product {i.product_code} handle {i.handle} ({i.location})>"
+        where = self._reply.get("location", "local")
+        return f"<licentia License firm {self._firm_code} product {self._product_code} handle {self.handle} ({where})>"
 
     # -- events --
 
@@ -339,25 +484,21 @@ class License:
 
     def _note(self, event: Event, detail: str) -> None:
         with self._lock:
-            if any(e is event for e, _ in self._events):
-                return
-            self._events.append((event, detail))
+            super()._note(event, detail)
 
     def _gone(self, detail: str) -> None:
         self.valid = False
         self._link.licenses.pop(self.handle, None)
         self._note(Event.LICENSE_GONE, detail)
 
-    def _drain(self) -> list[Event]:
+    def _take_events(self) -> list[tuple[Event, str]]:
         with self._lock:
             events, self._events = self._events, []
-        if self._on_event is not None:
-            for event, detail in events:
-                with contextlib.suppress(Exception):  # a callback's failure must not stop the watcher
-                    self._on_event(self, event, detail)
-        return [e for e, _ in events]
+        return events
 
     def _watch(self, interval: float) -> None:
+        import contextlib
+
         while not self._watch_stop.wait(interval):
             if self.released:
                 return
@@ -365,12 +506,6 @@ class License:
                 self.check()
             if not self.valid:
                 return
-
-
-def _with(info: LicenseInfo, **changes: Any) -> LicenseInfo:
-    from dataclasses import replace
-
-    return replace(info, **changes)
 
 
 def access(
@@ -391,15 +526,7 @@ def access(
     """Take a license: returns a `License` (a context manager) or raises `LicentiaError`
     with a stable code (212: all seats taken, 200: no such license, 35: expired, …)."""
     check_args(firm_code, product_code, mode, where)
-    key: bytes | None = None
-    if verify:
-        if firm_key is None:
-            raise LicentiaError(
-                ErrorCode.INVALID_PARAMETER,
-                "no firm public key to verify the license with",
-                "pass firm_key= (the file from `licentia vendor export-public`), or verify=False to try without",
-            )
-        key = load_firm_key(firm_key, firm_code)
+    key = firm_key_for(verify, firm_key, firm_code)
     nonce = os.urandom(NONCE_SIZE) if key is not None else None
     fields = access_fields(product_code, firm_code, mode, feature, version, release_date, where, container, nonce)
     link, reply = _try_targets(lambda lk: lk.request("access", **fields))
@@ -408,8 +535,9 @@ def access(
         try:
             verified = verify_grant(key, firm_code, product_code, nonce, reply)
         except LicentiaError:
+            import contextlib  # a refusal is not on the start path
+
             with contextlib.suppress(LicentiaError):
                 link.request("release", handle=reply.get("handle"))
             raise
-    info = make_info(firm_code, product_code, mode, reply, verified)
-    return License(link, info, key, verified, on_event, watch_interval)
+    return License(link, firm_code, product_code, mode, reply, verified, on_event, watch_interval)

@@ -11,22 +11,20 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import Generator
-from typing import Any
 
-from licentia.model import ErrorCode, LicentiaError
-from licentia.sdk.access import (
-    Event,
-    EventCallback,
-    LicenseInfo,
-    _with,
-    access_fields,
-    check_args,
-    make_info,
-)
+from licentia.model.errors import ErrorCode, LicentiaError
+from licentia.sdk.access import Event, Held, access_fields, check_args, firm_key_for
 from licentia.sdk.connect import Target, hello_client, targets, tls_context
 from licentia.sdk.proof import NONCE_SIZE
-from licentia.sdk.verify import FirmKey, Verified, load_firm_key, verify_grant, verify_proof
+from licentia.sdk.verify import verify_grant
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Generator
+    from typing import Any
+
+    from licentia.sdk.access import EventCallback
+    from licentia.sdk.verify import FirmKey, Verified
 
 _RECONNECT = frozenset({ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME})
 
@@ -104,48 +102,31 @@ def _link_for(target: Target) -> _AsyncLink:
     return link
 
 
-class AsyncLicense:
+class AsyncLicense(Held):
     """A held license (asyncio). Release with `await release()` or by leaving `async with`."""
 
-    def __init__(self, link: _AsyncLink, info: LicenseInfo, verified: Verified | None,
-                 on_event: EventCallback | None, watch_interval: float) -> None:
+    def __init__(self, link: _AsyncLink, firm_code: int, product_code: int, mode: str, reply: dict[str, Any],
+                 verified: Verified | None, on_event: EventCallback | None, watch_interval: float) -> None:
+        super().__init__(firm_code, product_code, mode, reply, verified, on_event)
         self._link = link
-        self.info = info
-        self._verified = verified
-        self._events: list[tuple[Event, str]] = []
-        self._on_event = on_event
-        self.valid = True
-        self.released = False
         self._watcher: asyncio.Task[None] | None = None
-        link.licenses[info.handle] = self
+        link.licenses[self.handle] = self
         if on_event is not None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch(watch_interval))
-
-    @property
-    def handle(self) -> int:
-        return self.info.handle
 
     async def decrement(self, units: int = 1) -> int:
         if self.released or not self.valid:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released or is gone")
         fields: dict[str, Any] = {"handle": self.handle, "units": units}
-        nonce = os.urandom(NONCE_SIZE) if self._verified is not None else None
+        nonce = self._nonce()
         if nonce is not None:
             fields["nonce"] = nonce
-        reply = await self._link.request("decrement", **fields)
-        remaining = reply.get("units")
-        if self._verified is not None and nonce is not None:
-            proof_reply = dict(reply)
-            proof_reply.setdefault("handle", self.handle)
-            self._verified = verify_proof(self._verified, nonce, proof_reply)
-            remaining = self._verified.units
-        self.info = _with(self.info, units=remaining, valid_until=reply.get("valid_until", self.info.valid_until))
-        return int(remaining or 0)
+        return self._after_decrement(await self._link.request("decrement", **fields), nonce)
 
     async def check(self) -> list[Event]:
         if self.released:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released")
-        nonce = os.urandom(NONCE_SIZE) if self._verified is not None else None
+        nonce = self._nonce()
         fields: dict[str, Any] = {"handle": self.handle}
         if nonce is not None:
             fields["nonce"] = nonce
@@ -156,22 +137,7 @@ class AsyncLicense:
                 self._note(Event.SERVER_LOST, exc.message)
                 return self._drain()
             raise
-        for name in reply.get("events") or ():
-            try:
-                event = Event(name)
-            except ValueError:
-                continue
-            if event is Event.LICENSE_GONE:
-                self._gone(str(reply.get("reason", "")))
-            else:
-                self._note(event, str(reply.get("reason", "")))
-        if "proof" in reply and self._verified is not None and nonce is not None:
-            proof_reply = dict(reply)
-            proof_reply.setdefault("handle", self.handle)
-            self._verified = verify_proof(self._verified, nonce, proof_reply)
-            self.info = _with(self.info, units=self._verified.units, valid_until=self._verified.valid_until)
-        elif "units" in reply:
-            self.info = _with(self.info, units=reply.get("units"), valid_until=reply.get("valid_until"))
+        self._after_check(reply, nonce)
         return self._drain()
 
     async def release(self) -> None:
@@ -195,22 +161,15 @@ class AsyncLicense:
     async def __aexit__(self, *exc: object) -> None:
         await self.release()
 
-    def _note(self, event: Event, detail: str) -> None:
-        if not any(e is event for e, _ in self._events):
-            self._events.append((event, detail))
+    def __repr__(self) -> str:
+        where = self._reply.get("location", "local")
+        return (f"<licentia AsyncLicense firm {self._firm_code} product {self._product_code} "
+                f"handle {self.handle} ({where})>")
 
     def _gone(self, detail: str) -> None:
         self.valid = False
         self._link.licenses.pop(self.handle, None)
         self._note(Event.LICENSE_GONE, detail)
-
-    def _drain(self) -> list[Event]:
-        events, self._events = self._events, []
-        if self._on_event is not None:
-            for event, detail in events:
-                with contextlib.suppress(Exception):
-                    self._on_event(self, event, detail)
-        return [e for e, _ in events]
 
     async def _watch(self, interval: float) -> None:
         while not self.released and self.valid:
@@ -255,15 +214,7 @@ def access_async(
 ) -> _Pending:
     """Take a license (asyncio): `lic = await access_async(...)` or `async with access_async(...) as lic:`."""
     check_args(firm_code, product_code, mode, where)
-    key: bytes | None = None
-    if verify:
-        if firm_key is None:
-            raise LicentiaError(
-                ErrorCode.INVALID_PARAMETER,
-                "no firm public key to verify the license with",
-                "pass firm_key= (the file from `licentia vendor export-public`), or verify=False to try without",
-            )
-        key = load_firm_key(firm_key, firm_code)
+    key = firm_key_for(verify, firm_key, firm_code)
 
     async def take() -> AsyncLicense:
         nonce = os.urandom(NONCE_SIZE) if key is not None else None
@@ -286,8 +237,7 @@ def access_async(
                     with contextlib.suppress(LicentiaError):
                         await link.request("release", handle=reply.get("handle"))
                     raise
-            info = make_info(firm_code, product_code, mode, reply, verified)
-            return AsyncLicense(link, info, verified, on_event, watch_interval)
+            return AsyncLicense(link, firm_code, product_code, mode, reply, verified, on_event, watch_interval)
         raise best or LicentiaError(ErrorCode.NO_LOCAL_RUNTIME, "no licentia runtime was found")
 
     return _Pending(take)

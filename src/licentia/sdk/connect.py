@@ -16,22 +16,37 @@ Search order (the first that applies wins):
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 import sys
-from typing import Any, NamedTuple
 
 from licentia.sdk.proof import session_environment, station_host_id
+
+TYPE_CHECKING = False  # typing is not imported at run time: see licentia/__init__.py
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
+    class _TargetFields(NamedTuple):
+        address: str
+        network: bool  # a network server reached directly (TLS, keep-alives)
+        tls_pin: str | None = None
+        ca_file: str | None = None
+        pin_file: str | None = None
+else:
+    from collections import namedtuple  # loaded already (enum needs it); typing is not
+
+    _TargetFields = namedtuple("Target", ("address", "network", "tls_pin", "ca_file", "pin_file"),
+                               defaults=(None, None, None))
 
 DEFAULT_LOCAL_PORT = 22349
 
 
-class Target(NamedTuple):
-    address: str
-    network: bool  # a network server reached directly (TLS, keep-alives)
-    tls_pin: str | None = None
-    ca_file: str | None = None
-    pin_file: str | None = None
+class Target(_TargetFields):
+    """One place to look: `address` (a socket path or host:port), `network` (a network
+    server reached directly: TLS, keep-alives), and how to trust it (`tls_pin`,
+    `ca_file`, `pin_file`)."""
+
+    __slots__ = ()
 
 
 def _homes(environ: Any) -> list[str]:
@@ -63,17 +78,39 @@ def targets(environ: Any = None) -> list[Target]:
         if os.path.exists(sock):
             out.append(Target(sock, False))
             continue
-        try:
-            import json
-
-            with open(os.path.join(home, "runtime.json")) as f:
-                doc = json.load(f)
-            port = int(doc["local_port"])
-            out.append(Target(f"{doc.get('local_address', '127.0.0.1')}:{port}", False))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        address = _runtime_address(os.path.join(home, "runtime.json"))
+        if address is not None:
+            out.append(Target(address, False))
     out.append(Target(f"127.0.0.1:{DEFAULT_LOCAL_PORT}", False))
     return out
+
+
+# runtime.json path -> (mtime_ns, size, loopback address or None): read again only when it changes
+_runtime_files: dict[str, tuple[int, int, str | None]] = {}
+
+
+def _runtime_address(path: str) -> str | None:
+    """The loopback address a runtime wrote into its `runtime.json`, if any."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    known = _runtime_files.get(path)
+    if known is not None and known[0] == st.st_mtime_ns and known[1] == st.st_size:
+        return known[2]
+    address: str | None = None
+    try:
+        import json
+
+        with open(path) as f:
+            doc = json.load(f)
+        address = f"{doc.get('local_address', '127.0.0.1')}:{int(doc['local_port'])}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        address = None
+    if len(_runtime_files) > 64:
+        _runtime_files.clear()
+    _runtime_files[path] = (st.st_mtime_ns, st.st_size, address)
+    return address
 
 
 def process_start() -> int:
@@ -115,7 +152,7 @@ def hello_client(target: Target, program: str | None = None, program_version: st
         "pid_start": process_start(),
         "program": program or program_name(),
         "user": user_name(),
-        "host": socket.gethostname(),
+        "host": _socket.gethostname(),
     }
     if program_version:
         client["program_version"] = program_version

@@ -14,9 +14,12 @@ container the vendor licensed can make it.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import msgpack
+
+TYPE_CHECKING = False  # typing is not imported at run time: a protected program pays for it at start
+if TYPE_CHECKING:
+    from typing import Any
 
 PROOF_DOMAIN = "licentia access proof v1"
 NONCE_SIZE = 32
@@ -58,9 +61,9 @@ def station_host_id(root: str | os.PathLike[str] | None = None) -> str:
         if raw:
             break
     if not raw:
-        import socket
+        import _socket
 
-        raw = b"host:" + socket.gethostname().encode()
+        raw = b"host:" + _socket.gethostname().encode()
     return hashlib.sha256(b"licentia station\x00" + raw).hexdigest()[:16]
 
 

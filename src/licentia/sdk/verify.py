@@ -4,58 +4,142 @@ The program holds the firm's public key. An access answer carries the vendor-sig
 license (which names the container's serial and public key) and the container's
 signature over the program's fresh challenge, the handle and the item's state. Both
 are checked here; either failing is `SECURITY_PROBLEM` (109): whatever answered is not
-the licensed container. `cryptography` is imported only when this runs.
+the licensed container.
+
+A protected program pays for this at start, so it stays lean: the license is checked
+here directly (Ed25519 over its exact bytes with `licentia.crypto.verify`, then its
+msgpack body decoded) rather than through `licentia.core`; `cryptography` loads only
+when the first signature is checked. The same signed license comes back on every
+access, so a license whose signature verified is remembered for the process (by its
+exact bytes and the firm key); the container's proof over the fresh challenge is
+verified on every answer.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+import struct
 
-from licentia.model import ErrorCode, LicentiaError
+import msgpack
+
+from licentia.model.errors import ErrorCode, LicentiaError
 from licentia.sdk.proof import proof_message
 
-FirmKey = bytes | str | os.PathLike[str]
+TYPE_CHECKING = False  # typing is not imported at run time: see licentia/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
+
+    FirmKey = bytes | str | os.PathLike[str]
+
+# the license artifact (licentia.core.licenses): magic | version | body length | body | signature
+LICENSE_MAGIC = b"LCLI"
+LICENSE_VERSIONS = (1,)
+_HEADER = struct.Struct(">4sBI")
+_SIGNATURE_SIZE = 64
+_KEY_SIZE = 32
+_MAX_BODY = 16 * 1024 * 1024
+_CACHE_LIMIT = 256  # distinct licenses remembered per process; only vendor-signed ones get in
 
 
-@dataclass(frozen=True)
+class SignedLicense:
+    """A license whose firm signature verified: what the vendor vouches for."""
+
+    __slots__ = ("container_key", "firm_code", "item", "item_id", "serial")
+
+    def __init__(self, serial: str, firm_code: int, item_id: int, item: dict[str, Any], container_key: bytes) -> None:
+        self.serial = serial
+        self.firm_code = firm_code
+        self.item_id = item_id
+        self.item = item  # the product item's options, as the vendor signed them (do not change)
+        self.container_key = container_key
+
+
 class Verified:
     """The parts of an answer the vendor's and the container's signatures vouch for."""
 
-    serial: str
-    firm_code: int
-    item_id: int
-    item: dict[str, Any]  # the product item's options, as the vendor signed them
-    container_key: bytes
-    units: int | None
-    valid_until: int | None
+    __slots__ = ("license", "units", "valid_until")
+
+    def __init__(self, lic: SignedLicense, units: int | None, valid_until: int | None) -> None:
+        self.license = lic
+        self.units = units
+        self.valid_until = valid_until
+
+    @property
+    def serial(self) -> str:
+        return self.license.serial
+
+    @property
+    def firm_code(self) -> int:
+        return self.license.firm_code
+
+    @property
+    def item_id(self) -> int:
+        return self.license.item_id
+
+    @property
+    def item(self) -> dict[str, Any]:
+        return self.license.item
+
+    @property
+    def container_key(self) -> bytes:
+        return self.license.container_key
+
+    def __repr__(self) -> str:
+        return (f"Verified(serial={self.serial!r}, firm_code={self.firm_code}, item_id={self.item_id}, "
+                f"units={self.units!r}, valid_until={self.valid_until!r})")
+
+
+# ---------------------------------------------------------------------------- the firm key
+
+# path -> (mtime_ns, size, file text): a program that names its key file on every access
+# reads it once, and again only when the file changes
+_key_files: dict[str, tuple[int, int, str]] = {}
 
 
 def load_firm_key(key: FirmKey, firm_code: int | None = None) -> bytes:
     """The raw 32-byte firm public key from raw bytes, hex text, or a file that
     `licentia vendor export-public` wrote (its firm code must match)."""
-    if isinstance(key, bytes) and len(key) == 32:
+    if isinstance(key, bytes) and len(key) == _KEY_SIZE:
         return key
     if isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdefABCDEF" for c in key):
         return bytes.fromhex(key)
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else _read_key_file(key)
+    return _parse_key_file(text, firm_code)
+
+
+def _read_key_file(key: str | os.PathLike[str]) -> str:
+    path = os.fspath(key)
+    try:
+        st = os.stat(path)
+        known = _key_files.get(path)
+        if known is not None and known[0] == st.st_mtime_ns and known[1] == st.st_size:
+            return known[2]
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"cannot read the firm public key {key}: {exc}",
+                            "export it with `licentia vendor export-public -o FILE`") from None
+    if len(_key_files) >= _CACHE_LIMIT:
+        _key_files.clear()
+    _key_files[path] = (st.st_mtime_ns, st.st_size, text)
+    return text
+
+
+_parsed_keys: dict[tuple[str, int | None], bytes] = {}
+
+
+def _parse_key_file(text: str, firm_code: int | None) -> bytes:
+    found = _parsed_keys.get((text, firm_code))
+    if found is not None:
+        return found
     import json
 
-    if isinstance(key, bytes):
-        text = key.decode("utf-8", "replace")
-    else:
-        try:
-            with open(os.fspath(key), encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"cannot read the firm public key {key}: {exc}",
-                                "export it with `licentia vendor export-public -o FILE`") from None
     try:
         doc = json.loads(text)
         if doc.get("format") != "licentia-firm-public-key":
             raise ValueError
         raw = bytes.fromhex(doc["public_key"])
-        if len(raw) != 32:
+        if len(raw) != _KEY_SIZE:
             raise ValueError
     except (ValueError, KeyError, TypeError, AttributeError):
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, "the firm public key is not 32 bytes, hex, or an exported key file",
@@ -63,7 +147,13 @@ def load_firm_key(key: FirmKey, firm_code: int | None = None) -> bytes:
     if firm_code is not None and int(doc.get("firm_code", firm_code)) != firm_code:
         raise LicentiaError(ErrorCode.INVALID_PARAMETER,
                             f"the firm public key is firm {doc.get('firm_code')}'s, not firm {firm_code}'s")
+    if len(_parsed_keys) >= _CACHE_LIMIT:
+        _parsed_keys.clear()
+    _parsed_keys[(text, firm_code)] = raw
     return raw
+
+
+# ---------------------------------------------------------------------------- answers
 
 
 def _refuse(what: str) -> LicentiaError:
@@ -74,69 +164,118 @@ def verify_grant(firm_key: bytes, firm_code: int, product_code: int, nonce: byte
     """Check an access answer; return what it vouches for."""
     license_bytes = reply.get("license")
     proof = reply.get("proof")
-    if not isinstance(license_bytes, bytes) or not isinstance(proof, bytes):
+    if type(license_bytes) is not bytes or type(proof) is not bytes:
         raise _refuse("it carries no signed license or no proof of the container")
-    verified = _verify_license(firm_key, firm_code, license_bytes)
-    if verified.item.get("product_code") != product_code:
-        raise _refuse(f"the license is for product {verified.item.get('product_code')}, not {product_code}")
-    if reply.get("container") not in (None, verified.serial) or reply.get("item") not in (None, verified.item_id):
+    lic = verify_license(firm_key, firm_code, license_bytes)
+    if lic.item.get("product_code") != product_code:
+        raise _refuse(f"the license is for product {lic.item.get('product_code')}, not {product_code}")
+    if reply.get("container") not in (None, lic.serial) or reply.get("item") not in (None, lic.item_id):
         raise _refuse("the answer names another container or item than its license")
-    return verify_proof(verified, nonce, reply)
+    return verify_proof(lic, nonce, reply)
 
 
-def verify_proof(verified: Verified, nonce: bytes, reply: dict[str, Any]) -> Verified:
+def verify_proof(verified: Verified | SignedLicense, nonce: bytes, reply: dict[str, Any]) -> Verified:
     """Check the container's signature over the challenge, the handle and the state."""
-    from licentia.crypto import InvalidArtifact, verify
-
+    lic = verified.license if isinstance(verified, Verified) else verified
     proof = reply.get("proof")
     handle = reply.get("proof_handle", reply.get("handle"))
     units = reply.get("units")
     until = reply.get("valid_until")
-    if not isinstance(proof, bytes) or not isinstance(handle, int):
+    if type(proof) is not bytes or type(handle) is not int:
         raise _refuse("it carries no proof of the container")
-    if units is not None and not isinstance(units, int):
+    if units is not None and type(units) is not int:
         raise _refuse("the remaining units are not a number")
-    if until is not None and not isinstance(until, int):
+    if until is not None and type(until) is not int:
         raise _refuse("the validity end is not a time")
-    message = proof_message(nonce, handle, verified.serial, verified.firm_code, verified.item_id, units, until)
-    try:
-        verify(verified.container_key, message, proof)
-    except InvalidArtifact:
+    message = proof_message(nonce, handle, lic.serial, lic.firm_code, lic.item_id, units, until)
+    if not _signed_by(lic.container_key, message, proof):
         raise _refuse("the container's signature over this program's challenge does not verify "
-                      "(the runtime or server may have been replaced)") from None
-    initial = verified.item.get("units")
+                      "(the runtime or server may have been replaced)")
+    initial = lic.item.get("units")
     if units is not None and (initial is None or units > initial):
         raise _refuse("more units remain than the license ever had")
-    expires = verified.item.get("expires_at")
+    expires = lic.item.get("expires_at")
     if expires is not None and until is not None and until > expires:
         raise _refuse("the validity end is later than the license's expiry")
-    return Verified(verified.serial, verified.firm_code, verified.item_id, verified.item, verified.container_key,
-                    units, until)
+    return Verified(lic, units, until)
 
 
-def _verify_license(firm_key: bytes, firm_code: int, data: bytes) -> Verified:
-    from licentia.core.licenses import read_license
+# (firm key, license bytes) -> the license they verified to; exact bytes, so nothing else matches
+_licenses: dict[tuple[bytes, bytes], SignedLicense] = {}
+
+
+def verify_license(firm_key: bytes, firm_code: int, data: bytes) -> SignedLicense:
+    """Check the firm's signature over a license's exact bytes, then decode it.
+
+    Verified once per process for the same bytes and key; different bytes (another
+    license, or the same one altered in any bit) are verified afresh."""
+    found = _licenses.get((firm_key, data))
+    if found is None:
+        found = _verify_license(firm_key, firm_code, data)
+        if len(_licenses) >= _CACHE_LIMIT:
+            _licenses.clear()
+        _licenses[(firm_key, data)] = found
+    if found.firm_code != firm_code:
+        raise _refuse(f"the license is firm {found.firm_code}'s, not firm {firm_code}'s")
+    return found
+
+
+def _verify_license(firm_key: bytes, firm_code: int, data: bytes) -> SignedLicense:
+    body = _license_body(data)
+    if body is None or not _signed_by(firm_key, data[:-_SIGNATURE_SIZE], data[-_SIGNATURE_SIZE:]):
+        raise _refuse(f"the license is not signed by firm {firm_code}'s key")
+    # signed by the firm: now its contents may be read
+    try:
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception:  # msgpack raises several types; all mean "not msgpack"
+        fields = None
+    serial = fields.get("serial") if type(fields) is dict else None
+    key = fields.get("container_public_key") if type(fields) is dict else None
+    signed_firm = fields.get("firm_code") if type(fields) is dict else None
+    item_id = fields.get("item_id") if type(fields) is dict else None
+    item = fields.get("item") if type(fields) is dict else None
+    if (type(serial) is not str or type(key) is not bytes or len(key) != _KEY_SIZE or type(signed_firm) is not int
+            or type(item_id) is not int or type(item) is not dict or type(item.get("product_code")) is not int):
+        raise _refuse("the license has missing or malformed fields")
+    for name in ("units", "expires_at"):
+        value = item.get(name)
+        if value is not None and type(value) is not int:
+            raise _refuse(f"the license's {name} is not a number")
+    return SignedLicense(serial, signed_firm, item_id, item, key)
+
+
+def _license_body(data: bytes) -> bytes | None:
+    """The body of a license artifact whose header and length are right, else None."""
+    if len(data) < _HEADER.size + _SIGNATURE_SIZE:
+        return None
+    magic, version, length = _HEADER.unpack_from(data)
+    if magic != LICENSE_MAGIC or version not in LICENSE_VERSIONS or length > _MAX_BODY:
+        return None
+    if len(data) != _HEADER.size + length + _SIGNATURE_SIZE:
+        return None
+    return data[_HEADER.size : _HEADER.size + length]
+
+
+def _signed_by(public_key: bytes, data: bytes, signature: bytes) -> bool:
+    from licentia.crypto.recipes import InvalidArtifact, verify
 
     try:
-        lic = read_license(data, firm_key)
-    except LicentiaError:
-        raise _refuse(f"the license is not signed by firm {firm_code}'s key") from None
-    if lic.firm_code != firm_code:
-        raise _refuse(f"the license is firm {lic.firm_code}'s, not firm {firm_code}'s")
-    return Verified(str(lic.serial), lic.firm_code, lic.item_id, lic.item.to_dict(), lic.container_public_key,
-                    None, None)
+        verify(public_key, data, signature)
+    except InvalidArtifact:
+        return False
+    return True
 
 
 def read_unverified(data: Any) -> dict[str, Any]:
     """The item options of a license without checking its signature (for display only)."""
-    from licentia.model import envelope
-
-    if not isinstance(data, bytes):
+    if type(data) is not bytes:
+        return {}
+    body = _license_body(data)
+    if body is None:
         return {}
     try:
-        _, body, _ = envelope.unpack(data, b"LCLI", {1}, trailer=64, what="license")
-        fields = envelope.decode_map(body, what="license")
-        item = fields.get("item")
-        return dict(item) if isinstance(item, dict) else {}
-    except LicentiaError:
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception:
         return {}
+    item = fields.get("item") if type(fields) is dict else None
+    return dict(item) if type(item) is dict else {}
