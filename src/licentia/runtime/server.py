@@ -86,6 +86,7 @@ from licentia.runtime.licenses import (
     make_proof,
 )
 from licentia.runtime.searchlist import Discovered, DiscoveryResponder, read_list
+from licentia.runtime.sync import CentralSync
 from licentia.runtime.tokens import REMOVED, RuntimeContainers, RuntimeTokens
 from licentia.runtime.upstream import Upstream, unreachable
 from licentia.runtime.usagelog import UsageLog
@@ -268,6 +269,7 @@ class Runtime:
         self.containers: LocalContainers = RuntimeContainers(home.containers, fingerprint,
                                                              group_commit=config.group_commit)
         self.tokens = RuntimeTokens(self)
+        self.central_sync = CentralSync(self)
         self.log: UsageLog | None = None
         self.remote: dict[int, RemoteHold] = {}
         self.next_remote = REMOTE_BASE
@@ -343,6 +345,7 @@ class Runtime:
             loop.create_task(self._keepalive_loop()),
         ]
         self.reap_now()  # programs that ended while the runtime was down
+        self.central_sync.start()
         # What start-up built lives as long as the runtime: keep it out of the collector's way,
         # and collect young objects less often (the license path makes few reference cycles).
         gc.collect()
@@ -379,6 +382,7 @@ class Runtime:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
         for up in self.upstreams.values():
             await up.close()
+        await self.central_sync.stop()
         await self.tokens.stop()
         if self._snapshot_handle is not None:
             self._snapshot_handle.cancel()
@@ -1220,6 +1224,7 @@ class Runtime:
                 "containers": len(self.containers.loaded), "servers": list(self.server_list),
                 "upstreams": {a: {"reachable": u.reachable, "error": u.last_error.message if u.last_error else None}
                               for a, u in self.upstreams.items()},
+                "central": self.central_sync.status(),
                 **self.ports}
 
     def container_rows(self) -> list[dict[str, Any]]:
