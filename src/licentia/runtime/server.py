@@ -75,12 +75,12 @@ from licentia.protocol.messages import (
     validate_request,
 )
 from licentia.runtime import procs
+from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.home import RuntimeHome
 from licentia.runtime.licenses import (
     Changes,
     Loaded,
-    LocalContainers,
     decrement_op,
     first_use_op,
     make_proof,
@@ -266,9 +266,9 @@ class Runtime:
         self.host_name = socket.gethostname()
         self.host_id = station_host_id(machine_root)
         self.seats = SeatTable()
-        self.containers: LocalContainers = RuntimeContainers(home.containers, fingerprint,
-                                                             group_commit=config.group_commit)
+        self.containers = RuntimeContainers(home.containers, fingerprint, group_commit=config.group_commit)
         self.tokens = RuntimeTokens(self)
+        self.cloud = RuntimeCloud(self)
         self.central_sync = CentralSync(self)
         self.log: UsageLog | None = None
         self.remote: dict[int, RemoteHold] = {}
@@ -333,6 +333,7 @@ class Runtime:
         self.containers.apply_scan(result)
         await self.tokens.start()
         self._restore_state()
+        await self.cloud.start()
         self._reload_servers()
         self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
                        "containers": sorted(self.containers.loaded), "sessions": len(self.seats) + len(self.remote)})
@@ -383,6 +384,7 @@ class Runtime:
         for up in self.upstreams.values():
             await up.close()
         await self.central_sync.stop()
+        await self.cloud.stop()
         await self.tokens.stop()
         if self._snapshot_handle is not None:
             self._snapshot_handle.cancel()
@@ -728,8 +730,11 @@ class Runtime:
                 self.net_pids[grant.handle] = ident.pid
             if self._snapshot_handle is None:
                 self._seats_changed()
-            if ld.serial in self.tokens.held:  # the token proves it is here, off the loop
-                return self.tokens.grant(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local, write)
+            if ld.serial in self.containers.external:  # a token proves it is here; central counts cloud seats
+                if ld.serial in self.tokens.held:
+                    return self.tokens.grant(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local,
+                                             write)
+                return self.cloud.grant(msg, ld, entry, grant.handle, mode, ident, ident.local)
             if write:
                 return self._grant_durably(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local)
             return self._grant_reply(msg, ld, entry, grant.handle, mode, ident.local)
@@ -1230,7 +1235,7 @@ class Runtime:
     def container_rows(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for serial, ld in sorted(self.containers.loaded.items()):
-            if serial in self.containers.external:  # type: ignore[attr-defined]
+            if serial in self.containers.external:
                 continue  # token and cloud containers: their own rows below
             rows.append({"serial": serial, "kind": "soft", "status": ld.status.value,
                          "binding": ld.container.health.describe(), "items": len(ld.content.entries()),
@@ -1240,7 +1245,7 @@ class Runtime:
                       else ContainerStatus.INVALID)
             rows.append({"serial": Path(path).name.removesuffix(".lcsc"), "kind": "soft", "status": status.value,
                          "binding": problem.error.message, "items": None, "path": path})
-        rows += self.tokens.rows()
+        rows += self.tokens.rows() + self.cloud.rows()
         return rows
 
     def item_rows(self, firm: int | None = None) -> list[dict[str, Any]]:
