@@ -14,16 +14,18 @@ Choices:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 # Primitives are imported where they are used: a protected program that only verifies
-# a signature loads Ed25519 and nothing else of cryptography at start.
+# a signature loads Ed25519 and nothing else of cryptography at start (not even hashlib,
+# whose OpenSSL is another library to load).
 
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
@@ -57,14 +59,21 @@ def new_key() -> bytes:
 
 
 def digest(data: bytes) -> bytes:
+    import hashlib
+
     return hashlib.sha256(data).digest()
 
 
 def keyed_digest(key: bytes, data: bytes) -> bytes:
+    import hashlib
+    import hmac
+
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
 def equal(a: bytes, b: bytes) -> bool:
+    import hmac
+
     return hmac.compare_digest(a, b)
 
 
@@ -105,15 +114,31 @@ def sign(private_key: bytes, data: bytes) -> bytes:
 
 def verify(public_key: bytes, data: bytes, signature: bytes) -> None:
     """Raise InvalidArtifact unless `signature` is `public_key`'s over exactly `data`."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         raise InvalidArtifact()
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
-    except (InvalidSignature, ValueError):
-        raise InvalidArtifact() from None
+        _ed_public(public_key).verify(signature, data)
+    except Exception as exc:
+        from cryptography.exceptions import InvalidSignature
+
+        if isinstance(exc, InvalidSignature | ValueError):
+            raise InvalidArtifact() from None
+        raise
+
+
+def _ed_public(public_key: bytes) -> Ed25519PublicKey:
+    """The key from cryptography's compiled core, the object `Ed25519PublicKey.from_public_bytes`
+    returns too: that Python module loads typing, re and the serialization classes, about
+    15 ms of a protected program's start. The public path is the fallback."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl
+
+        key: Ed25519PublicKey = openssl.ed25519.from_public_bytes(public_key)
+    except (ImportError, AttributeError):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        return Ed25519PublicKey.from_public_bytes(public_key)
+    return key
 
 
 def key_id(public_key: bytes) -> str:

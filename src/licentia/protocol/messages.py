@@ -10,11 +10,14 @@ shows each message with an example.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
-
 from licentia.model import AccessMode, ErrorCode
 from licentia.protocol.frames import Message, ProtocolError
+
+# A protected program imports this at start: typing only for the type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Final
 
 PROTOCOL_VERSION: Final = 1  # message-set version, agreed in hello
 SUPPORTED_VERSIONS: Final = (1,)
@@ -68,7 +71,7 @@ class ListOf:
         self.item = item
 
 
-Spec = dict[str, tuple[bool, Any]]
+Spec = dict[str, tuple[bool, "Any"]]
 
 STATION: Spec = {
     "host_id": (True, str),
