@@ -279,15 +279,19 @@ def test_info_is_read_only_and_offers_the_item(fake: Callable[[Answer], FakeRunt
         assert again.info.options["units"] == 10 and again.info.units == 10
 
 
-def test_a_verified_start_loads_only_what_it_needs(fake: Callable[[Answer], FakeRuntime]) -> None:
+def test_a_verified_start_loads_only_what_it_needs(fake: Callable[[Answer], FakeRuntime], tmp_path: Path) -> None:
     rt = fake(honest)
+    key_file = tmp_path / "firm.pub"
+    key_file.write_text('{"format": "licentia-firm-public-key", "version": 1, "firm_code": 10001, '
+                        f'"name": "x", "public_key": "{VENDOR_PUBLIC.hex()}"}}\n')
     code = (
         "import sys, licentia\n"
-        f"lic = licentia.access({FIRM}, 7, firm_key={VENDOR_PUBLIC.hex()!r})\n"
+        f"lic = licentia.access({FIRM}, 7, firm_key={str(key_file)!r})\n"
         "assert lic.info.verified\n"
         "lic.release()\n"
-        "heavy = [m for m in ('licentia.core', 'dataclasses', 'inspect', 'threading', 'socket', 'asyncio', 'ssl',"
-        " 'pathlib', 'licentia.model.item', 'licentia.model.ids') if m in sys.modules]\n"
+        "heavy = [m for m in ('licentia.core', 'dataclasses', 'inspect', 'typing', 're', 'json', 'contextlib',"
+        " 'threading', 'socket', 'asyncio', 'ssl', 'pathlib', 'hashlib', 'licentia.model.item',"
+        " 'cryptography.hazmat.primitives.asymmetric.ed25519') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     env = {**os.environ, "LICENTIA_RUNTIME": str(rt.path)}
