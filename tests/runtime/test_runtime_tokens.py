@@ -157,3 +157,23 @@ def test_a_second_runtime_takes_the_token_away_and_rapid_changes_lock_it_out_for
         assert "error" in refused.first, refused.first
     time.sleep(1.2)  # the runtimes keep looking, and keep honouring the lockout
     assert token_row(a, serial)["status"] == "locked out" and token_row(b, serial)["status"] == "locked out"
+
+
+def test_a_restarted_runtime_keeps_its_token_and_the_programs_their_seats(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs, store: TokenStore
+) -> None:
+    serial, _ = token_container(store, vendor, [ProductItem(product_code=9, quantity=1)])
+    home = tmp_path / "home"
+    rt = token_runtime(procs, home, root, store)
+    wait_for("the token container", lambda: token_row(rt, serial)["status"] == "ok")
+    prog = Program(procs, root, {"LICENTIA_HOME": str(home)}, firm_code=vendor.firm, product_code=9,
+                   firm_key=str(vendor.public_file))
+    assert prog.granted
+    wait_for("the snapshot", lambda: (home / "state" / "seats.snapshot").exists())
+    rt.stop()  # gives the claim up; the same runtime id claims it again: no change of hands
+    rt.start()
+    row = wait_for("the token again", lambda: token_row(rt, serial) if token_row(rt, serial)["status"] == "ok" else None)
+    assert "took over" not in row["binding"]
+    answer = prog.ask("check")  # proven by the token again, for the same handle
+    assert answer["valid"] is True and "error" not in answer, answer
+    assert [r["handle"] for r in rt.sessions()] == [prog.first["handle"]]

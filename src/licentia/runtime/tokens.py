@@ -253,7 +253,11 @@ class RuntimeTokens:
         if not self.module:
             return
         self.runtime_id = runtime_id(rt.home.state)
-        await self.scan()
+        try:
+            await self.scan()
+        except Exception as exc:  # a module that misbehaves must not keep the runtime from starting
+            self.scan_error = f"{self.module}: {exc!r}"
+            rt._note_problem(f"token scan: {exc!r}")
         self._task = asyncio.get_running_loop().create_task(self._scan_loop())
 
     def _module(self) -> str | None:
