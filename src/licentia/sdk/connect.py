@@ -50,8 +50,9 @@ class Target(_TargetFields):
 
 
 def _homes(environ: Any) -> list[str]:
-    if environ.get("LICENTIA_HOME"):
-        return [os.path.expanduser(environ["LICENTIA_HOME"])]
+    home = environ.get("LICENTIA_HOME")
+    if home:
+        return [os.path.expanduser(home)]
     homes = []
     user = os.path.expanduser("~")
     if user != "~":

@@ -291,11 +291,11 @@ def _license_body(data: bytes) -> bytes | None:
 
 
 def _signed_by(public_key: bytes, data: bytes, signature: bytes) -> bool:
-    from licentia.crypto.recipes import InvalidArtifact, verify
+    from licentia.crypto import recipes  # loads cryptography's core on the first check
 
     try:
-        verify(public_key, data, signature)
-    except InvalidArtifact:
+        recipes.verify(public_key, data, signature)
+    except recipes.InvalidArtifact:
         return False
     return True
 
