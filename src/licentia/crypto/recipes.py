@@ -112,6 +112,20 @@ def sign(private_key: bytes, data: bytes) -> bytes:
     return _ed_private(private_key).sign(data)
 
 
+class Signer:
+    """An Ed25519 private key loaded once, for a process that signs many messages with it
+    (a runtime's proofs): `sign` rebuilds the key object on every call, this does not."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, private_key: bytes) -> None:
+        self._key = _ed_private(private_key)
+
+    def sign(self, data: bytes) -> bytes:
+        """The same signature `sign(private_key, data)` makes."""
+        return self._key.sign(data)
+
+
 def verify(public_key: bytes, data: bytes, signature: bytes) -> None:
     """Raise InvalidArtifact unless `signature` is `public_key`'s over exactly `data`."""
     if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:

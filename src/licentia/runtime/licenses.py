@@ -21,7 +21,8 @@ from licentia.core.clock import VirtualClock
 from licentia.core.content import ContainerContent, ItemEntry
 from licentia.core.evaluate import begin_use, decrement, evaluate
 from licentia.core.seats import ItemKey
-from licentia.crypto import sign, signing_public_key
+from licentia.crypto import signing_public_key
+from licentia.crypto.recipes import Signer
 from licentia.model import (
     ContainerStatus,
     ErrorCode,
@@ -288,9 +289,18 @@ def _changed_items(serial: str, old: ContainerContent, new: ContainerContent) ->
 # -- proofs ---------------------------------------------------------------------------------
 
 
+_signers: dict[bytes, Signer] = {}  # container key -> the key loaded once (loading costs as much as signing)
+
+
 def make_proof(content: ContainerContent, nonce: bytes, handle: int, firm: int, item_id: int,
                units: int | None, valid_until: int | None) -> bytes:
-    return sign(content.sign_key, proof_message(nonce, handle, str(content.serial), firm, item_id, units, valid_until))
+    key = content.sign_key
+    signer = _signers.get(key)
+    if signer is None:
+        if len(_signers) > 256:
+            _signers.clear()
+        signer = _signers[key] = Signer(key)
+    return signer.sign(proof_message(nonce, handle, str(content.serial), firm, item_id, units, valid_until))
 
 
 __all__ = [
