@@ -135,8 +135,8 @@ def parse_header(data: bytes) -> Header:
         raise LicentiaError(ErrorCode.LICENSE_INVALID, "the container file is invalid: malformed header") from None
 
 
-def _serialize(h: Header, content: ContainerContent, secret: bytes) -> bytes:
-    state = seal(_state_key(secret), env.encode(content.to_dict()), _state_aad(h))
+def _serialize(h: Header, content: ContainerContent, state_key: bytes) -> bytes:
+    state = seal(state_key, env.encode(content.to_dict()), _state_aad(h))
     body = env.encode(
         {
             "serial": str(h.serial),
@@ -169,7 +169,11 @@ class SoftContainer(ContainerBase):
         self.path = path
         self.header = header
         self._secret = secret
+        self._key = _state_key(secret)
         self.health = health
+        # the file's bytes as last read or written here, and the content they hold: bytes
+        # equal to these need no unsealing and no signature checks (see `_current`)
+        self._seen: tuple[bytes, ContainerContent] | None = None
 
     @property
     def serial(self) -> ContainerSerial:
@@ -213,7 +217,7 @@ class SoftContainer(ContainerBase):
             raise LicentiaError(ErrorCode.ALREADY_EXISTS, f"container {serial} already exists at {path}")
         directory.mkdir(parents=True, exist_ok=True)
         with _locked(path):
-            atomic_write(path, _serialize(header, content, secret))
+            atomic_write(path, _serialize(header, content, _state_key(secret)))
         health = BindingHealth(
             sum(p.weight for p in bound), sum(p.weight for p in bound), 0,
             tuple(p.name for p in bound), (),
@@ -253,7 +257,23 @@ class SoftContainer(ContainerBase):
     def read(self) -> ContainerContent:
         """The current content, read afresh from the file."""
         with _locked(self.path, shared=True):
-            return self._load(read_header(self.path))
+            return self._current()
+
+    def _current(self) -> ContainerContent:
+        """The content of the file as it is now. The file is always read; it is unsealed and
+        its licenses verified again only when its bytes differ from those this object last
+        read or wrote, so a change by another process (`licentia update apply`) is seen,
+        and a transaction of the runtime costs a read and a compare, not a full open."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise LicentiaError(ErrorCode.CONTAINER_NOT_FOUND, f"no container file at {self.path}") from None
+        seen = self._seen
+        if seen is not None and seen[0] == data:
+            return seen[1]
+        content = self._load(parse_header(data))
+        self._seen = (data, content)
+        return content
 
     def _load(self, header: Header) -> ContainerContent:
         if (header.serial, header.sign_public, header.binding) != (
@@ -261,7 +281,7 @@ class SoftContainer(ContainerBase):
         ):
             raise LicentiaError(ErrorCode.LICENSE_INVALID, f"container file {self.path} was replaced by another container")
         try:
-            raw = unseal(_state_key(self._secret), header.sealed_state, _state_aad(header))
+            raw = unseal(self._key, header.sealed_state, _state_aad(header))
         except InvalidArtifact:
             raise LicentiaError(
                 ErrorCode.LICENSE_INVALID,
@@ -276,12 +296,14 @@ class SoftContainer(ContainerBase):
     def transact(self, change: Callable[[ContainerContent], tuple[ContainerContent, T]]) -> T:
         """Apply `change` to the current content and persist the result atomically."""
         with _locked(self.path):
-            content = self._load(read_header(self.path))
+            content = self._current()
             new_content, result = change(content)
             if new_content is not content:
-                data = _serialize(self.header, new_content, self._secret)
+                data = _serialize(self.header, new_content, self._key)
+                self._seen = None  # should the write fail, the next read opens the file afresh
                 atomic_write(self.path, data)
                 self.header = parse_header(data)
+                self._seen = (data, new_content)
             return result
 
     def describe(self) -> dict[str, Any]:
