@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, strategies as st
-from tests.runtime.harness import Vendor, make_home, open_container
+from tests.runtime.harness import Vendor, make_home, open_container, put_items
 
 from licentia.core.seats import Event, EventKind, Holder, ItemKey, ReleaseReason, Station
 from licentia.crypto import new_signing_key, signing_public_key
@@ -172,6 +172,55 @@ def test_group_commit_batches_concurrent_decrements_into_few_transactions(
     assert open_container(home, root, serial).read().find(vendor.firm, 7)[0].state.units_remaining == 1000 - 80
     assert results[False] == (41, 41)
     assert results[True][1] == 41 and results[True][0] <= 5
+
+
+def test_a_held_container_sees_changes_made_elsewhere_and_tampering(tmp_path: Path, root: Path, vendor: Vendor) -> None:
+    """The runtime keeps a container open and reuses its content while the file is unchanged;
+    a change by another process (`licentia update apply`) or a tampered file is still seen."""
+    home = tmp_path / "home"
+    serial = make_home(home, root, vendor, [ProductItem(product_code=7, units=1000)])
+    held = open_container(home, root, serial)
+
+    async def run() -> None:
+        writer = ContainerWriter(held)
+        try:
+            assert await writer.submit(decrement_op(vendor.firm, 1, 1, int(time.time()))) == 999
+            assert await writer.submit(decrement_op(vendor.firm, 1, 1, int(time.time()))) == 998
+            # another process adds an item to the same file
+            put_items(open_container(home, root, serial), vendor, [ProductItem(product_code=8, units=5)], first_id=2)
+            assert held.read().find(vendor.firm, 8)[0].state.units_remaining == 5
+            assert await writer.submit(decrement_op(vendor.firm, 2, 2, int(time.time()))) == 3
+            assert await writer.submit(decrement_op(vendor.firm, 1, 1, int(time.time()))) == 997
+        finally:
+            writer.close()
+
+    asyncio.run(run())
+    again = open_container(home, root, serial).read()
+    assert again.find(vendor.firm, 7)[0].state.units_remaining == 997
+    assert again.find(vendor.firm, 8)[0].state.units_remaining == 3
+    data = bytearray(held.path.read_bytes())
+    data[len(data) // 2] ^= 1
+    held.path.write_bytes(bytes(data))
+    with pytest.raises(LicentiaError) as e:
+        held.read()
+    assert e.value.code is ErrorCode.LICENSE_INVALID
+    with pytest.raises(LicentiaError):
+        held.transact(decrement_op(vendor.firm, 1, 1, int(time.time())))
+
+
+def test_proofs_are_the_container_keys_signatures(tmp_path: Path, root: Path, vendor: Vendor) -> None:
+    from licentia.crypto import sign, verify
+    from licentia.runtime.licenses import make_proof
+    from licentia.sdk.proof import proof_message
+
+    serial = make_home(tmp_path / "home", root, vendor, [ProductItem(product_code=7)])
+    content = open_container(tmp_path / "home", root, serial).read()
+    for handle in (1, 2**40):
+        nonce = os.urandom(32)
+        message = proof_message(nonce, handle, str(content.serial), vendor.firm, 1, None, 1_900_000_000)
+        proof = make_proof(content, nonce, handle, vendor.firm, 1, None, 1_900_000_000)
+        verify(signing_public_key(content.sign_key), message, proof)
+        assert proof == sign(content.sign_key, message)  # Ed25519 signatures are deterministic
 
 
 # -- processes --
