@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 from tests.runtime.harness import Vendor, make_home, open_container, put_items
 
 from licentia.core.seats import Event, EventKind, Holder, ItemKey, ReleaseReason, Station
@@ -261,14 +261,18 @@ def test_server_search_list_keeps_order_and_no_duplicates(tmp_path_factory: pyte
 
 
 @given(st.text(max_size=20), st.text(max_size=20), st.text(max_size=20), st.sampled_from(list(EventKind)),
-       st.one_of(st.none(), st.integers(0, 2**40)))
+       st.one_of(st.none(), st.integers(0, 2**40)), st.integers(1, 2**40))
+@example("100% %s %d %%", "%(x)s", "h%", EventKind.DENY, 5, 1)
 def test_the_fast_log_formatter_writes_what_json_would(program: str, user: str, host: str, kind: EventKind,
-                                                       handle: int | None) -> None:
+                                                       handle: int | None, seq: int) -> None:
     from licentia.runtime.usagelog import _Formatter, event_fields
 
     holder = Holder.local(Station(host or "h", "", user), 7, 1.0, program=program, user=user, host=host)
     ev = event(1, kind)._replace(holder=holder, station=holder.process.station if holder.process else Station("h"),
                                  handle=handle)
-    fast = json.loads("{" + _Formatter().body(ev) + "}")
-    slow = event_fields(ev)
-    assert fast == slow
+    formatter = _Formatter()
+    prev = os.urandom(32).hex()
+    for _ in range(2):  # the template made, then the template kept
+        fast = json.loads(formatter.line(ev, seq, prev))
+        slow = {"seq": seq, **event_fields(ev), "prev": prev}
+        assert fast == slow and list(fast) == list(slow)

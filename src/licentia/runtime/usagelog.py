@@ -13,8 +13,12 @@ signed stretch of the log must recompute every later hash and cannot recompute t
 signatures without the runtime's key (`state/runtime.key`), so `verify_log` detects it.
 Lines after the last signature are chained only; `verify_log` reports how many.
 
-Entries are kept in memory for at most `flush_interval` seconds and written in one
-`write` call, so the license path pays for a tuple append, not for a system call.
+Entries wait in memory and are written in one `write` call per stretch, so the license path
+pays for a tuple append, not for formatting, hashing or a system call. The owner flushes
+within `flush_interval` of the first waiting entry and soon after `batch` entries wait
+(`on_pending`), so each flush is short and the wait for the disk is bounded. A crash loses
+at most the entries still waiting; `close` (a clean stop) writes them all, signs the chain
+head and syncs the file.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from licentia.core.seats import Event, EventKind, Holder, ItemKey, ReleaseReason, Station
-from licentia.model import AccessMode, ErrorCode, LicentiaError
+from licentia.core.seats import Event, Holder
+from licentia.model import ErrorCode, LicentiaError
 
 GENESIS = "0" * 64
 SIGNED_KINDS = ("checkpoint", "seal")
@@ -47,51 +51,68 @@ def signed_message(prev: str, seq: int) -> bytes:
 
 
 _json_str = json.JSONEncoder(ensure_ascii=False).encode
-_KINDS = {k: k.value for k in EventKind}
-_MODES = {m: m.value for m in AccessMode}
-_REASONS = {r: f',"reason":"{r.value}"' for r in ReleaseReason}
+
+
+def _lit(text: str) -> str:
+    """`text` as literal text of a %-template."""
+    return text.replace("%", "%%")
 
 
 class _Formatter:
-    """Writes seat events as JSON text fast: the parts that repeat (an item, a holder on its
-    station) are formatted once and kept. The output equals `json.dumps(event_fields(ev))`
-    up to the number format of "at"."""
+    """Writes seat events as JSON lines fast. For each holder, item, station, kind, mode,
+    reason and code, the whole line is made once into a %-template; a line then costs one
+    formatting of its sequence number, time, handle, seats in use and the previous hash.
+    The output equals `json.dumps({"seq": ..., **event_fields(ev), "prev": ...})` up to
+    the number format of "at"."""
 
     def __init__(self) -> None:
-        self._keys: dict[ItemKey, str] = {}
-        self._holders: dict[int, tuple[Holder, Station, str]] = {}
+        self._holders: dict[int, tuple[Holder, dict[tuple[Any, ...], str]]] = {}
 
-    def body(self, ev: Event) -> str:
-        key = ev.key
-        kf = self._keys.get(key)
-        if kf is None:
-            if len(self._keys) > 10_000:
-                self._keys.clear()
-            kf = self._keys[key] = (f'"container":{_json_str(key.container)},"firm":{key.firm_code},'
-                                    f'"product":{key.product_code},"item":{key.item_id}')
+    def template(self, ev: Event) -> str:
         holder = ev.holder
-        cached = self._holders.get(id(holder))
-        if cached is not None and cached[0] is holder and cached[1] is ev.station:
-            hf = cached[2]
-        else:
-            hf = (f'"station":{_json_str(str(ev.station))},"user":{_json_str(holder.user)},'
-                  f'"host":{_json_str(holder.host)},"program":{_json_str(holder.program)}')
-            if holder.process is not None:
-                hf += f',"pid":{holder.process.pid}'
-            if holder.client_id is not None:
-                hf += f',"client":{_json_str(holder.client_id)}'
-            if len(self._holders) > 10_000:
+        per = self._holders.get(id(holder))
+        if per is None or per[0] is not holder:
+            if len(self._holders) > 4096:
                 self._holders.clear()
-            self._holders[id(holder)] = (holder, ev.station, hf)
-        out = f'"event":"{_KINDS[ev.kind]}","at":{ev.at:.3f},{kf},"mode":"{_MODES[ev.mode]}",{hf}'
-        if ev.handle is not None:
-            out += f',"handle":{ev.handle}'
-        out += f',"used":{ev.used}'
-        if ev.reason is not None:
-            out += _REASONS[ev.reason]
-        if ev.code is not None:
-            out += f',"code":{int(ev.code)}'
-        return out
+            per = self._holders[id(holder)] = (holder, {})
+        known = per[1]
+        tk = (ev.key, ev.station, ev.kind, ev.mode, ev.reason, ev.code, ev.handle is None)
+        t = known.get(tk)
+        if t is None:
+            if len(known) > 256:
+                known.clear()
+            t = known[tk] = _template(ev)
+        return t
+
+    def line(self, ev: Event, seq: int, prev: str) -> bytes:
+        """The line of `ev` (without the newline)."""
+        t = self.template(ev)
+        handle = ev.handle
+        if handle is None:
+            return (t % (seq, ev.at, ev.used, prev)).encode()
+        return (t % (seq, ev.at, handle, ev.used, prev)).encode()
+
+
+def _template(ev: Event) -> str:
+    key, h = ev.key, ev.holder
+    fixed = (f',"container":{_json_str(key.container)},"firm":{int(key.firm_code)},'
+             f'"product":{int(key.product_code)},"item":{int(key.item_id)},"mode":{_json_str(ev.mode.value)},'
+             f'"station":{_json_str(str(ev.station))},"user":{_json_str(h.user)},"host":{_json_str(h.host)},'
+             f'"program":{_json_str(h.program)}')
+    if h.process is not None:
+        fixed += f',"pid":{int(h.process.pid)}'
+    if h.client_id is not None:
+        fixed += f',"client":{_json_str(h.client_id)}'
+    t = '{"seq":%d,"event":' + _lit(_json_str(ev.kind.value)) + ',"at":%.3f' + _lit(fixed)
+    if ev.handle is not None:
+        t += ',"handle":%d'
+    t += ',"used":%d'
+    tail = ""
+    if ev.reason is not None:
+        tail += f',"reason":{_json_str(ev.reason.value)}'
+    if ev.code is not None:
+        tail += f',"code":{int(ev.code)}'
+    return t + _lit(tail) + ',"prev":"%s"}'
 
 
 def event_fields(ev: Event, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -129,9 +150,10 @@ def event_fields(ev: Event, extra: dict[str, Any] | None = None) -> dict[str, An
 class UsageLog:
     """Appends to `path`; one writer per file (the runtime holds its home's lock)."""
 
-    def __init__(self, path: Path, signing_key: bytes, *, rotate_bytes: int = 16 << 20) -> None:
+    def __init__(self, path: Path, signing_key: bytes, *, rotate_bytes: int = 16 << 20, batch: int = 64) -> None:
         self.path = path
         self.rotate_bytes = rotate_bytes
+        self.batch = max(1, batch)
         self._key = signing_key
         self._public: str | None = None
         self._pending: list[tuple[Event | None, dict[str, Any] | None]] = []
@@ -139,9 +161,10 @@ class UsageLog:
         self._prev = GENESIS
         self._unsigned = 0
         self._format = _Formatter()
-        # called when the first entry starts waiting, so the owner can schedule a flush
-        # (no timer runs while nothing happens)
-        self.on_pending: Callable[[], None] | None = None
+        # called with False when the first entry starts waiting, so the owner can schedule a
+        # flush (no timer runs while nothing happens), and with True when `batch` entries
+        # wait: then a flush should come soon, so that each writes a short stretch
+        self.on_pending: Callable[[bool], None] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         self._recover()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -150,9 +173,11 @@ class UsageLog:
     # -- recording (cheap) --
 
     def record(self, event: Event, extra: dict[str, Any] | None = None) -> None:
-        if not self._pending and self.on_pending is not None:
-            self.on_pending()
-        self._pending.append((event, extra))
+        pending = self._pending
+        pending.append((event, extra))
+        n = len(pending)
+        if (n == 1 or n == self.batch) and self.on_pending is not None:
+            self.on_pending(n >= self.batch)
 
     def record_events(self, events: Iterable[Event]) -> None:
         for ev in events:
@@ -160,9 +185,11 @@ class UsageLog:
 
     def note(self, fields: dict[str, Any]) -> None:
         """A runtime entry (start, stop, admin action): `fields` must hold "event"."""
-        if not self._pending and self.on_pending is not None:
-            self.on_pending()
-        self._pending.append((None, fields))
+        pending = self._pending
+        pending.append((None, fields))
+        n = len(pending)
+        if (n == 1 or n == self.batch) and self.on_pending is not None:
+            self.on_pending(n >= self.batch)
 
     @property
     def pending(self) -> int:
@@ -178,18 +205,31 @@ class UsageLog:
             self.rotate()
 
     def _write_pending(self) -> None:
-        if self._pending:
-            pending, self._pending = self._pending, []
-            lines = []
-            body = self._format.body
-            for ev, extra in pending:
-                if ev is not None and not extra:
-                    lines.append(self._event_line(body(ev)))
-                    continue
-                fields = event_fields(ev, extra) if ev is not None else dict(extra or {})
-                fields.setdefault("at", round(time.time(), 3))
-                lines.append(self._line(fields))
-            self._write(b"".join(lines))
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        out: list[bytes] = []
+        append = out.append
+        line_of = self._format.line
+        sha256 = hashlib.sha256
+        seq, prev = self._seq, self._prev
+        for ev, extra in pending:
+            if ev is not None and not extra:
+                seq += 1
+                line = line_of(ev, seq, prev)
+                prev = sha256(line).hexdigest()
+                append(line)
+                append(b"\n")
+                continue
+            self._seq, self._prev = seq, prev
+            fields = event_fields(ev, extra) if ev is not None else dict(extra or {})
+            fields.setdefault("at", round(time.time(), 3))
+            append(self._line(fields))
+            self._unsigned -= 1  # counted with the others below
+            seq, prev = self._seq, self._prev
+        self._seq, self._prev = seq, prev
+        self._unsigned += len(pending)
+        self._write(b"".join(out))
 
     def checkpoint(self, *, sync: bool = True) -> None:
         """Sign the chain head now (if anything was written since the last signature)."""
@@ -227,13 +267,6 @@ class UsageLog:
         self._seq += 1
         body = {"seq": self._seq, **fields, "prev": self._prev}
         line = _encode(body).encode()
-        self._prev = _hash(line)
-        self._unsigned += 1
-        return line + b"\n"
-
-    def _event_line(self, body: str) -> bytes:
-        self._seq += 1
-        line = f'{{"seq":{self._seq},{body},"prev":"{self._prev}"}}'.encode()
         self._prev = _hash(line)
         self._unsigned += 1
         return line + b"\n"
