@@ -293,6 +293,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Future[Any]] = set()
         self._snapshot_handle: asyncio.TimerHandle | None = None
+        self._log_timer: asyncio.TimerHandle | None = None
         self._snapshot_running = False
         self._snapshot_again = False
         self._snapshot_future: asyncio.Future[None] | None = None
@@ -324,8 +325,13 @@ class Runtime:
         self.log = UsageLog(home.usage_log, key, rotate_bytes=config.log_rotate_bytes)
         loop = asyncio.get_running_loop()
 
-        def schedule_flush() -> None:
-            loop.call_later(config.log_flush_interval, self._flush_log)
+        def schedule_flush(full: bool) -> None:
+            # a full batch is written right after the requests at hand; else one timer
+            # bounds how long any entry waits (no timer runs while nothing happens)
+            if full:
+                loop.call_soon(self._flush_log)
+            elif self._log_timer is None:
+                self._log_timer = loop.call_later(config.log_flush_interval, self._log_timer_fired)
 
         self.log.on_pending = schedule_flush
         now = int(time.time())
@@ -388,6 +394,8 @@ class Runtime:
         await self.tokens.stop()
         if self._snapshot_handle is not None:
             self._snapshot_handle.cancel()
+        if self._log_timer is not None:
+            self._log_timer.cancel()
         if self._snapshot_future is not None:  # one writer of the snapshot file at a time
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._snapshot_future), 10.0)
@@ -1313,6 +1321,10 @@ class Runtime:
         self.log.note(fields)
         self.recent_seq += 1
         self.recent.append((self.recent_seq, fields))
+
+    def _log_timer_fired(self) -> None:
+        self._log_timer = None
+        self._flush_log()
 
     def _flush_log(self) -> None:
         if self.log is not None and self.log.pending:
