@@ -129,3 +129,36 @@ def test_status_page_and_json_api(tmp_path: Path, root: Path, vendor: Vendor, pr
     with urllib.request.urlopen(req, timeout=10) as r:
         assert json.loads(r.read()) == {"released": handle}
     assert rt.sessions() == []
+
+
+def test_hot_path_replies_carry_what_full_replies_carry(tmp_path: Path, root: Path, vendor: Vendor,
+                                                        procs: Procs) -> None:
+    """Grant replies without a challenge are frames encoded in part ahead (per item state):
+    they say what the reply built for a challenge says, and follow the item's changes."""
+    import os
+
+    from licentia.protocol.client import Client
+    from licentia.sdk.connect import process_start
+
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=7, quantity=50, units=100)])
+    rt = Runtime(procs, home, root)
+    with Client(rt.socket) as c:
+        c.hello({"kind": "program", "program": "hot-path", "pid": os.getpid(), "pid_start": process_start()})
+        ask = {"firm": vendor.firm, "product": 7, "mode": "per-access"}
+
+        def without(reply: dict[str, object], *names: str) -> dict[str, object]:
+            return {k: v for k, v in reply.items() if k not in ("id", "handle", *names)}
+
+        first, second = c.request("access", **ask), c.request("access", **ask)
+        proven = c.request("access", **ask, nonce=os.urandom(32))
+        assert first["handle"] != second["handle"] != proven["handle"]
+        assert without(first) == without(second) == without(proven, "proof") and first["units"] == 100
+        assert set(without(first)) >= {"ok", "container", "item", "license", "container_key", "mode", "units"}
+        assert c.request("decrement", handle=first["handle"], units=3)["units"] == 97
+        after = c.request("access", **ask)
+        assert after["units"] == 97 and without(after, "units") == without(first, "units")
+        for reply in (first, second, proven, after):
+            released = c.request("release", handle=reply["handle"])
+            assert set(released) == {"id", "ok"} and released["ok"] is True
+    assert rt.sessions() == []

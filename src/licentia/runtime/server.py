@@ -26,6 +26,7 @@ import gc
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -62,6 +63,7 @@ from licentia.model import (
 )
 from licentia.protocol.frames import (
     CONNECTION_ID,
+    VERSION_BYTE,
     FrameDecoder,
     Message,
     ProtocolError,
@@ -235,9 +237,12 @@ class Connection(asyncio.Protocol):
         for msg in msgs:
             dispatch(self, msg)
 
-    def send(self, reply: Message) -> None:
+    def send(self, reply: Message | bytes) -> None:
         t = self.transport
         if t is None:
+            return
+        if isinstance(reply, bytes):  # a frame encoded already (see `_grant_frame`)
+            t.write(reply)
             return
         try:
             t.write(encode(reply))
@@ -252,7 +257,7 @@ class Connection(asyncio.Protocol):
             rt.check_process_soon(ident.holder.process)
 
 
-Handler = Callable[[Connection, Message], "Message | Awaitable[Message]"]
+Handler = Callable[[Connection, Message], "Message | bytes | Awaitable[Message | bytes]"]
 
 
 class Runtime:
@@ -294,6 +299,9 @@ class Runtime:
         self._background: set[asyncio.Future[Any]] = set()
         self._snapshot_handle: asyncio.TimerHandle | None = None
         self._log_timer: asyncio.TimerHandle | None = None
+        # encoded grant replies without id and handle, per item state (see `_grant_frame`)
+        self._grant_tails: dict[tuple[int, AccessMode, bool], tuple[Any, Loaded, bytes, bytes]] = {}
+        self._pack = msgpack.Packer().pack  # the loop's own: a Packer is not thread-safe
         self._snapshot_running = False
         self._snapshot_again = False
         self._snapshot_future: asyncio.Future[None] | None = None
@@ -534,12 +542,13 @@ class Runtime:
             conn.send(error_reply(rid, ErrorCode.INTERNAL, f"the runtime failed on this request: {exc!r}"))
             self._note_problem(f"request {msg.get('op')!r}: {exc!r}")
             return
-        if isinstance(result, dict):
+        if type(result) is bytes or isinstance(result, dict):
             conn.send(result)
         else:
-            self._spawn(self._finish(conn, rid, result))
+            self._spawn(self._finish(conn, rid, result))  # type: ignore[arg-type]
 
-    async def _finish(self, conn: Connection, rid: int, pending: Awaitable[Message]) -> None:
+    async def _finish(self, conn: Connection, rid: int, pending: Awaitable[Message | bytes]) -> None:
+        reply: Message | bytes
         try:
             reply = await pending
         except LicentiaError as exc:
@@ -669,7 +678,7 @@ class Runtime:
 
     # ================================================================== access
 
-    def op_access(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
+    def op_access(self, conn: Connection, msg: Message) -> Message | bytes | Awaitable[Message | bytes]:
         ident = self._ident_for(conn, msg)
         if ident.kind == "admin" and conn.peer is None:
             raise LicentiaError(ErrorCode.ACCESS_DENIED, "admin connections do not take licenses")
@@ -702,7 +711,8 @@ class Runtime:
     def _may_forward(self, msg: Message) -> bool:
         return bool(self._servers_to_ask_now() or self.config.broadcast) and not msg.get("container")
 
-    def _access_local(self, msg: Message, ident: Ident, mode: AccessMode, request: ItemRequest) -> Message | Awaitable[Message]:
+    def _access_local(self, msg: Message, ident: Ident, mode: AccessMode,
+                      request: ItemRequest) -> Message | bytes | Awaitable[Message | bytes]:
         firm, product = msg["firm"], msg["product"]
         candidates = self.containers.candidates(firm, product, msg.get("container"))
         if not candidates:
@@ -745,7 +755,7 @@ class Runtime:
                 return self.cloud.grant(msg, ld, entry, grant.handle, mode, ident, ident.local)
             if write:
                 return self._grant_durably(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local)
-            return self._grant_reply(msg, ld, entry, grant.handle, mode, ident.local)
+            return self._grant_frame(msg, ld, entry, grant.handle, mode, ident.local)
         assert best is not None
         raise best
 
@@ -781,8 +791,29 @@ class Runtime:
                                         state.units_remaining, until)
         return reply
 
+    def _grant_frame(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
+                     local: bool) -> Message | bytes:
+        """`_grant_reply` as a frame. All but the request id and the handle stays the same for
+        every grant of one item state, so that part is encoded once and kept while the entry
+        (immutable: a changed item is a new entry) is the current one."""
+        if msg.get("nonce"):
+            return self._grant_reply(msg, ld, entry, handle, mode, local)
+        ck = (id(entry), mode, local)
+        hit = self._grant_tails.get(ck)
+        if hit is None or hit[0] is not entry or hit[1] is not ld:
+            reply = self._grant_reply(msg, ld, entry, handle, mode, local)
+            rest = {k: v for k, v in reply.items() if k != "id" and k != "handle"}
+            if len(rest) > 13:  # the map header below holds up to 15 fields
+                return reply
+            if len(self._grant_tails) > 1000:
+                self._grant_tails.clear()
+            hit = self._grant_tails[ck] = (entry, ld, bytes((0x80 | (len(rest) + 2),)) + b"\xa2id",
+                                           self._pack(rest)[1:])
+        return _frame(hit[2], self._pack(msg["id"]), b"\xa6handle", self._pack(handle), hit[3])
+
     async def _access_network(self, msg: Message, ident: Ident, mode: AccessMode, *,
-                              first_error: LicentiaError | None, then_local: ItemRequest | None = None) -> Message:
+                              first_error: LicentiaError | None,
+                              then_local: ItemRequest | None = None) -> Message | bytes:
         best = first_error
         servers = await self._servers_to_ask()
         if not servers and best is None and then_local is None:
@@ -832,7 +863,7 @@ class Runtime:
                 result = self._access_local(msg, ident, mode, then_local)
             except LicentiaError as exc:
                 raise _better(best, exc) from None
-            return result if isinstance(result, dict) else await result
+            return result if isinstance(result, dict | bytes) else await result
         if best is None:
             raise LicentiaError(ErrorCode.SERVER_NOT_FOUND, "no network license server answered")
         raise _again(best)
@@ -875,7 +906,7 @@ class Runtime:
 
     # ================================================================== release, decrement, check
 
-    def op_release(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
+    def op_release(self, conn: Connection, msg: Message) -> Message | bytes | Awaitable[Message]:
         ident = self._ident_for(conn, msg)
         handle = msg["handle"]
         if handle >= REMOTE_BASE:
@@ -896,7 +927,7 @@ class Runtime:
             self.net_pids.pop(handle, None)
         if self._snapshot_handle is None:
             self._seats_changed()
-        return {"id": msg["id"], "ok": True}
+        return _frame(_OK_HEAD, self._pack(msg["id"]), _OK_TAIL)
 
     async def _release_remote(self, rid: int, hold: RemoteHold, reason: ReleaseReason) -> Message:
         self.remote.pop(hold.handle, None)
@@ -1406,6 +1437,17 @@ class Runtime:
 
 
 # ====================================================================== helpers
+
+
+_FRAME_HEAD = struct.Struct(">IB")  # licentia.protocol.frames: length, version byte
+_OK_HEAD = b"\x82\xa2id"  # {"id": ..., "ok": True}
+_OK_TAIL = b"\xa2ok\xc3"
+
+
+def _frame(*parts: bytes) -> bytes:
+    """A frame whose msgpack body is the concatenation of `parts`."""
+    body = b"".join(parts)
+    return _FRAME_HEAD.pack(len(body) + 1, VERSION_BYTE) + body
 
 
 _MODES = {m.value: m for m in AccessMode}
