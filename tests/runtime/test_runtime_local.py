@@ -162,3 +162,42 @@ def test_hot_path_replies_carry_what_full_replies_carry(tmp_path: Path, root: Pa
             released = c.request("release", handle=reply["handle"])
             assert set(released) == {"id", "ok"} and released["ok"] is True
     assert rt.sessions() == []
+
+
+def test_hot_path_refusals_take_the_general_path_once(tmp_path: Path, root: Path, vendor: Vendor,
+                                                     procs: Procs) -> None:
+    """A plain access the seat table refuses, and a release of a handle one does not hold, are
+    answered and logged as before: one denial entry, the same error codes."""
+    from licentia.model import ErrorCode, LicentiaError
+    from licentia.protocol.client import Client
+
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=7, quantity=1)])
+    rt = Runtime(procs, home, root)
+    address = ("127.0.0.1", int(rt.status["local_port"]))
+    with Client(address) as a, Client(address) as b:
+        for c in (a, b):
+            c.hello({"kind": "program", "program": "hot-path"})
+        held = a.request("access", firm=vendor.firm, product=7)["handle"]
+        for c in (b, a):
+            try:
+                c.request("access", firm=vendor.firm, product=7, mode="per-access")
+                raise AssertionError("a second seat of quantity 1 was granted")
+            except LicentiaError as exc:
+                assert exc.code is ErrorCode.NO_MORE_LICENSES
+        try:
+            b.request("release", handle=held)  # not b's handle
+            raise AssertionError("released another client's handle")
+        except LicentiaError as exc:
+            assert exc.code is ErrorCode.INVALID_HANDLE
+        assert a.request("release", handle=held)["ok"] is True
+        try:
+            a.request("release", handle=held)
+            raise AssertionError("released a handle twice")
+        except LicentiaError as exc:
+            assert exc.code is ErrorCode.INVALID_HANDLE
+    entries = wait_for("the log", lambda: [e for e in rt.usage_log() if e["event"] in ("grant", "deny", "release")]
+                       if len([e for e in rt.usage_log() if e["event"] in ("grant", "deny", "release")]) >= 4
+                       else None)
+    assert [e["event"] for e in entries] == ["grant", "deny", "deny", "release"]
+    assert [e.get("code") for e in entries if e["event"] == "deny"] == [212, 212]

@@ -302,6 +302,7 @@ class Runtime:
         # encoded grant replies without id and handle, per item state (see `_grant_frame`)
         self._grant_tails: dict[tuple[int, AccessMode, bool], tuple[Any, Loaded, bytes, bytes]] = {}
         self._pack = msgpack.Packer().pack  # the loop's own: a Packer is not thread-safe
+        self._local_first = config.order in ("local", "local-first")  # where a plain access looks first
         self._snapshot_running = False
         self._snapshot_again = False
         self._snapshot_future: asyncio.Future[None] | None = None
@@ -526,6 +527,14 @@ class Runtime:
     # ================================================================== dispatch
 
     def dispatch(self, conn: Connection, msg: Message) -> None:
+        hot = msg.get("op")
+        if (hot == "release" or hot == "access") and conn.ident is not None:
+            frame = self._hot_release(conn, msg) if hot == "release" else self._hot_access(conn, msg)
+            if frame is not None:
+                t = conn.transport
+                if t is not None:
+                    t.write(frame)
+                return
         rid = msg.get("id", CONNECTION_ID)
         try:
             raw_op: Any = msg.get("op")
@@ -558,6 +567,93 @@ class Runtime:
             self._note_problem(f"request {rid}: {exc!r}")
         if conn.transport is not None and not conn.transport.is_closing():
             conn.send(reply)
+
+    # ================================================================== the hot path
+    #
+    # The plain access and release of a program (no challenge, no options) are served here
+    # with the fewest steps. These two do what op_access/_access_local and op_release do
+    # for that case, in the same order; whatever else a request needs (other fields or
+    # clients, a refusal, a durable write, a token or cloud container, a seat held on a
+    # server) returns None before anything changed, and the request takes the general path.
+    # Keep them in step with the general handlers.
+
+    def _hot_access(self, conn: Connection, msg: Message) -> bytes | None:
+        ident = conn.ident
+        assert ident is not None
+        n = len(msg)
+        if n == 4:
+            mode = AccessMode.PER_ACCESS
+        elif n == 5:
+            name = msg.get("mode")
+            if type(name) is not str or name not in _MODES:
+                return None
+            mode = _MODES[name]
+        else:
+            return None
+        rid = msg.get("id")
+        firm = msg.get("firm")
+        product = msg.get("product")
+        if type(rid) is not int or rid < 1 or type(firm) is not int or type(product) is not int \
+                or ident.kind != "program" or not (self._local_first or conn.listener == "network"):
+            return None
+        candidates = self.containers.candidates(firm, product, None)
+        if not candidates:
+            return None
+        cand = candidates[0]
+        ld, entry = cand.loaded, cand.entry
+        if ld.serial in self.containers.external:
+            return None
+        now = time.time()
+        verdict, write = self.containers.judge(cand, self._request_for(0, None, None, ident.in_vm), int(now))
+        if verdict.error is not None or write:
+            return None
+        try:
+            grant = self.seats.access(key=cand.key, quantity=entry.item.quantity, mode=mode, station=ident.station,
+                                      holder=ident.holder, local=ident.local, session=ident.session, now=now)
+        except LicentiaError:
+            return None  # the general path logs the refusal and answers it
+        ev = grant.events[0]
+        log = self.log
+        assert log is not None
+        log.record(ev)
+        self.recent_seq += 1
+        self.recent.append((self.recent_seq, ev))
+        if ident.pid is not None and ident.holder.process is None:
+            self.net_pids[grant.handle] = ident.pid
+        if self._snapshot_handle is None:
+            self._seats_changed()
+        hit = self._grant_tails.get((id(entry), mode, ident.local))
+        if hit is not None and hit[0] is entry and hit[1] is ld:  # `_grant_frame`, inline
+            pack = self._pack
+            return _frame(hit[2], pack(rid), b"\xa6handle", pack(grant.handle), hit[3])
+        reply = self._grant_frame(msg, ld, entry, grant.handle, mode, ident.local)
+        return reply if isinstance(reply, bytes) else encode(reply)
+
+    def _hot_release(self, conn: Connection, msg: Message) -> bytes | None:
+        ident = conn.ident
+        assert ident is not None
+        rid = msg.get("id")
+        handle = msg.get("handle")
+        if len(msg) != 3 or type(rid) is not int or rid < 1 or type(handle) is not int or handle >= REMOTE_BASE \
+                or ident.kind != "program":
+            return None
+        try:
+            rel = self.seats.release(handle, time.time(), holder=ident.holder)
+        except LicentiaError:
+            return None  # the general path says why
+        ev = rel.events[0]
+        log = self.log
+        assert log is not None
+        log.record(ev)
+        self.recent_seq += 1
+        self.recent.append((self.recent_seq, ev))
+        if self.handle_events:
+            self.handle_events.pop(handle, None)
+        if self.net_pids:
+            self.net_pids.pop(handle, None)
+        if self._snapshot_handle is None:
+            self._seats_changed()
+        return _ok_frame(self._pack(rid))
 
     # ================================================================== hello and identity
 
@@ -927,7 +1023,7 @@ class Runtime:
             self.net_pids.pop(handle, None)
         if self._snapshot_handle is None:
             self._seats_changed()
-        return _frame(_OK_HEAD, self._pack(msg["id"]), _OK_TAIL)
+        return _ok_frame(self._pack(msg["id"]))
 
     async def _release_remote(self, rid: int, hold: RemoteHold, reason: ReleaseReason) -> Message:
         self.remote.pop(hold.handle, None)
@@ -1448,6 +1544,14 @@ def _frame(*parts: bytes) -> bytes:
     """A frame whose msgpack body is the concatenation of `parts`."""
     body = b"".join(parts)
     return _FRAME_HEAD.pack(len(body) + 1, VERSION_BYTE) + body
+
+
+# {"id": rid, "ok": True} by the length of the encoded id (msgpack: 1, 2, 3, 5 or 9 bytes)
+_OK_START = {n: _FRAME_HEAD.pack(len(_OK_HEAD) + n + len(_OK_TAIL) + 1, VERSION_BYTE) + _OK_HEAD for n in (1, 2, 3, 5, 9)}
+
+
+def _ok_frame(packed_id: bytes) -> bytes:
+    return _OK_START[len(packed_id)] + packed_id + _OK_TAIL
 
 
 _MODES = {m.value: m for m in AccessMode}
