@@ -156,7 +156,8 @@ class UsageLog:
         self.batch = max(1, batch)
         self._key = signing_key
         self._public: str | None = None
-        self._pending: list[tuple[Event | None, dict[str, Any] | None]] = []
+        # a seat event alone, or (event or None, extra fields) for entries with more to say
+        self._pending: list[Event | tuple[Event | None, dict[str, Any] | None]] = []
         self._seq = 0
         self._prev = GENESIS
         self._unsigned = 0
@@ -174,7 +175,7 @@ class UsageLog:
 
     def record(self, event: Event, extra: dict[str, Any] | None = None) -> None:
         pending = self._pending
-        pending.append((event, extra))
+        pending.append(event if extra is None else (event, extra))
         n = len(pending)
         if (n == 1 or n == self.batch) and self.on_pending is not None:
             self.on_pending(n >= self.batch)
@@ -210,19 +211,34 @@ class UsageLog:
         pending, self._pending = self._pending, []
         out: list[bytes] = []
         append = out.append
-        line_of = self._format.line
+        fmt = self._format
+        holders = fmt._holders
         sha256 = hashlib.sha256
         seq, prev = self._seq, self._prev
-        for ev, extra in pending:
-            if ev is not None and not extra:
+        for item in pending:
+            if item.__class__ is Event:
+                ev: Event = item
+                # the template, as `_Formatter.template` finds it (inline: this runs per entry)
+                holder = ev.holder
+                per = holders.get(id(holder))
+                handle = ev.handle
+                t = None
+                if per is not None and per[0] is holder:
+                    t = per[1].get((ev.key, ev.station, ev.kind, ev.mode, ev.reason, ev.code, handle is None))
+                if t is None:
+                    t = fmt.template(ev)
                 seq += 1
-                line = line_of(ev, seq, prev)
+                if handle is None:
+                    line = (t % (seq, ev.at, ev.used, prev)).encode()
+                else:
+                    line = (t % (seq, ev.at, handle, ev.used, prev)).encode()
                 prev = sha256(line).hexdigest()
                 append(line)
                 append(b"\n")
                 continue
+            event, extra = item  # type: ignore[misc]
             self._seq, self._prev = seq, prev
-            fields = event_fields(ev, extra) if ev is not None else dict(extra or {})
+            fields = event_fields(event, extra) if event is not None else dict(extra or {})
             fields.setdefault("at", round(time.time(), 3))
             append(self._line(fields))
             self._unsigned -= 1  # counted with the others below
