@@ -174,6 +174,38 @@ def test_group_commit_batches_concurrent_decrements_into_few_transactions(
     assert results[True][1] == 41 and results[True][0] <= 5
 
 
+def test_group_commit_keeps_batches_full_for_clients_in_a_closed_loop(tmp_path: Path, root: Path,
+                                                                     vendor: Vendor) -> None:
+    """Clients that send their next decrement when the last is answered come back one by one;
+    the writer waits for as many as its last batch held, so every round is one transaction."""
+    home = tmp_path / "home"
+    serial = make_home(home, root, vendor, [ProductItem(product_code=7, units=1000)])
+    container = open_container(home, root, serial)
+    clients, rounds = 6, 4
+
+    async def run() -> tuple[int, list[list[int]]]:
+        # a long max_wait: the test must not depend on how fast this machine is
+        writer = ContainerWriter(container, max_wait=30.0)
+
+        async def client(n: int) -> list[int]:
+            seen = []
+            for _ in range(rounds):
+                seen.append(await writer.submit(decrement_op(vendor.firm, 1, 1, int(time.time())), lambda r: r))
+                await asyncio.sleep(0.002 * n)  # the answers reach the clients at different times
+            return seen
+
+        try:
+            seen = await asyncio.gather(*(client(n) for n in range(clients)))
+        finally:
+            writer.close()
+        return writer.transactions, seen
+
+    transactions, seen = asyncio.run(run())
+    assert transactions == rounds
+    everything = sorted(u for s in seen for u in s)
+    assert everything == list(range(1000 - clients * rounds, 1000))  # every decrement counted once
+
+
 def test_a_held_container_sees_changes_made_elsewhere_and_tampering(tmp_path: Path, root: Path, vendor: Vendor) -> None:
     """The runtime keeps a container open and reuses its content while the file is unchanged;
     a change by another process (`licentia update apply`) or a tampered file is still seen."""

@@ -9,6 +9,12 @@ one read, one atomic write (temp file, fsync, rename, fsync of the directory) fo
 whole batch. Each operation still succeeds or fails on its own (a refused decrement
 does not undo the others).
 
+Clients in a closed loop (each sends its next decrement when the last one is answered)
+would split into a small batch that starts as soon as the first of them is back and a
+large one after it. So before a batch the writer waits, at most `max_wait` (1 ms), until
+as many operations wait as the last batch held; a batch that waited in vain sets the
+number lower. A writer that serves one operation at a time never waits.
+
 With `group=False` each operation is its own transaction (one fsync per decrement):
 the benchmark's comparison point.
 """
@@ -25,6 +31,7 @@ from licentia.model import ErrorCode, LicentiaError
 
 T = TypeVar("T")
 Op = Callable[[ContainerContent], tuple[ContainerContent, Any]]
+Then = Callable[[Any], Any]
 
 
 class Transactional(Protocol):
@@ -40,24 +47,33 @@ class ContainerWriter:
         *,
         group: bool = True,
         max_batch: int = 4096,
+        max_wait: float = 0.001,
         on_content: Callable[[ContainerContent], None] | None = None,
     ) -> None:
         self.container = container
         self.group = group
         self.max_batch = max_batch if group else 1
+        self.max_wait = max_wait if group else 0.0
         self.on_content = on_content
-        self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Op, asyncio.Future[Any], Then | None]] = []
+        self._target = 1  # operations a batch waits for (see the module's docstring)
+        self._filled: asyncio.Future[None] | None = None
         self._running = False
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="licentia-commit")
         self.transactions = 0
         self.operations = 0
 
-    def submit(self, op: Op) -> asyncio.Future[Any]:
-        """Queue `op`; the future resolves once it is on disk (or with its refusal)."""
+    def submit(self, op: Op, then: Then | None = None) -> asyncio.Future[Any]:
+        """Queue `op`; the future resolves once it is on disk (or with its refusal). With
+        `then`, it resolves to `then(result)`, called on the loop once the batch is written
+        (the caller needs no task of its own to finish the request)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((op, fut))
+        self._queue.append((op, fut, then))
+        filled = self._filled
+        if filled is not None and len(self._queue) >= self._target and not filled.done():
+            filled.set_result(None)
         if not self._running:
             self._running = True
             self._task = loop.create_task(self._drain())
@@ -67,18 +83,29 @@ class ContainerWriter:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
+                waited_in_vain = False
+                if self.max_wait > 0 and len(self._queue) < self._target:
+                    filled = self._filled = loop.create_future()
+                    timer = loop.call_later(self.max_wait, _settle, filled)
+                    try:
+                        await filled
+                    finally:
+                        timer.cancel()
+                        self._filled = None
+                    waited_in_vain = len(self._queue) < self._target
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
-                ops = [op for op, _ in batch]
+                self._target = len(batch) if waited_in_vain else max(self._target, len(batch))
+                ops = [op for op, _, _ in batch]
                 try:
                     results, content = await loop.run_in_executor(self._executor, self._apply, ops)
                 except LicentiaError as exc:
-                    for _, fut in batch:
+                    for _, fut, _ in batch:
                         if not fut.done():
                             fut.set_exception(LicentiaError(exc.code, exc.message, exc.hint))
                     continue
                 except Exception as exc:  # an I/O error: nothing of this batch was written
-                    for _, fut in batch:
+                    for _, fut, _ in batch:
                         if not fut.done():
                             fut.set_exception(
                                 LicentiaError(ErrorCode.INTERNAL, f"the container could not be written: {exc}")
@@ -88,13 +115,19 @@ class ContainerWriter:
                 self.operations += len(batch)
                 if self.on_content is not None:
                     self.on_content(content)
-                for (ok, value), (_, fut) in zip(results, batch, strict=True):
+                for (ok, value), (_, fut, then) in zip(results, batch, strict=True):
                     if fut.done():
                         continue
-                    if ok:
-                        fut.set_result(value)
-                    else:
+                    if not ok:
                         fut.set_exception(value)
+                        continue
+                    if then is not None:
+                        try:
+                            value = then(value)
+                        except Exception as exc:  # the reply could not be made: that request fails alone
+                            fut.set_exception(exc)
+                            continue
+                    fut.set_result(value)
         finally:
             self._running = False
 
@@ -116,3 +149,8 @@ class ContainerWriter:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
