@@ -553,8 +553,26 @@ class Runtime:
             return
         if type(result) is bytes or isinstance(result, dict):
             conn.send(result)
+        elif isinstance(result, asyncio.Future):  # no task needed: answer when it is done
+            result.add_done_callback(lambda fut: self._answer(conn, rid, fut))
         else:
             self._spawn(self._finish(conn, rid, result))  # type: ignore[arg-type]
+
+    def _answer(self, conn: Connection, rid: int, fut: asyncio.Future[Message | bytes]) -> None:
+        """`_finish` for a future: send its reply, or its error."""
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        reply: Message | bytes
+        if exc is None:
+            reply = fut.result()
+        elif isinstance(exc, LicentiaError):
+            reply = error_reply(rid, exc.code, exc.message, exc.hint)
+        else:
+            reply = error_reply(rid, ErrorCode.INTERNAL, f"the runtime failed on this request: {exc!r}")
+            self._note_problem(f"request {rid}: {exc!r}")
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.send(reply)
 
     async def _finish(self, conn: Connection, rid: int, pending: Awaitable[Message | bytes]) -> None:
         reply: Message | bytes
@@ -1083,17 +1101,22 @@ class Runtime:
             return self.tokens.decrement(msg, ld, sess, units)
         return self._decrement(msg, ld, sess, units)
 
-    async def _decrement(self, msg: Message, ld: Loaded, sess: Session, units: int) -> Message:
+    def _decrement(self, msg: Message, ld: Loaded, sess: Session, units: int) -> asyncio.Future[Message]:
         key = sess.key
-        remaining = await ld.writer.submit(decrement_op(key.firm_code, key.item_id, units, int(time.time())))
-        reply: Message = {"id": msg["id"], "ok": True, "units": remaining}
         nonce = msg.get("nonce")
-        if isinstance(nonce, bytes) and nonce:
-            entry = ld.content.firms[key.firm_code].items[key.item_id]
-            until = valid_until(entry.item, entry.state)
-            reply["valid_until"] = until
-            reply["proof"] = make_proof(ld.content, nonce, sess.handle, key.firm_code, key.item_id, remaining, until)
-        return reply
+
+        def reply(remaining: int) -> Message:  # on the loop, once the decrement is on disk
+            out: Message = {"id": msg["id"], "ok": True, "units": remaining}
+            if isinstance(nonce, bytes) and nonce:
+                entry = ld.content.firms[key.firm_code].items[key.item_id]
+                until = valid_until(entry.item, entry.state)
+                out["valid_until"] = until
+                out["proof"] = make_proof(ld.content, nonce, sess.handle, key.firm_code, key.item_id, remaining, until)
+            return out
+
+        fut: asyncio.Future[Message] = ld.writer.submit(
+            decrement_op(key.firm_code, key.item_id, units, int(time.time())), reply)
+        return fut
 
     async def _forward(self, msg: Message, hold: RemoteHold, op: str, **fields: Any) -> Message:
         nonce = msg.get("nonce")
@@ -1581,6 +1604,12 @@ def _fast_access(msg: Message) -> bool:
     return _fits(msg, _ACCESS_TYPES, ("firm", "product"))
 
 
+def _fast_decrement(msg: Message) -> bool:
+    rid = msg["id"]
+    return len(msg) == 4 and type(rid) is int and rid >= 1 and type(msg.get("handle")) is int \
+        and type(msg.get("units")) is int
+
+
 def _fast_handle(msg: Message) -> bool:
     rid = msg["id"]
     if type(rid) is not int or rid < 1 or type(msg.get("handle")) is not int:
@@ -1588,7 +1617,8 @@ def _fast_handle(msg: Message) -> bool:
     return len(msg) == 3 or _fits(msg, _HANDLE_TYPES, ("handle",))
 
 
-_FAST: dict[str, Callable[[Message], bool]] = {"access": _fast_access, "release": _fast_handle, "check": _fast_handle}
+_FAST: dict[str, Callable[[Message], bool]] = {"access": _fast_access, "release": _fast_handle, "check": _fast_handle,
+                                               "decrement": _fast_decrement}
 
 
 def _fits(msg: Message, types: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> bool:
