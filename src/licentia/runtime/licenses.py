@@ -96,6 +96,7 @@ class LocalContainers:
         self._candidates: dict[tuple[int, int, str | None], list[Candidate]] = {}
         self._verdicts: dict[tuple[ItemKey, int],
                              tuple[int, ItemEntry, VirtualClock, Verdict, bool, ItemRequest]] = {}
+        self.generation = 0  # counts changes of what is served: what is cached per generation stays true within it
 
     # -- scanning (the disk part runs in a worker thread, the rest on the loop) --
 
@@ -217,6 +218,7 @@ class LocalContainers:
         return verdict, write
 
     def _changed(self) -> None:
+        self.generation += 1
         self._candidates.clear()
         self._verdicts.clear()
 

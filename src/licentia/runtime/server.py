@@ -303,6 +303,7 @@ class Runtime:
         self._grant_tails: dict[tuple[int, AccessMode, bool], tuple[Any, Loaded, bytes, bytes]] = {}
         self._pack = msgpack.Packer().pack  # the loop's own: a Packer is not thread-safe
         self._local_first = config.order in ("local", "local-first")  # where a plain access looks first
+        self._plans: dict[tuple[int, int, bool], _Plan] = {}  # see `_plan`
         self._snapshot_running = False
         self._snapshot_again = False
         self._snapshot_future: asyncio.Future[None] | None = None
@@ -614,19 +615,16 @@ class Runtime:
         if type(rid) is not int or rid < 1 or type(firm) is not int or type(product) is not int \
                 or ident.kind != "program" or not (self._local_first or conn.listener == "network"):
             return None
-        candidates = self.containers.candidates(firm, product, None)
-        if not candidates:
-            return None
-        cand = candidates[0]
-        ld, entry = cand.loaded, cand.entry
-        if ld.serial in self.containers.external:
-            return None
         now = time.time()
-        verdict, write = self.containers.judge(cand, self._request_for(0, None, None, ident.in_vm), int(now))
-        if verdict.error is not None or write:
-            return None
+        inow = int(now)
+        plan = self._plans.get((firm, product, ident.in_vm))
+        if plan is None or plan[0] != inow or plan[1] != self.containers.generation:
+            plan = self._plan(firm, product, ident.in_vm, inow)
+            if plan is None:
+                return None
+        _, _, ld, entry, key, quantity = plan
         try:
-            grant = self.seats.access(key=cand.key, quantity=entry.item.quantity, mode=mode, station=ident.station,
+            grant = self.seats.access(key=key, quantity=quantity, mode=mode, station=ident.station,
                                       holder=ident.holder, local=ident.local, session=ident.session, now=now)
         except LicentiaError:
             return None  # the general path logs the refusal and answers it
@@ -646,6 +644,27 @@ class Runtime:
             return _frame(hit[2], pack(rid), b"\xa6handle", pack(grant.handle), hit[3])
         reply = self._grant_frame(msg, ld, entry, grant.handle, mode, ident.local)
         return reply if isinstance(reply, bytes) else encode(reply)
+
+    def _plan(self, firm: int, product: int, in_vm: bool, now: int) -> _Plan | None:
+        """What `_access_local` decides before counting, for a plain access at second `now`,
+        when that is to grant the first candidate without a write; kept for that second and
+        generation of the containers (a changed content is a new generation)."""
+        containers = self.containers
+        candidates = containers.candidates(firm, product, None)
+        if not candidates:
+            return None
+        cand = candidates[0]
+        ld, entry = cand.loaded, cand.entry
+        if ld.serial in containers.external:
+            return None
+        verdict, write = containers.judge(cand, self._request_for(0, None, None, in_vm), now)
+        if verdict.error is not None or write:
+            return None
+        if len(self._plans) > 1000:
+            self._plans.clear()
+        plan = self._plans[(firm, product, in_vm)] = (now, containers.generation, ld, entry, cand.key,
+                                                       entry.item.quantity)
+        return plan
 
     def _hot_release(self, conn: Connection, msg: Message) -> bytes | None:
         ident = conn.ident
@@ -1557,6 +1576,9 @@ class Runtime:
 
 # ====================================================================== helpers
 
+
+# (second, containers' generation, container, item entry, seat key, quantity): see `Runtime._plan`
+_Plan = tuple[int, int, Loaded, Any, ItemKey, int | None]
 
 _FRAME_HEAD = struct.Struct(">IB")  # licentia.protocol.frames: length, version byte
 _OK_HEAD = b"\x82\xa2id"  # {"id": ..., "ok": True}
