@@ -201,3 +201,24 @@ def test_hot_path_refusals_take_the_general_path_once(tmp_path: Path, root: Path
                        else None)
     assert [e["event"] for e in entries] == ["grant", "deny", "deny", "release"]
     assert [e.get("code") for e in entries if e["event"] == "deny"] == [212, 212]
+
+
+def test_a_clean_stop_writes_every_waiting_log_entry_and_signs_the_chain(tmp_path: Path, root: Path,
+                                                                        vendor: Vendor, procs: Procs) -> None:
+    from licentia.protocol.client import Client
+    from licentia.runtime.usagelog import verify_log
+
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=7, quantity=5)])
+    # a long flush interval: only the batch size and the stop itself write entries
+    rt = Runtime(procs, home, root, "--log-flush-interval", "600")
+    with Client(("127.0.0.1", int(rt.status["local_port"]))) as c:
+        c.hello({"kind": "program", "program": "log-at-stop"})
+        for _ in range(150):  # 300 entries: written in batches of 64, the rest waits for the stop
+            c.request("release", handle=c.request("access", firm=vendor.firm, product=7)["handle"])
+    rt.stop()
+    path = home / "logs" / "usage.jsonl"
+    kinds = [e["event"] for e in rt.usage_log()]
+    assert kinds.count("grant") == 150 and kinds.count("release") == 150 and kinds[-1] == "checkpoint"
+    report = verify_log([path])
+    assert report.ok and report.unsigned_tail == 0, report.problems
