@@ -12,9 +12,10 @@ import sys
 import time
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from tests.runtime.harness import Vendor, make_home, open_container, put_items
 
 from licentia.core.seats import Event, EventKind, Holder, ItemKey, ReleaseReason, Station
@@ -204,6 +205,40 @@ def test_group_commit_keeps_batches_full_for_clients_in_a_closed_loop(tmp_path: 
     assert transactions == rounds
     everything = sorted(u for s in seen for u in s)
     assert everything == list(range(1000 - clients * rounds, 1000))  # every decrement counted once
+
+
+@pytest.fixture(scope="session")
+def units_content(root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Any]:
+    """(firm, content) of a container with unit counters, made once for the property below."""
+    base = tmp_path_factory.mktemp("units")
+    vendor = Vendor(base / "vendor")
+    later = int(time.time()) + 50_000
+    serial = make_home(base / "home", root, vendor, [ProductItem(product_code=7, units=20),
+                                                     ProductItem(product_code=8, units=6, expires_at=later)])
+    return vendor.firm, open_container(base / "home", root, serial).read()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([1, 2, 3]), st.lists(st.tuples(st.integers(-1, 9), st.integers(-200_000, 200_000)),
+                                            min_size=1, max_size=12))
+def test_decrements_run_together_as_they_would_one_by_one(units_content: tuple[int, Any], item_id: int,
+                                                          steps: list[tuple[int, int]]) -> None:
+    from licentia.runtime.licenses import DecrementOp
+
+    firm, content = units_content
+    start = content.clock.high_water
+    ops = [DecrementOp(firm, item_id, units, start + offset) for units, offset in steps]
+    alone, one_by_one = content, []
+    for op in ops:
+        try:
+            alone, value = op(alone)
+        except LicentiaError as exc:
+            one_by_one.append((False, exc.code))
+        else:
+            one_by_one.append((True, value))
+    together, results = DecrementOp.run(content, ops)
+    assert [(ok, v if ok else v.code) for ok, v in results] == one_by_one
+    assert together == alone
 
 
 def test_a_held_container_sees_changes_made_elsewhere_and_tampering(tmp_path: Path, root: Path, vendor: Vendor) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from licentia.core.content import ContainerContent
 from licentia.model import ErrorCode, LicentiaError
@@ -32,6 +32,16 @@ from licentia.model import ErrorCode, LicentiaError
 T = TypeVar("T")
 Op = Callable[[ContainerContent], tuple[ContainerContent, Any]]
 Then = Callable[[Any], Any]
+
+
+class Batchable(Protocol):
+    """An operation whose consecutive peers with an equal `batch_key` can run together:
+    `run(content, ops)` returns the content after all of them and each one's (ok, result or
+    error), as applying them one by one would."""
+
+    batch_key: Any
+
+    def run(self, content: ContainerContent, ops: list[Any]) -> tuple[ContainerContent, list[tuple[bool, Any]]]: ...
 
 
 class Transactional(Protocol):
@@ -135,13 +145,26 @@ class ContainerWriter:
         results: list[tuple[bool, Any]] = []
 
         def change(content: ContainerContent) -> tuple[ContainerContent, ContainerContent]:
-            for op in ops:
+            i, n = 0, len(ops)
+            while i < n:
+                op = ops[i]
+                key = getattr(op, "batch_key", None)
+                if key is not None:  # a run of operations that apply together (see Batchable)
+                    j = i + 1
+                    while j < n and getattr(ops[j], "batch_key", None) == key:
+                        j += 1
+                    if j - i > 1:
+                        content, out = cast(Batchable, op).run(content, ops[i:j])
+                        results.extend(out)
+                        i = j
+                        continue
                 try:
                     content, value = op(content)
                 except LicentiaError as exc:
                     results.append((False, exc))
                 else:
                     results.append((True, value))
+                i += 1
             return content, content
 
         content = self.container.transact(change)

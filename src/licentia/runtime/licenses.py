@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from licentia.containers.soft import SUFFIX, SoftContainer, list_paths
 from licentia.core.clock import VirtualClock
@@ -253,17 +253,67 @@ def first_use_op(firm: int, item_id: int, request: ItemRequest, now: int) -> Cal
     return op
 
 
-def decrement_op(firm: int, item_id: int, units: int, now: int) -> Callable[[ContainerContent], tuple[ContainerContent, int]]:
-    def op(content: ContainerContent) -> tuple[ContainerContent, int]:
-        content = content.with_clock(content.clock.observe(now))
-        entry = _item(content, firm, item_id)
-        verdict = evaluate(entry.item, entry.state, ItemRequest(), content.clock, now)
-        verdict.raise_if_refused()
-        state = decrement(entry.item, entry.state, units)
-        remaining = state.units_remaining if state.units_remaining is not None else 0
-        return content.with_item_state(firm, item_id, state), remaining
+_ANY_USE = ItemRequest()
 
-    return op
+
+class DecrementOp:
+    """Spend `units` of an item's unit counter: observe the clock, judge the item, decrement.
+
+    Called alone it is an operation like any other. Several decrements of one item in a
+    batch run together (`run`, through their `batch_key`): the same checks in the same order
+    with the same results, and one new content for all of them instead of one each."""
+
+    __slots__ = ("firm", "item_id", "now", "units")
+
+    def __init__(self, firm: int, item_id: int, units: int, now: int) -> None:
+        self.firm = firm
+        self.item_id = item_id
+        self.units = units
+        self.now = now
+
+    @property
+    def batch_key(self) -> tuple[str, int, int]:
+        return ("decrement", self.firm, self.item_id)
+
+    def __call__(self, content: ContainerContent) -> tuple[ContainerContent, int]:
+        content, [(ok, value)] = DecrementOp.run(content, [self])
+        if not ok:
+            raise value
+        result: int = value
+        return content, result
+
+    @staticmethod
+    def run(content: ContainerContent, ops: list[DecrementOp]) -> tuple[ContainerContent, list[tuple[bool, Any]]]:
+        """Apply `ops` (all on one item) in order, each as it would alone on what the ones
+        before it left: a refused one changes nothing, not even the clock."""
+        firm, item_id = ops[0].firm, ops[0].item_id
+        try:
+            entry = _item(content, firm, item_id)
+        except LicentiaError as exc:
+            return content, [(False, LicentiaError(exc.code, exc.message, exc.hint)) for _ in ops]
+        item = entry.item
+        clock = content.clock
+        state = entry.state
+        results: list[tuple[bool, Any]] = []
+        for op in ops:
+            seen = clock.observe(op.now)
+            verdict = evaluate(item, state, _ANY_USE, seen, op.now)
+            try:
+                verdict.raise_if_refused()
+                after = decrement(item, state, op.units)
+            except LicentiaError as exc:
+                results.append((False, exc))
+                continue
+            clock, state = seen, after
+            results.append((True, after.units_remaining if after.units_remaining is not None else 0))
+        content = content.with_clock(clock)
+        if state is not entry.state:
+            content = content.with_item_state(firm, item_id, state)
+        return content, results
+
+
+def decrement_op(firm: int, item_id: int, units: int, now: int) -> DecrementOp:
+    return DecrementOp(firm, item_id, units, now)
 
 
 def _item(content: ContainerContent, firm: int, item_id: int) -> ItemEntry:
@@ -308,6 +358,7 @@ def make_proof(content: ContainerContent, nonce: bytes, handle: int, firm: int, 
 __all__ = [
     "SUFFIX",
     "Changes",
+    "DecrementOp",
     "Loaded",
     "LocalContainers",
     "decrement_op",
