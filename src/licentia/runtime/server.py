@@ -1104,7 +1104,7 @@ class Runtime:
             raise self._not_held(handle)
         return sess
 
-    def op_decrement(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
+    def op_decrement(self, conn: Connection, msg: Message) -> Message | Awaitable[Message | bytes]:
         ident = self._ident_for(conn, msg)
         handle, units = msg["handle"], msg["units"]
         if units < 1:
@@ -1120,20 +1120,23 @@ class Runtime:
             return self.tokens.decrement(msg, ld, sess, units)
         return self._decrement(msg, ld, sess, units)
 
-    def _decrement(self, msg: Message, ld: Loaded, sess: Session, units: int) -> asyncio.Future[Message]:
+    def _decrement(self, msg: Message, ld: Loaded, sess: Session, units: int) -> asyncio.Future[Message | bytes]:
         key = sess.key
         nonce = msg.get("nonce")
 
-        def reply(remaining: int) -> Message:  # on the loop, once the decrement is on disk
+        def reply(remaining: int) -> Message | bytes:  # on the loop, once the decrement is on disk
+            if not nonce:
+                pack = self._pack
+                return _frame(b"\x83\xa2id", pack(msg["id"]), b"\xa2ok\xc3\xa5units", pack(remaining))
             out: Message = {"id": msg["id"], "ok": True, "units": remaining}
-            if isinstance(nonce, bytes) and nonce:
+            if isinstance(nonce, bytes):
                 entry = ld.content.firms[key.firm_code].items[key.item_id]
                 until = valid_until(entry.item, entry.state)
                 out["valid_until"] = until
                 out["proof"] = make_proof(ld.content, nonce, sess.handle, key.firm_code, key.item_id, remaining, until)
             return out
 
-        fut: asyncio.Future[Message] = ld.writer.submit(
+        fut: asyncio.Future[Message | bytes] = ld.writer.submit(
             decrement_op(key.firm_code, key.item_id, units, int(time.time())), reply)
         return fut
 
