@@ -530,7 +530,13 @@ class Runtime:
     def dispatch(self, conn: Connection, msg: Message) -> None:
         hot = msg.get("op")
         if (hot == "release" or hot == "access") and conn.ident is not None:
-            frame = self._hot_release(conn, msg) if hot == "release" else self._hot_access(conn, msg)
+            try:
+                frame = self._hot_release(conn, msg) if hot == "release" else self._hot_access(conn, msg)
+            except Exception as exc:  # a bug, not a refusal (those take the general path): say so, keep serving
+                conn.send(error_reply(msg.get("id", CONNECTION_ID), ErrorCode.INTERNAL,
+                                      f"the runtime failed on this request: {exc!r}"))
+                self._note_problem(f"request {hot!r}: {exc!r}")
+                return
             if frame is not None:
                 t = conn.transport
                 if t is not None:
