@@ -150,7 +150,7 @@ def event_fields(ev: Event, extra: dict[str, Any] | None = None) -> dict[str, An
 class UsageLog:
     """Appends to `path`; one writer per file (the runtime holds its home's lock)."""
 
-    def __init__(self, path: Path, signing_key: bytes, *, rotate_bytes: int = 16 << 20, batch: int = 64) -> None:
+    def __init__(self, path: Path, signing_key: bytes, *, rotate_bytes: int = 16 << 20, batch: int = 16) -> None:
         self.path = path
         self.rotate_bytes = rotate_bytes
         self.batch = max(1, batch)
