@@ -137,6 +137,7 @@ def test_hot_path_replies_carry_what_full_replies_carry(tmp_path: Path, root: Pa
     they say what the reply built for a challenge says, and follow the item's changes."""
     import os
 
+    from licentia.model import ErrorCode, LicentiaError
     from licentia.protocol.client import Client
     from licentia.sdk.connect import process_start
 
@@ -156,6 +157,14 @@ def test_hot_path_replies_carry_what_full_replies_carry(tmp_path: Path, root: Pa
         assert without(first) == without(second) == without(proven, "proof") and first["units"] == 100
         assert set(without(first)) >= {"ok", "container", "item", "license", "container_key", "mode", "units"}
         assert c.request("decrement", handle=first["handle"], units=3)["units"] == 97
+        for handle, units, code in ((first["handle"], 500, ErrorCode.NOT_ENOUGH_UNITS),
+                                    (first["handle"], 0, ErrorCode.INVALID_PARAMETER),
+                                    (10**9, 1, ErrorCode.INVALID_HANDLE)):
+            try:
+                c.request("decrement", handle=handle, units=units)
+                raise AssertionError(f"decrement of {units} on handle {handle} was not refused")
+            except LicentiaError as exc:
+                assert exc.code is code
         after = c.request("access", **ask)
         assert after["units"] == 97 and without(after, "units") == without(first, "units")
         for reply in (first, second, proven, after):

@@ -529,9 +529,19 @@ class Runtime:
 
     def dispatch(self, conn: Connection, msg: Message) -> None:
         hot = msg.get("op")
-        if (hot == "release" or hot == "access") and conn.ident is not None:
+        if (hot == "release" or hot == "access" or hot == "decrement") and conn.ident is not None:
             try:
-                frame = self._hot_release(conn, msg) if hot == "release" else self._hot_access(conn, msg)
+                if hot == "release":
+                    frame = self._hot_release(conn, msg)
+                elif hot == "access":
+                    frame = self._hot_access(conn, msg)
+                else:
+                    frame = None
+                    pending = self._hot_decrement(conn, msg)
+                    if pending is not None:
+                        rid: int = msg["id"]
+                        pending.add_done_callback(lambda fut: self._answer(conn, rid, fut))
+                        return
             except Exception as exc:  # a bug, not a refusal (those take the general path): say so, keep serving
                 conn.send(error_reply(msg.get("id", CONNECTION_ID), ErrorCode.INTERNAL,
                                       f"the runtime failed on this request: {exc!r}"))
@@ -595,12 +605,12 @@ class Runtime:
 
     # ================================================================== the hot path
     #
-    # The plain access and release of a program (no challenge, no options) are served here
-    # with the fewest steps. These two do what op_access/_access_local and op_release do
-    # for that case, in the same order; whatever else a request needs (other fields or
-    # clients, a refusal, a durable write, a token or cloud container, a seat held on a
-    # server) returns None before anything changed, and the request takes the general path.
-    # Keep them in step with the general handlers.
+    # The plain access, release and decrement of a program (no challenge, no options) are
+    # served here with the fewest steps. These do what op_access/_access_local, op_release
+    # and op_decrement do for that case, in the same order; whatever else a request needs
+    # (other fields or clients, a refusal, a durable write, a token or cloud container, a
+    # seat held on a server) returns None before anything changed, and the request takes
+    # the general path. Keep them in step with the general handlers.
 
     def _hot_access(self, conn: Connection, msg: Message) -> bytes | None:
         ident = conn.ident
@@ -650,6 +660,26 @@ class Runtime:
             return _frame(hit[2], pack(rid), b"\xa6handle", pack(grant.handle), hit[3])
         reply = self._grant_frame(msg, ld, entry, grant.handle, mode, ident.local)
         return reply if isinstance(reply, bytes) else encode(reply)
+
+    def _hot_decrement(self, conn: Connection, msg: Message) -> asyncio.Future[Message | bytes] | None:
+        """op_decrement for a program's own handle on a soft container of this runtime."""
+        ident = conn.ident
+        assert ident is not None
+        rid = msg.get("id")
+        handle = msg.get("handle")
+        units = msg.get("units")
+        if len(msg) != 4 or type(rid) is not int or rid < 1 or type(handle) is not int or type(units) is not int \
+                or units < 1 or handle >= REMOTE_BASE or ident.kind != "program" or handle not in self.seats:
+            return None
+        sess = self.seats.get(handle)
+        key = sess.key
+        ld = self.containers.loaded.get(key.container)
+        if ld is None or ld.serial in self.tokens.held or not sess.holder.same_as(ident.holder):
+            return None
+        firm_entry = ld.content.firms.get(key.firm_code)
+        if firm_entry is None or key.item_id not in firm_entry.items:
+            return None
+        return self._decrement(msg, ld, sess, units)
 
     def _plan(self, firm: int, product: int, in_vm: bool, now: int) -> _Plan | None:
         """What `_access_local` decides before counting, for a plain access at second `now`,
