@@ -174,7 +174,15 @@ class Runtime:
 
     def usage_log(self) -> list[dict[str, Any]]:
         path = self.home / "logs" / "usage.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        # a stretch being written may show as a line without its newline yet: not read
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+
+    def logged(self, what: str, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The usage-log entries that `match`, once there is one: the runtime writes its
+        log a little after the effect a test sees elsewhere (status, answers)."""
+        found: list[dict[str, Any]] = wait_for(what, lambda: [e for e in self.usage_log() if match(e)])
+        return found
 
 
 PROGRAM = textwrap.dedent("""

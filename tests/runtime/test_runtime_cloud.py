@@ -107,7 +107,7 @@ def test_cloud_seats_are_counted_in_central_and_a_new_credential_ends_the_old_on
     assert b.sessions() == []
     answer = second.ask("check")
     assert answer["valid"] is False and set(answer["events"]) == {"container-removed", "license-gone"}, answer
-    removed = [e for e in b.usage_log() if e.get("event") == "container-removed"]
+    removed = b.logged("the removal in the log", lambda e: e.get("event") == "container-removed")
     assert removed[0]["kind"] == "cloud" and removed[0]["code"] == 1210 and removed[0]["released"] == 1
     refused = Program(procs, root, env_b, **opts)
     assert "error" in refused.first

@@ -100,7 +100,7 @@ def test_checkpoint_license_is_renewed_by_the_runtime_and_lapses_offline(
     (item,) = items(rt, 42)
     assert item["status"] == "valid" and item["valid_until"] > first_end, item
     assert prog.ask("check")["valid"] is True
-    entries = [e for e in rt.usage_log() if e.get("event") == "sync" and e.get("container") == serial]
+    entries = rt.logged("the syncs in the log", lambda e: e.get("event") == "sync" and e.get("container") == serial)
     assert entries and all("renewed checkpoint licenses" in e["changes"] for e in entries)
     assert all(e["confirmed"] for e in entries)
 
@@ -111,7 +111,7 @@ def test_checkpoint_license_is_renewed_by_the_runtime_and_lapses_offline(
     assert lapsed["status"] != "valid"
     answer = prog.ask("check")
     assert answer["valid"] is False
-    failed = [e for e in rt.usage_log() if e.get("event") == "sync-failed"]
+    failed = rt.logged("the failed sync in the log", lambda e: e.get("event") == "sync-failed")
     assert failed and failed[0]["code"] == 100  # network fault, logged once per streak
     assert get(rt, "/api/containers")[0]["status"] == "ok"
 
@@ -150,7 +150,8 @@ def test_a_ticket_for_the_registered_license_server_is_activated_without_a_user_
     licenses = wait_for("central to count it active", lambda: [
         lic for lic in central.api("GET", f"/api/tickets/{second['ticket']}")["licenses"] if lic["status"] == "active"])
     assert licenses
-    entry = next(e for e in rt.usage_log() if e.get("event") == "sync" and any("added item" in c for c in e["changes"]))
+    (entry, *_) = rt.logged("the sync in the log", lambda e: e.get("event") == "sync" and any(
+        "added item" in c for c in e["changes"]))
     assert entry["container"] == serial and entry["confirmed"]
 
 

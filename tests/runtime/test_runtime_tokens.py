@@ -70,7 +70,8 @@ def token_row(rt: Runtime, serial: str) -> dict[str, Any]:
 
 
 def removals(rt: Runtime, serial: str) -> list[dict[str, Any]]:
-    return [e for e in rt.usage_log() if e.get("event") == "container-removed" and e.get("container") == serial]
+    return rt.logged("the removal in the log",
+                     lambda e: e.get("event") == "container-removed" and e.get("container") == serial)
 
 
 def test_access_is_proven_by_the_token_and_a_pulled_token_frees_its_seats(
@@ -128,7 +129,7 @@ def test_a_second_runtime_takes_the_token_away_and_rapid_changes_lock_it_out_for
     wait_for("runtime a to let go", lambda: token_row(a, serial)["status"] == "taken away")
     assert a.sessions() == []
     assert set(on_a.ask("check")["events"]) == {"container-removed", "license-gone"}
-    (removed,) = wait_for("a's log", lambda: removals(a, serial))
+    (removed,) = removals(a, serial)
     assert removed["reason"] == "token taken away" and removed["code"] == 1118
     on_b = Program(procs, root, {"LICENTIA_HOME": str(home_b)}, **opts)
     assert on_b.granted and on_b.first["verified"]
