@@ -223,11 +223,17 @@ def test_a_clean_stop_writes_every_waiting_log_entry_and_signs_the_chain(tmp_pat
     rt = Runtime(procs, home, root, "--log-flush-interval", "600")
     with Client(("127.0.0.1", int(rt.status["local_port"]))) as c:
         c.hello({"kind": "program", "program": "log-at-stop"})
-        for _ in range(150):  # 300 entries: written in batches of 16, the rest waits for the stop
+        for _ in range(149):  # 300 entries: written in batches of 16, the rest waits for the stop
             c.request("release", handle=c.request("access", firm=vendor.firm, product=7)["handle"])
+        c.hello({"kind": "program", "program": "renamed"})  # a new name: the lines say it from now on
+        c.request("release", handle=c.request("access", firm=vendor.firm, product=7)["handle"])
     rt.stop()
     path = home / "logs" / "usage.jsonl"
-    kinds = [e["event"] for e in rt.usage_log()]
+    entries = rt.usage_log()
+    kinds = [e["event"] for e in entries]
     assert kinds.count("grant") == 150 and kinds.count("release") == 150 and kinds[-1] == "checkpoint"
+    seats = [e for e in entries if e["event"] in ("grant", "release")]
+    assert {e["program"] for e in seats[:-2]} == {"log-at-stop"} and {e["program"] for e in seats[-2:]} == {"renamed"}
+    assert len({e["handle"] for e in seats}) == 150
     report = verify_log([path])
     assert report.ok and report.unsigned_tail == 0, report.problems

@@ -40,7 +40,11 @@ def event(i: int, kind: EventKind = EventKind.GRANT) -> Event:
 def write_log(path: Path, n: int, *, rotate_bytes: int = 16 << 20) -> UsageLog:
     log = UsageLog(path, KEY, rotate_bytes=rotate_bytes)
     for i in range(n):
-        log.record(event(i, [EventKind.GRANT, EventKind.DENY, EventKind.RELEASE][i % 3]))
+        ev = event(i, [EventKind.GRANT, EventKind.DENY, EventKind.RELEASE][i % 3])
+        if i % 2:
+            log.record(ev)
+        else:  # the runtime's hot path: the line's template looked up by the caller
+            log.record_in(log.template(ev), ev)
         if i % 7 == 0:
             log.flush()
     log.checkpoint()
@@ -57,6 +61,19 @@ def test_usage_log_verifies_and_carries_what_reports_need(tmp_path: Path) -> Non
     deny = next(e for e in entries if e["event"] == "deny")
     assert deny["code"] == 212 and deny["firm"] == 10001 and deny["product"] == 7
     assert {"at", "station", "user", "host", "program", "pid"} <= set(deny)
+
+
+def test_a_line_with_its_template_given_is_the_line_the_log_makes_itself(tmp_path: Path) -> None:
+    events = [event(i, kind) for i in range(6) for kind in EventKind]
+    plain, given = UsageLog(tmp_path / "plain.jsonl", KEY), UsageLog(tmp_path / "given.jsonl", KEY)
+    for ev in events:
+        plain.record(ev)
+        given.record_in(given.template(ev), ev)
+    plain.flush()
+    given.flush()
+    assert (tmp_path / "plain.jsonl").read_bytes() == (tmp_path / "given.jsonl").read_bytes()
+    plain.close()
+    given.close()
 
 
 @pytest.mark.parametrize("tamper", ["edit", "delete", "insert", "swap", "resign"])

@@ -197,6 +197,9 @@ class Connection(asyncio.Protocol):
         self.peer: tuple[int, int, int] | None = None  # (pid, uid, gid) from the kernel
         self.peer_host = ""
         self.number = 0
+        # usage-log templates of this client's grants (True) and releases (False) per item
+        # and mode: its holder and station are the same on every line (see `_hot_access`)
+        self.log_lines: dict[tuple[ItemKey, AccessMode, bool], str] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -647,7 +650,11 @@ class Runtime:
         ev = grant.events[0]
         log = self.log
         assert log is not None
-        log.record(ev)
+        lines = conn.log_lines
+        t = lines.get((key, mode, True))
+        if t is None:
+            t = lines[(key, mode, True)] = log.template(ev)
+        log.record_in(t, ev)
         self.recent_seq += 1
         self.recent.append((self.recent_seq, ev))
         if ident.pid is not None and ident.holder.process is None:
@@ -717,7 +724,17 @@ class Runtime:
         ev = rel.events[0]
         log = self.log
         assert log is not None
-        log.record(ev)
+        if ev.holder is ident.holder and ev.station is ident.station:
+            # a handle this connection took: its line differs from the last one only in
+            # time, handle and seats in use (one re-attached after a restart may not)
+            lines = conn.log_lines
+            sk = (ev.key, ev.mode, False)
+            t = lines.get(sk)
+            if t is None:
+                t = lines[sk] = log.template(ev)
+            log.record_in(t, ev)
+        else:
+            log.record(ev)
         self.recent_seq += 1
         self.recent.append((self.recent_seq, ev))
         if self.handle_events:
@@ -738,6 +755,7 @@ class Runtime:
         c: dict[str, Any] = msg["client"]
         kind = c.get("kind", "program")
         conn.ident = self._identify(conn, c, kind)
+        conn.log_lines.clear()
         ident = conn.ident
         return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
                 "client_id": ident.client_id, "timeout": self.config.client_timeout,

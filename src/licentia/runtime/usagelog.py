@@ -156,8 +156,9 @@ class UsageLog:
         self.batch = max(1, batch)
         self._key = signing_key
         self._public: str | None = None
-        # a seat event alone, or (event or None, extra fields) for entries with more to say
-        self._pending: list[Event | tuple[Event | None, dict[str, Any] | None]] = []
+        # a seat event alone, (its line's template, event), or (event or None, extra fields)
+        # for entries with more to say
+        self._pending: list[Event | tuple[str, Event] | tuple[Event | None, dict[str, Any] | None]] = []
         self._seq = 0
         self._prev = GENESIS
         self._unsigned = 0
@@ -176,6 +177,20 @@ class UsageLog:
     def record(self, event: Event, extra: dict[str, Any] | None = None) -> None:
         pending = self._pending
         pending.append(event if extra is None else (event, extra))
+        n = len(pending)
+        if (n == 1 or n == self.batch) and self.on_pending is not None:
+            self.on_pending(n >= self.batch)
+
+    def template(self, event: Event) -> str:
+        """The %-template of `event`'s line, for `record_in`: a caller that logs many
+        events alike (one connection's grants and releases) keeps it and saves the lookup."""
+        return self._format.template(event)
+
+    def record_in(self, template: str, event: Event) -> None:
+        """`record(event)` with its line's template (from `template` for an event that
+        differs from this one at most in time, handle and seats in use)."""
+        pending = self._pending
+        pending.append((template, event))
         n = len(pending)
         if (n == 1 or n == self.batch) and self.on_pending is not None:
             self.on_pending(n >= self.batch)
@@ -216,6 +231,20 @@ class UsageLog:
         sha256 = hashlib.sha256
         seq, prev = self._seq, self._prev
         for item in pending:
+            first = item[0]
+            if first.__class__ is str:  # (template, event): `record_in`
+                known: str = first
+                done: Event = item[1]  # type: ignore[assignment]
+                seq += 1
+                handle = done.handle
+                if handle is None:
+                    line = (known % (seq, done.at, done.used, prev)).encode()
+                else:
+                    line = (known % (seq, done.at, handle, done.used, prev)).encode()
+                prev = sha256(line).hexdigest()
+                append(line)
+                append(b"\n")
+                continue
             if item.__class__ is Event:
                 ev: Event = item
                 # the template, as `_Formatter.template` finds it (inline: this runs per entry)
@@ -236,7 +265,8 @@ class UsageLog:
                 append(line)
                 append(b"\n")
                 continue
-            event, extra = item  # type: ignore[misc]
+            event: Event | None = first  # type: ignore[assignment]
+            extra: dict[str, Any] | None = item[1]  # type: ignore[assignment]
             self._seq, self._prev = seq, prev
             fields = event_fields(event, extra) if event is not None else dict(extra or {})
             fields.setdefault("at", round(time.time(), 3))
