@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from licentia.model import ErrorCode, LicentiaError
+from licentia.protocol.rest import read_reply, unreachable
 
 
 class CentralClient:
@@ -32,22 +32,8 @@ class CentralClient:
         try:
             response = self.http.request(method, path, json=body, params=params)
         except httpx.HTTPError as exc:
-            raise LicentiaError(ErrorCode.NETWORK_FAULT, f"central at {self.url} cannot be reached: {exc}",
-                                "check the URL and the network, then try again") from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if response.is_success:
-            return data
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("code"), int):
-            try:
-                code = ErrorCode(error["code"])
-            except ValueError:
-                code = ErrorCode.CENTRAL_ERROR
-            raise LicentiaError(code, str(error.get("message", "")), error.get("hint") or None)
-        raise LicentiaError(ErrorCode.CENTRAL_ERROR, f"central answered HTTP {response.status_code}")
+            raise unreachable(self.url, exc, "check the URL and the network, then try again") from None
+        return read_reply(response)
 
     # -- user side ---------------------------------------------------------------------------
 

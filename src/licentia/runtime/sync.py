@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from licentia.core.content import ContainerContent
 from licentia.model import ErrorCode, LicentiaError
+from licentia.protocol.rest import read_reply, unreachable
 from licentia.runtime.licenses import Changes, _changed_items
 
 if TYPE_CHECKING:
@@ -65,22 +66,8 @@ class CentralHTTP:
         try:
             response = self.http.request(method, path, json=body)
         except httpx.HTTPError as exc:
-            raise LicentiaError(ErrorCode.NETWORK_FAULT, f"central at {self.url} cannot be reached: {exc}",
-                                "check the URL and the network; the runtime tries again by itself") from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if response.is_success:
-            return data
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("code"), int):
-            try:
-                code = ErrorCode(error["code"])
-            except ValueError:
-                code = ErrorCode.CENTRAL_ERROR
-            raise LicentiaError(code, str(error.get("message", "")), error.get("hint") or None)
-        raise LicentiaError(ErrorCode.CENTRAL_ERROR, f"central answered HTTP {response.status_code}")
+            raise unreachable(self.url, exc, "check the URL and the network; the runtime tries again by itself") from None
+        return read_reply(response)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         result = self.call("POST", path, body)
