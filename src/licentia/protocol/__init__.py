@@ -4,6 +4,7 @@
 - `messages`: operation names, their fields, `validate_request`;
 - `client`: `Client` (blocking) and `AsyncClient` (asyncio, loaded on first use);
 - `tls`: a TLS 1.3 client context that pins the server's certificate or trusts a CA.
+- `rest`: reading central's REST answers (the JSON, or the error central raised).
 
 docs/protocol.md describes the wire format and every message.
 """
