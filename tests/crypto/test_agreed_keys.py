@@ -10,8 +10,7 @@ import hmac
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from licentia.crypto import recipes
 from licentia.crypto.recipes import InvalidArtifact, KeyAgreement, MacKey
