@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.runtime.harness import Procs, Runtime, Vendor, make_home
+from tests.runtime.harness import Procs, Runtime, Vendor, make_home, wait_for
+from tests.runtime.test_runtime_tokens import get, store, token_container, token_runtime
+from tests.tokens import TokenStore
 
 from licentia.model import ErrorCode, LicentiaError, ProductItem
 from licentia.protocol.client import Client
 from licentia.sdk.connect import process_start
 from licentia.sdk.verify import ProofKeys, load_firm_key, verify_grant, verify_proof
+
+__all__ = ["store"]  # the SoftHSM2 token store fixture, used here too
 
 
 def hello(c: Client) -> None:
@@ -95,3 +99,29 @@ def test_the_first_answer_signs_the_exchange_and_later_ones_carry_macs(
         assert "mac" not in fresh and fresh["kx"] != runtime_kx
         assert "mac" in access(c2, keys)[0]
     assert rt.sessions() != []
+
+
+def test_a_token_signs_every_answer_even_when_the_program_offers_a_key(
+        tmp_path: Path, root: Path, vendor: Vendor, procs: Procs, store: TokenStore) -> None:
+    """The token's key cannot leave it: no proof key is agreed for a token container."""
+    serial, _ = token_container(store, vendor, [ProductItem(product_code=7, quantity=2, units=50)])
+    rt = token_runtime(procs, tmp_path / "home", root, store)
+    wait_for("the token container", lambda: any(c["serial"] == serial and c["status"] == "ok"
+                                                for c in get(rt, "/api/containers")))
+    firm_key = load_firm_key(vendor.public_file)
+    keys = ProofKeys()
+    with Client(rt.socket) as c:
+        hello(c)
+        for _ in range(2):
+            nonce = os.urandom(32)
+            # `keyed` names the token even so: the answer is still the token's own signature
+            reply = c.request("access", firm=vendor.firm, product=7, nonce=nonce, kx=keys.public, keyed=[serial])
+            assert len(reply["proof"]) == 64 and "kx" not in reply and "mac" not in reply
+            held = verify_grant(firm_key, vendor.firm, 7, nonce, reply, keys)
+            for op, extra in (("decrement", {"units": 1}), ("check", {})):
+                nonce = os.urandom(32)
+                answer = c.request(op, handle=reply["handle"], nonce=nonce, kx=keys.public, keyed=[serial], **extra)
+                assert len(answer["proof"]) == 64 and "kx" not in answer and "mac" not in answer
+                verify_proof(held, nonce, {**answer, "handle": reply["handle"]}, keys)
+            c.request("release", handle=reply["handle"])
+    assert keys.macs == {}
