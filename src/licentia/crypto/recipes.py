@@ -249,14 +249,18 @@ class KeyAgreement:
     __slots__ = ("_private", "public")
 
     def __init__(self) -> None:
+        # an X25519 private key is any 32 random bytes (RFC 7748 clamps them): taken from
+        # the system's generator, as every other key here, which also spares a program's
+        # start the set-up of OpenSSL's own generator (some 2 ms)
+        secret = os.urandom(KEY_SIZE)
         try:
             from cryptography.hazmat.bindings._rust import openssl
 
-            private: Any = openssl.x25519.generate_key()
+            private: Any = openssl.x25519.from_private_bytes(secret)
         except (ImportError, AttributeError):
             from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-            private = X25519PrivateKey.generate()
+            private = X25519PrivateKey.from_private_bytes(secret)
         self._private = private
         self.public: bytes = private.public_key().public_bytes_raw()
 
