@@ -1,6 +1,7 @@
 """licentia's cryptography, as named recipes. Nothing outside this package picks an algorithm.
 
-- `recipes`: sign/verify, seal/unseal, seal_to/open_sealed, derive, passphrase wrapping;
+- `recipes`: sign/verify, seal/unseal, seal_to/open_sealed, derive, passphrase wrapping,
+  agreed keys (`KeyAgreement`) and MACs (`MacKey`, `mac`);
 - `fuzzy`: binding a secret to machine properties (the fingerprint is the key);
 - `shamir`: the secret sharing `fuzzy` is built on;
 - `artifacts`: signed, versioned artifacts (magic, version, length, body, signature);
@@ -18,12 +19,15 @@ if TYPE_CHECKING:
 
     from licentia.crypto.recipes import (
         InvalidArtifact as InvalidArtifact,
+        KeyAgreement as KeyAgreement,
+        MacKey as MacKey,
         box_public_key as box_public_key,
         derive as derive,
         digest as digest,
         equal as equal,
         key_id as key_id,
         keyed_digest as keyed_digest,
+        mac as mac,
         new_box_key as new_box_key,
         new_key as new_key,
         new_signing_key as new_signing_key,
@@ -43,12 +47,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "InvalidArtifact",
+    "KeyAgreement",
+    "MacKey",
     "box_public_key",
     "derive",
     "digest",
     "equal",
     "key_id",
     "keyed_digest",
+    "mac",
     "new_box_key",
     "new_key",
     "new_signing_key",

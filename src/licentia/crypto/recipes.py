@@ -8,6 +8,7 @@ Choices:
 - signatures: Ed25519 (firm keys, container keys);
 - sealing: AES-256-GCM, 96-bit random nonces, a version byte leading the sealed blob;
 - sealing to a public key: X25519 ephemeral-static + HKDF-SHA256 + AES-256-GCM;
+- agreed keys: X25519 ephemeral-ephemeral + HKDF-SHA256, then HMAC-SHA256 (`KeyAgreement`, `MacKey`);
 - key derivation: HKDF-SHA256 from keys, scrypt from passphrases;
 - digests: SHA-256.
 """
@@ -18,6 +19,8 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
         Ed25519PublicKey,
@@ -31,6 +34,7 @@ KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 PUBLIC_KEY_SIZE = 32
 DIGEST_SIZE = 32
+MAC_SIZE = 32
 _NONCE_SIZE = 12
 
 _SEAL_V1 = b"\x01"
@@ -166,6 +170,121 @@ def _ed_private(private_key: bytes) -> Ed25519PrivateKey:
     if len(private_key) != KEY_SIZE:
         raise InvalidArtifact()
     return Ed25519PrivateKey.from_private_bytes(private_key)
+
+
+# -- agreed keys: an ephemeral exchange, then MACs -------------------------------------------
+#
+# A protected program checks every answer of its runtime; these run on its start path, so
+# they load nothing of cryptography's Python modules (X25519 comes from its compiled core,
+# as `_ed_public` does for Ed25519) and HMAC-SHA256 is built on the interpreter's own
+# SHA-256 (RFC 2104, as the standard `hmac` module does it without OpenSSL): `hmac` and
+# `hashlib` would load OpenSSL's libcrypto a second time, some 8 ms of a program's start.
+# tests/crypto checks both against the standard `hmac` and cryptography's HKDF.
+
+_BLOCK = 64  # SHA-256's block size
+_INNER_PAD = bytes(x ^ 0x36 for x in range(256))
+_OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _sha256() -> Any:
+    try:
+        from _sha256 import sha256  # Python 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # Python 3.12 and later
+        except ImportError:  # an interpreter built without them
+            from hashlib import sha256
+    return sha256
+
+
+class MacKey:
+    """An HMAC-SHA256 key set up once, for a process that checks many MACs with it (a
+    program checking its runtime's answers): the padded key's hash states are kept."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        sha256 = _sha256()
+        if len(key) > _BLOCK:
+            key = sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = sha256(key.translate(_INNER_PAD))
+        self._outer = sha256(key.translate(_OUTER_PAD))
+
+    def tag(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of `data` (MAC_SIZE bytes)."""
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        out: bytes = outer.digest()
+        return out
+
+    def matches(self, data: bytes, tag: bytes) -> bool:
+        """Whether `tag` is the MAC of `data`, compared in constant time."""
+        from _operator import _compare_digest  # hmac.compare_digest, without loading hmac
+
+        return type(tag) is bytes and len(tag) == MAC_SIZE and _compare_digest(self.tag(data), tag)
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 of `data` under `key`."""
+    return MacKey(key).tag(data)
+
+
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with no salt, one block of output (KEY_SIZE bytes)."""
+    prk = MacKey(bytes(DIGEST_SIZE)).tag(secret)
+    return MacKey(prk).tag(info + b"\x01")
+
+
+class KeyAgreement:
+    """One side of an ephemeral X25519 exchange: a fresh key pair whose `public` half goes
+    to the peer, and `agree` for the key both sides then derive (HKDF-SHA256 over the
+    shared secret with `info`, which should name both public halves and the purpose).
+
+    Nothing authenticates the peer here: the caller signs or checks a signature over both
+    public halves. The private half never leaves the object and is never stored."""
+
+    __slots__ = ("_private", "public")
+
+    def __init__(self) -> None:
+        # an X25519 private key is any 32 random bytes (RFC 7748 clamps them): taken from
+        # the system's generator, as every other key here, which also spares a program's
+        # start the set-up of OpenSSL's own generator (some 2 ms)
+        secret = os.urandom(KEY_SIZE)
+        try:
+            from cryptography.hazmat.bindings._rust import openssl
+
+            private: Any = openssl.x25519.from_private_bytes(secret)
+        except (ImportError, AttributeError):
+            from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+            private = X25519PrivateKey.from_private_bytes(secret)
+        self._private = private
+        self.public: bytes = private.public_key().public_bytes_raw()
+
+    def agree(self, peer_public: bytes, info: bytes) -> bytes:
+        """The agreed KEY_SIZE-byte key; InvalidArtifact for a peer key that is not one
+        (wrong length, or a point that gives no shared secret)."""
+        if type(peer_public) is not bytes or len(peer_public) != PUBLIC_KEY_SIZE:
+            raise InvalidArtifact()
+        try:
+            shared = self._private.exchange(_x_public(peer_public))
+        except ValueError:
+            raise InvalidArtifact() from None
+        return _hkdf(shared, info)
+
+
+def _x_public(public_key: bytes) -> Any:
+    try:
+        from cryptography.hazmat.bindings._rust import openssl
+
+        return openssl.x25519.from_public_bytes(public_key)
+    except (ImportError, AttributeError):
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+        return X25519PublicKey.from_public_bytes(public_key)
 
 
 # -- symmetric sealing ---------------------------------------------------------------------

@@ -83,6 +83,7 @@ from licentia.runtime.home import RuntimeHome
 from licentia.runtime.licenses import (
     Changes,
     Loaded,
+    ProofKeys,
     decrement_op,
     first_use_op,
     make_proof,
@@ -200,6 +201,7 @@ class Connection(asyncio.Protocol):
         # usage-log templates of this client's grants (True) and releases (False) per item
         # and mode: its holder and station are the same on every line (see `_hot_access`)
         self.log_lines: dict[tuple[ItemKey, AccessMode, bool], str] = {}
+        self.proof_keys = ProofKeys()  # agreed with the program for its challenges (licentia.sdk.proof)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -873,16 +875,17 @@ class Runtime:
         request = self._request_for(msg.get("feature", 0), msg.get("version"), msg.get("release_date"), ident.in_vm)
         # a server never forwards what reaches it over the network
         where = "local" if conn.listener == "network" else msg.get("where") or self.config.order
+        keys = conn.proof_keys
         if where in ("local", "local-first"):
             try:
-                return self._access_local(msg, ident, mode, request)
+                return self._access_local(msg, ident, mode, request, keys)
             except LicentiaError as exc:
                 if where == "local" or not self._may_forward(msg):
                     raise
                 return self._access_network(msg, ident, mode, first_error=exc)
         if where == "network":
             return self._access_network(msg, ident, mode, first_error=None)
-        return self._access_network(msg, ident, mode, first_error=None, then_local=request)
+        return self._access_network(msg, ident, mode, first_error=None, then_local=request, keys=keys)
 
     def _request_for(self, feature: int, version: str | None, release_date: int | None, in_vm: bool) -> ItemRequest:
         key = (feature, version, release_date, in_vm)
@@ -898,8 +901,8 @@ class Runtime:
     def _may_forward(self, msg: Message) -> bool:
         return bool(self._servers_to_ask_now() or self.config.broadcast) and not msg.get("container")
 
-    def _access_local(self, msg: Message, ident: Ident, mode: AccessMode,
-                      request: ItemRequest) -> Message | bytes | Awaitable[Message | bytes]:
+    def _access_local(self, msg: Message, ident: Ident, mode: AccessMode, request: ItemRequest,
+                      keys: ProofKeys | None = None) -> Message | bytes | Awaitable[Message | bytes]:
         firm, product = msg["firm"], msg["product"]
         candidates = self.containers.candidates(firm, product, msg.get("container"))
         if not candidates:
@@ -941,13 +944,14 @@ class Runtime:
                                              write)
                 return self.cloud.grant(msg, ld, entry, grant.handle, mode, ident, ident.local)
             if write:
-                return self._grant_durably(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local)
-            return self._grant_frame(msg, ld, entry, grant.handle, mode, ident.local)
+                return self._grant_durably(msg, ld, entry.item_id, grant.handle, mode, request, inow, ident.local,
+                                           keys)
+            return self._grant_frame(msg, ld, entry, grant.handle, mode, ident.local, keys)
         assert best is not None
         raise best
 
     async def _grant_durably(self, msg: Message, ld: Loaded, item_id: int, handle: int, mode: AccessMode,
-                             request: ItemRequest, now: int, local: bool) -> Message:
+                             request: ItemRequest, now: int, local: bool, keys: ProofKeys | None = None) -> Message:
         try:
             entry = await ld.writer.submit(first_use_op(msg["firm"], item_id, request, now))
         except LicentiaError:
@@ -958,10 +962,10 @@ class Runtime:
             raise
         if handle not in self.seats:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released while it was being granted")
-        return self._grant_reply(msg, ld, entry, handle, mode, local)
+        return self._grant_reply(msg, ld, entry, handle, mode, local, keys)
 
     def _grant_reply(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
-                     local: bool) -> Message:
+                     local: bool, keys: ProofKeys | None = None) -> Message:
         state = entry.state
         until = valid_until(entry.item, state)
         reply: Message = {
@@ -974,16 +978,22 @@ class Runtime:
             reply["usage_started_at"] = state.usage_started_at
         nonce = msg.get("nonce")
         if nonce:
-            reply["proof"] = make_proof(ld.content, nonce, handle, msg["firm"], entry.item_id,
-                                        state.units_remaining, until)
+            if keys is not None and ld.serial not in self.containers.external:
+                reply.update(keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, state.units_remaining,
+                                        until))
+            else:
+                reply["proof"] = make_proof(ld.content, nonce, handle, msg["firm"], entry.item_id,
+                                            state.units_remaining, until)
         return reply
 
     def _grant_frame(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
-                     local: bool) -> Message | bytes:
+                     local: bool, keys: ProofKeys | None = None) -> Message | bytes:
         """`_grant_reply` as a frame. All but the request id and the handle stays the same for
         every grant of one item state, so that part is encoded once and kept while the entry
         (immutable: a changed item is a new entry) is the current one."""
         if msg.get("nonce"):
+            if keys is not None and ld.serial not in self.containers.external:
+                return self._proved_frame(msg, ld, entry, handle, mode, local, keys)
             return self._grant_reply(msg, ld, entry, handle, mode, local)
         ck = (id(entry), mode, local)
         hit = self._grant_tails.get(ck)
@@ -998,9 +1008,32 @@ class Runtime:
                                            self._pack(rest)[1:])
         return _frame(hit[2], self._pack(msg["id"]), b"\xa6handle", self._pack(handle), hit[3])
 
+    def _proved_frame(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode, local: bool,
+                      keys: ProofKeys) -> Message | bytes:
+        """`_grant_frame` for a request with a challenge that a connection's proof key
+        answers: the grant's kept part, then the proof fields (a MAC, or the signature that
+        opens the key)."""
+        state = entry.state
+        proved = keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, state.units_remaining,
+                            valid_until(entry.item, state))
+        bare: Message = {"id": msg["id"]}  # the kept part carries no proof
+        ck = (id(entry), mode, local)
+        hit = self._grant_tails.get(ck)
+        if hit is None or hit[0] is not entry or hit[1] is not ld:
+            self._grant_frame(bare, ld, entry, handle, mode, local)
+            hit = self._grant_tails.get(ck)
+        count = len(proved) + (hit[2][0] & 0x0F if hit is not None else 16)
+        if hit is None or hit[0] is not entry or hit[1] is not ld or count > 15:  # more than a fixmap holds
+            reply = self._grant_reply(bare, ld, entry, handle, mode, local)
+            reply.update(proved)
+            return reply
+        pack = self._pack
+        return _frame(bytes((0x80 | count,)), hit[2][1:], pack(msg["id"]), b"\xa6handle", pack(handle), hit[3],
+                      *[pack(part) for pair in proved.items() for part in pair])
+
     async def _access_network(self, msg: Message, ident: Ident, mode: AccessMode, *,
-                              first_error: LicentiaError | None,
-                              then_local: ItemRequest | None = None) -> Message | bytes:
+                              first_error: LicentiaError | None, then_local: ItemRequest | None = None,
+                              keys: ProofKeys | None = None) -> Message | bytes:
         best = first_error
         servers = await self._servers_to_ask()
         if not servers and best is None and then_local is None:
@@ -1047,7 +1080,7 @@ class Runtime:
             return out
         if then_local is not None:
             try:
-                result = self._access_local(msg, ident, mode, then_local)
+                result = self._access_local(msg, ident, mode, then_local, keys)
             except LicentiaError as exc:
                 raise _better(best, exc) from None
             return result if isinstance(result, dict | bytes) else await result
@@ -1172,9 +1205,10 @@ class Runtime:
         ld, _ = self.containers.entry(sess.key.container, sess.key.firm_code, sess.key.item_id)
         if ld.serial in self.tokens.held:
             return self.tokens.decrement(msg, ld, sess, units)
-        return self._decrement(msg, ld, sess, units)
+        return self._decrement(msg, ld, sess, units, conn.proof_keys)
 
-    def _decrement(self, msg: Message, ld: Loaded, sess: Session, units: int) -> asyncio.Future[Message | bytes]:
+    def _decrement(self, msg: Message, ld: Loaded, sess: Session, units: int,
+                   keys: ProofKeys | None = None) -> asyncio.Future[Message | bytes]:
         key = sess.key
         nonce = msg.get("nonce")
 
@@ -1187,7 +1221,11 @@ class Runtime:
                 entry = ld.content.firms[key.firm_code].items[key.item_id]
                 until = valid_until(entry.item, entry.state)
                 out["valid_until"] = until
-                out["proof"] = make_proof(ld.content, nonce, sess.handle, key.firm_code, key.item_id, remaining, until)
+                if keys is not None and ld.serial not in self.containers.external:
+                    out.update(keys.prove(ld.content, msg, sess.handle, key.firm_code, key.item_id, remaining, until))
+                else:
+                    out["proof"] = make_proof(ld.content, nonce, sess.handle, key.firm_code, key.item_id, remaining,
+                                              until)
             return out
 
         fut: asyncio.Future[Message | bytes] = ld.writer.submit(
@@ -1247,8 +1285,12 @@ class Runtime:
             if key.container in self.tokens.held:
                 return self.tokens.prove_reply(reply, ld, nonce, handle, key.firm_code, key.item_id,
                                                entry.state.units_remaining, until)
-            reply["proof"] = make_proof(ld.content, nonce, handle, key.firm_code, key.item_id,
-                                        entry.state.units_remaining, until)
+            if key.container in self.containers.external:  # a cloud container: its signature, as ever
+                reply["proof"] = make_proof(ld.content, nonce, handle, key.firm_code, key.item_id,
+                                            entry.state.units_remaining, until)
+            else:
+                reply.update(conn.proof_keys.prove(ld.content, msg, handle, key.firm_code, key.item_id,
+                                                   entry.state.units_remaining, until))
         return reply
 
     def _gone_reply(self, rid: int, handle: int) -> Message:
@@ -1663,9 +1705,10 @@ _MODES = {m.value: m for m in AccessMode}
 _ACCESS_TYPES: dict[str, tuple[type, ...]] = {
     "id": (int,), "op": (str,), "firm": (int,), "product": (int,), "mode": (str,), "feature": (int,),
     "version": (str,), "release_date": (int,), "nonce": (bytes,), "where": (str,), "container": (str,),
-    "server": (str,), "client": (dict,),
+    "server": (str,), "client": (dict,), "kx": (bytes,), "keyed": (list,),
 }
-_HANDLE_TYPES: dict[str, tuple[type, ...]] = {"id": (int,), "op": (str,), "handle": (int,), "nonce": (bytes,)}
+_HANDLE_TYPES: dict[str, tuple[type, ...]] = {"id": (int,), "op": (str,), "handle": (int,), "nonce": (bytes,),
+                                              "kx": (bytes,), "keyed": (list,)}
 _WHERE = frozenset(("local", "network", "local-first", "network-first"))
 
 

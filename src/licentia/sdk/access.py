@@ -8,9 +8,10 @@
 
 `firm_key` is the firm's public key (the file `licentia vendor export-public` writes,
 its hex, or its 32 bytes). With it, every answer is verified: the license must carry the
-firm's signature and the container the license names must sign this program's fresh
-challenge, so a faked runtime cannot fake a license. Without a key, pass `verify=False`
-(trying licenses by hand; never in a product).
+firm's signature and the container the license names must prove this program's fresh
+challenge (its signature, or a MAC under a key that container signed for this
+connection), so a faked runtime cannot fake a license. Without a key, pass
+`verify=False` (trying licenses by hand; never in a product).
 """
 
 from __future__ import annotations
@@ -23,19 +24,26 @@ from licentia.model.errors import ErrorCode, LicentiaError
 from licentia.protocol.client import Client
 from licentia.sdk.connect import Target, hello_client, targets, tls_context
 from licentia.sdk.proof import NONCE_SIZE
-from licentia.sdk.verify import load_firm_key, read_unverified, verify_grant, verify_proof
+from licentia.sdk.verify import (
+    ProofKeys,
+    load_firm_key,
+    read_unverified,
+    verify_grant,
+    verify_proof,
+)
 
 # A protected program pays for every import at start: no typing, dataclasses, threading
 # (until a thread is started) or contextlib at run time; annotations are strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, TypeVar
 
     from licentia.model import ProductItem
     from licentia.sdk.verify import FirmKey, Verified
 
     EventCallback = Callable[["License | Any", "Event", str], None]
+    T = TypeVar("T")
 
 MODES = ("per-access", "per-station", "none", "exclusive")
 WHERE = ("local", "network", "local-first", "network-first")
@@ -236,18 +244,18 @@ class Held:
     def _nonce(self) -> bytes | None:
         return os.urandom(NONCE_SIZE) if self._verified is not None else None
 
-    def _after_decrement(self, reply: dict[str, Any], nonce: bytes | None) -> int:
+    def _after_decrement(self, reply: dict[str, Any], nonce: bytes | None, keys: ProofKeys | None) -> int:
         remaining = reply.get("units")
         verified = self._verified
         if verified is not None and nonce is not None:
             proof_reply = dict(reply)
             proof_reply.setdefault("handle", self.handle)
-            verified = self._verified = verify_proof(verified, nonce, proof_reply)
+            verified = self._verified = verify_proof(verified, nonce, proof_reply, keys)
             remaining = verified.units
         self._state(remaining, reply.get("valid_until", self._valid_until))
         return int(remaining or 0)
 
-    def _after_check(self, reply: dict[str, Any], nonce: bytes | None) -> None:
+    def _after_check(self, reply: dict[str, Any], nonce: bytes | None, keys: ProofKeys | None) -> None:
         events = reply.get("events")
         for name in events or ():
             try:
@@ -261,10 +269,10 @@ class Held:
         if reply.get("valid") is False and not events:
             self.valid = False
         verified = self._verified
-        if "proof" in reply and verified is not None and nonce is not None:
+        if ("proof" in reply or "mac" in reply) and verified is not None and nonce is not None:
             proof_reply = dict(reply)
             proof_reply.setdefault("handle", self.handle)
-            verified = self._verified = verify_proof(verified, nonce, proof_reply)
+            verified = self._verified = verify_proof(verified, nonce, proof_reply, keys)
             self._state(verified.units, verified.valid_until)
         elif "units" in reply:
             self._state(reply.get("units"), reply.get("valid_until"))
@@ -300,12 +308,14 @@ class Held:
 
 class _Link:
     """This process's connection to its runtime (or network server): shared by every
-    license the process holds, re-made after the runtime restarts."""
+    license the process holds, re-made after the runtime restarts. Each connection has
+    its own proof keys (`ProofKeys`), made with its first verified request."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
         self.lock = _thread.allocate_lock()
         self.client: Client | None = None
+        self.keys: ProofKeys | None = None  # the proof keys of `client`
         self.pid = os.getpid()
         self.licenses: dict[int, License] = {}
         self.keepalive_interval = 30.0
@@ -327,6 +337,7 @@ class _Link:
             if isinstance(interval, int | float) and interval > 0:
                 self.keepalive_interval = float(interval)
             self.client = c
+            self.keys = None  # a new connection agrees new keys
             if self.target.network and not self._keepalive:
                 self._keepalive = True
                 _start_thread(self._keep_alive, "licentia-keepalive")
@@ -343,6 +354,31 @@ class _Link:
                 raise
         # the runtime went away (a restart?): connect again, once
         return self.connect().request(op, **fields)
+
+    def prove_request(self, op: str, /, **fields: Any) -> tuple[dict[str, Any], ProofKeys]:
+        """`request` for one whose answer is verified (it carries a `nonce`): sends the
+        connection's proof-key fields with it; returns the answer and the keys to check it with."""
+        c = self.client
+        if c is None or c.closed:
+            c = self.connect()
+        keys = self._keys(c)
+        try:
+            return c.request(op, **fields, **keys.fields()), keys
+        except LicentiaError as exc:
+            if exc.code not in _RECONNECT:
+                raise
+        c = self.connect()  # the runtime went away (a restart?): connect again, once; new keys
+        keys = self._keys(c)
+        return c.request(op, **fields, **keys.fields()), keys
+
+    def _keys(self, c: Client) -> ProofKeys:
+        with self.lock:
+            keys = self.keys
+            if keys is None or self.client is not c:
+                keys = ProofKeys()
+                if self.client is c:
+                    self.keys = keys
+            return keys
 
     def _keep_alive(self) -> None:
         import time
@@ -385,7 +421,7 @@ def _link_for(target: Target) -> _Link:
         return link
 
 
-def _try_targets(call: Callable[[_Link], dict[str, Any]]) -> tuple[_Link, dict[str, Any]]:
+def _try_targets(call: Callable[[_Link], T]) -> tuple[_Link, T]:
     best: LicentiaError | None = None
     for target in targets():
         link = _link_for(target)
@@ -425,9 +461,10 @@ class License(Held):
         self._live()
         fields: dict[str, Any] = {"handle": self.handle, "units": units}
         nonce = self._nonce()
-        if nonce is not None:
-            fields["nonce"] = nonce
-        return self._after_decrement(self._link.request("decrement", **fields), nonce)
+        if nonce is None:
+            return self._after_decrement(self._link.request("decrement", **fields), None, None)
+        reply, keys = self._link.prove_request("decrement", nonce=nonce, **fields)
+        return self._after_decrement(reply, nonce, keys)
 
     def check(self) -> list[Event]:
         """Ask whether the license still holds; returns the events since the last check
@@ -435,17 +472,18 @@ class License(Held):
         if self.released:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released")
         nonce = self._nonce()
-        fields: dict[str, Any] = {"handle": self.handle}
-        if nonce is not None:
-            fields["nonce"] = nonce
+        keys: ProofKeys | None = None
         try:
-            reply = self._link.request("check", **fields)
+            if nonce is None:
+                reply = self._link.request("check", handle=self.handle)
+            else:
+                reply, keys = self._link.prove_request("check", handle=self.handle, nonce=nonce)
         except LicentiaError as exc:
             if exc.code in _UNREACHABLE:
                 self._note(Event.SERVER_LOST, exc.message)
                 return self._drain()
             raise
-        self._after_check(reply, nonce)
+        self._after_check(reply, nonce, keys)
         return self._drain()
 
     def release(self) -> None:
@@ -529,11 +567,15 @@ def access(
     key = firm_key_for(verify, firm_key, firm_code)
     nonce = os.urandom(NONCE_SIZE) if key is not None else None
     fields = access_fields(product_code, firm_code, mode, feature, version, release_date, where, container, nonce)
-    link, reply = _try_targets(lambda lk: lk.request("access", **fields))
+    keys: ProofKeys | None = None
+    if nonce is None:
+        link, reply = _try_targets(lambda lk: lk.request("access", **fields))
+    else:
+        link, (reply, keys) = _try_targets(lambda lk: lk.prove_request("access", **fields))
     verified: Verified | None = None
     if key is not None and nonce is not None:
         try:
-            verified = verify_grant(key, firm_code, product_code, nonce, reply)
+            verified = verify_grant(key, firm_code, product_code, nonce, reply, keys)
         except LicentiaError:
             import contextlib  # a refusal is not on the start path
 

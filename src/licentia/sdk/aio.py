@@ -16,7 +16,7 @@ from licentia.model.errors import ErrorCode, LicentiaError
 from licentia.sdk.access import Event, Held, access_fields, check_args, firm_key_for
 from licentia.sdk.connect import Target, hello_client, targets, tls_context
 from licentia.sdk.proof import NONCE_SIZE
-from licentia.sdk.verify import verify_grant
+from licentia.sdk.verify import ProofKeys, verify_grant
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class _AsyncLink:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.client: Any = None
+        self.keys: ProofKeys | None = None  # the proof keys of `client` (see licentia.sdk.access._Link)
         self.lock = asyncio.Lock()
         self.licenses: dict[int, AsyncLicense] = {}
         self.keepalive_interval = 30.0
@@ -56,6 +57,7 @@ class _AsyncLink:
             if isinstance(interval, int | float) and interval > 0:
                 self.keepalive_interval = float(interval)
             self.client = c
+            self.keys = None  # a new connection agrees new keys
             if self.target.network and self._keepalive is None:
                 self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
             return c
@@ -71,6 +73,30 @@ class _AsyncLink:
         client = await self.connect()
         reply = await client.request(op, **fields)
         return reply
+
+    async def prove_request(self, op: str, /, **fields: Any) -> tuple[dict[str, Any], ProofKeys]:
+        """`request` for one whose answer is verified: sends the connection's proof-key
+        fields with it; returns the answer and the keys to check it with."""
+        try:
+            client = await self.connect()
+            keys = self._keys(client)
+            reply: dict[str, Any] = await client.request(op, **fields, **keys.fields())
+            return reply, keys
+        except LicentiaError as exc:
+            if exc.code not in _RECONNECT:
+                raise
+        client = await self.connect()
+        keys = self._keys(client)
+        reply = await client.request(op, **fields, **keys.fields())
+        return reply, keys
+
+    def _keys(self, client: Any) -> ProofKeys:
+        keys = self.keys
+        if keys is None or self.client is not client:
+            keys = ProofKeys()
+            if self.client is client:
+                self.keys = keys
+        return keys
 
     async def _keep_alive(self) -> None:
         while True:
@@ -117,27 +143,29 @@ class AsyncLicense(Held):
     async def decrement(self, units: int = 1) -> int:
         if self.released or not self.valid:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released or is gone")
-        fields: dict[str, Any] = {"handle": self.handle, "units": units}
         nonce = self._nonce()
-        if nonce is not None:
-            fields["nonce"] = nonce
-        return self._after_decrement(await self._link.request("decrement", **fields), nonce)
+        if nonce is None:
+            return self._after_decrement(await self._link.request("decrement", handle=self.handle, units=units),
+                                         None, None)
+        reply, keys = await self._link.prove_request("decrement", handle=self.handle, units=units, nonce=nonce)
+        return self._after_decrement(reply, nonce, keys)
 
     async def check(self) -> list[Event]:
         if self.released:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released")
         nonce = self._nonce()
-        fields: dict[str, Any] = {"handle": self.handle}
-        if nonce is not None:
-            fields["nonce"] = nonce
+        keys: ProofKeys | None = None
         try:
-            reply = await self._link.request("check", **fields)
+            if nonce is None:
+                reply = await self._link.request("check", handle=self.handle)
+            else:
+                reply, keys = await self._link.prove_request("check", handle=self.handle, nonce=nonce)
         except LicentiaError as exc:
             if exc.code in (ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME, ErrorCode.SERVER_NOT_FOUND):
                 self._note(Event.SERVER_LOST, exc.message)
                 return self._drain()
             raise
-        self._after_check(reply, nonce)
+        self._after_check(reply, nonce, keys)
         return self._drain()
 
     async def release(self) -> None:
@@ -222,8 +250,12 @@ def access_async(
         best: LicentiaError | None = None
         for target in targets():
             link = _link_for(target)
+            keys: ProofKeys | None = None
             try:
-                reply = await link.request("access", **fields)
+                if nonce is None:
+                    reply = await link.request("access", **fields)
+                else:
+                    reply, keys = await link.prove_request("access", **fields)
             except LicentiaError as exc:
                 if exc.code not in (ErrorCode.NO_LOCAL_RUNTIME, ErrorCode.SERVER_NOT_FOUND) or target.network:
                     raise
@@ -232,7 +264,7 @@ def access_async(
             verified: Verified | None = None
             if key is not None and nonce is not None:
                 try:
-                    verified = verify_grant(key, firm_code, product_code, nonce, reply)
+                    verified = verify_grant(key, firm_code, product_code, nonce, reply, keys)
                 except LicentiaError:
                     with contextlib.suppress(LicentiaError):
                         await link.request("release", handle=reply.get("handle"))

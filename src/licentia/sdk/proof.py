@@ -9,6 +9,13 @@ A proof is the container's Ed25519 signature over
 `nonce` is the program's fresh random challenge, so an answer recorded once cannot be
 replayed; the container key is the one the vendor-signed license names, so only the
 container the vendor licensed can make it.
+
+A program that sends its ephemeral X25519 key (`kx`) with the challenge gets, the first
+time on a connection for a container, the signature over the same fields followed by both
+ephemeral keys (PROOF_DOMAIN_KX), with the runtime's ephemeral key; both sides then derive
+the proof key HKDF-SHA256(X25519 secret, `proof_key_info`), and later answers on that
+connection for that container carry `mac` = HMAC-SHA256(proof key, `proof_message(...)`)
+instead of a signature (docs/protocol.md, "Proofs").
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 PROOF_DOMAIN = "licentia access proof v1"
+PROOF_DOMAIN_KX = "licentia access proof v2"  # the signature that also binds both exchange keys
+PROOF_KEY_DOMAIN = b"licentia proof key v1"
 NONCE_SIZE = 32
+KX_SIZE = 32  # an X25519 public key
 
 # Environment variables that tell which kind of session a program runs in; the program
 # passes them to its runtime, which judges them (licentia.binding.detect_session).
@@ -40,6 +50,25 @@ def proof_message(
         [PROOF_DOMAIN, nonce, handle, serial, firm, item_id, units, valid_until], use_bin_type=True
     )
     return packed
+
+
+def proof_message_kx(
+    nonce: bytes, handle: int, serial: str, firm: int, item_id: int, units: int | None, valid_until: int | None,
+    program_kx: bytes, runtime_kx: bytes,
+) -> bytes:
+    """What the container signs to open a proof key: the fields of `proof_message` and the
+    program's and the runtime's ephemeral X25519 public keys."""
+    packed: bytes = msgpack.packb(
+        [PROOF_DOMAIN_KX, nonce, handle, serial, firm, item_id, units, valid_until, program_kx, runtime_kx],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def proof_key_info(program_kx: bytes, runtime_kx: bytes, serial: str) -> bytes:
+    """HKDF's `info` for the proof key of one container on one connection: the domain, both
+    ephemeral public keys (fixed size) and the container serial."""
+    return PROOF_KEY_DOMAIN + program_kx + runtime_kx + serial.encode()
 
 
 def machine_root() -> str:

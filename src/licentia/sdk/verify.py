@@ -9,10 +9,17 @@ the licensed container.
 A protected program pays for this at start, so it stays lean: the license is checked
 here directly (Ed25519 over its exact bytes with `licentia.crypto.verify`, then its
 msgpack body decoded) rather than through `licentia.core`; `cryptography` loads only
-when the first signature is checked. The same signed license comes back on every
-access, so a license whose signature verified is remembered for the process (by its
-exact bytes and the firm key); the container's proof over the fresh challenge is
-verified on every answer.
+when the first request that will be verified is sent. The same signed license comes
+back on every access, so a license whose signature verified is remembered for the
+process (by its exact bytes and the firm key); the container's proof over the fresh
+challenge is verified on every answer.
+
+The container's proof is a signature, or a MAC under a proof key agreed on this
+connection (`ProofKeys`): the first answer of a container on a connection signs both
+sides' ephemeral exchange keys, and from then on the program checks an HMAC instead of
+an Ed25519 signature. Only the holder of the container key can sign the runtime's
+exchange key, so only it can know the proof key; the fresh challenge in every MAC keeps
+each answer as fresh as a signature would.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ import struct
 import msgpack
 
 from licentia.model.errors import ErrorCode, LicentiaError
-from licentia.sdk.proof import proof_message
+from licentia.sdk.proof import proof_key_info, proof_message, proof_message_kx
 
 TYPE_CHECKING = False  # typing is not imported at run time: see licentia/__init__.py
 if TYPE_CHECKING:
     from typing import Any
+
+    from licentia.crypto.recipes import MacKey
 
     FirmKey = bytes | str | os.PathLike[str]
 
@@ -194,43 +203,110 @@ def _refuse(what: str) -> LicentiaError:
     return LicentiaError(ErrorCode.SECURITY_PROBLEM, f"the answer failed verification: {what}")
 
 
-def verify_grant(firm_key: bytes, firm_code: int, product_code: int, nonce: bytes, reply: dict[str, Any]) -> Verified:
-    """Check an access answer; return what it vouches for."""
+class ProofKeys:
+    """This program's side of the proof keys on one connection to a runtime: an ephemeral
+    X25519 key pair (made for the connection, never stored) and, per container serial,
+    the MAC key agreed with that container's runtime.
+
+    `fields()` goes with every request that carries a challenge: the public key (`kx`)
+    and the serials whose key this side holds (`keyed`), so the runtime answers with a
+    MAC only where the program can check one (a request sent before the key was agreed
+    gets a signature)."""
+
+    __slots__ = ("_exchange", "macs", "public")
+
+    def __init__(self) -> None:
+        from licentia.crypto.recipes import KeyAgreement  # loads cryptography's core
+
+        self._exchange = KeyAgreement()
+        self.public: bytes = self._exchange.public
+        self.macs: dict[str, tuple[bytes, MacKey]] = {}  # serial -> (container key, MAC key)
+
+    def fields(self) -> dict[str, Any]:
+        macs = self.macs
+        if macs:
+            return {"kx": self.public, "keyed": list(macs)}
+        return {"kx": self.public}
+
+    def agree(self, lic: SignedLicense, runtime_kx: bytes) -> None:
+        """Keep the key agreed with `runtime_kx`, the runtime's ephemeral key that
+        `lic`'s container signed together with this side's."""
+        from licentia.crypto.recipes import InvalidArtifact, MacKey
+
+        try:
+            key = self._exchange.agree(runtime_kx, proof_key_info(self.public, runtime_kx, lic.serial))
+        except InvalidArtifact:
+            raise _refuse("the runtime's key-exchange key is not a valid key") from None
+        if len(self.macs) >= _CACHE_LIMIT:
+            self.macs.clear()
+        self.macs[lic.serial] = (lic.container_key, MacKey(key))
+
+
+def verify_grant(firm_key: bytes, firm_code: int, product_code: int, nonce: bytes, reply: dict[str, Any],
+                 keys: ProofKeys | None = None) -> Verified:
+    """Check an access answer; return what it vouches for. `keys`: the connection's proof
+    keys, when the request carried them."""
     license_bytes = reply.get("license")
-    proof = reply.get("proof")
-    if type(license_bytes) is not bytes or type(proof) is not bytes:
+    if type(license_bytes) is not bytes or ("proof" not in reply and "mac" not in reply):
         raise _refuse("it carries no signed license or no proof of the container")
     lic = verify_license(firm_key, firm_code, license_bytes)
     if lic.item.get("product_code") != product_code:
         raise _refuse(f"the license is for product {lic.item.get('product_code')}, not {product_code}")
     if reply.get("container") not in (None, lic.serial) or reply.get("item") not in (None, lic.item_id):
         raise _refuse("the answer names another container or item than its license")
-    return verify_proof(lic, nonce, reply)
+    return verify_proof(lic, nonce, reply, keys)
 
 
-def verify_proof(verified: Verified | SignedLicense, nonce: bytes, reply: dict[str, Any]) -> Verified:
-    """Check the container's signature over the challenge, the handle and the state."""
+def verify_proof(verified: Verified | SignedLicense, nonce: bytes, reply: dict[str, Any],
+                 keys: ProofKeys | None = None) -> Verified:
+    """Check the container's proof over the challenge, the handle and the state: its
+    signature (which may open a proof key, see `ProofKeys`), or a MAC under the proof key
+    this connection agreed with that container."""
     lic = verified.license if isinstance(verified, Verified) else verified
-    proof = reply.get("proof")
     handle = reply.get("proof_handle", reply.get("handle"))
     units = reply.get("units")
     until = reply.get("valid_until")
-    if type(proof) is not bytes or type(handle) is not int:
+    if type(handle) is not int:
         raise _refuse("it carries no proof of the container")
     if units is not None and type(units) is not int:
         raise _refuse("the remaining units are not a number")
     if until is not None and type(until) is not int:
         raise _refuse("the validity end is not a time")
-    message = proof_message(nonce, handle, lic.serial, lic.firm_code, lic.item_id, units, until)
-    if not _signed_by(lic.container_key, message, proof):
-        raise _refuse("the container's signature over this program's challenge does not verify "
-                      "(the runtime or server may have been replaced)")
+    mac = reply.get("mac")
+    proof = reply.get("proof")
+    runtime_kx = reply.get("kx")
+    if mac is not None:
+        if proof is not None or runtime_kx is not None:
+            raise _refuse("it carries both a MAC and a signature")
+        kept = keys.macs.get(lic.serial) if keys is not None else None
+        if kept is None or kept[0] != lic.container_key:
+            raise _refuse(f"it carries a MAC, but no proof key was agreed with container {lic.serial} on this "
+                          "connection (the runtime or server may have been replaced)")
+        message = proof_message(nonce, handle, lic.serial, lic.firm_code, lic.item_id, units, until)
+        if type(mac) is not bytes or not kept[1].matches(message, mac):
+            raise _refuse("the container's MAC over this program's challenge does not verify "
+                          "(the runtime or server may have been replaced)")
+    else:
+        if type(proof) is not bytes:
+            raise _refuse("it carries no proof of the container")
+        if runtime_kx is None:
+            message = proof_message(nonce, handle, lic.serial, lic.firm_code, lic.item_id, units, until)
+        elif keys is None or type(runtime_kx) is not bytes:
+            raise _refuse("it answers a key exchange this program did not offer")
+        else:
+            message = proof_message_kx(nonce, handle, lic.serial, lic.firm_code, lic.item_id, units, until,
+                                       keys.public, runtime_kx)
+        if not _signed_by(lic.container_key, message, proof):
+            raise _refuse("the container's signature over this program's challenge does not verify "
+                          "(the runtime or server may have been replaced)")
     initial = lic.item.get("units")
     if units is not None and (initial is None or units > initial):
         raise _refuse("more units remain than the license ever had")
     expires = lic.item.get("expires_at")
     if expires is not None and until is not None and until > expires:
         raise _refuse("the validity end is later than the license's expiry")
+    if runtime_kx is not None and keys is not None:
+        keys.agree(lic, runtime_kx)
     return Verified(lic, units, until)
 
 
