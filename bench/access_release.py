@@ -12,7 +12,9 @@
      per connection and sends precomputed access frames (all the runtime requires: firm,
      product, mode), then a release of the handle it got;
    - runtime + proof: the same with a 32-byte challenge in the access, as the SDK sends it
-     (the runtime signs it with the container's key);
+     on a connection it has used (its exchange key, and the container whose agreed key it
+     holds): the runtime signs its first answer on each connection with the container's
+     key and proves the later ones with a MAC under the agreed key;
    - floor: a bare asyncio (uvloop) server answering the same frames with a dict of seats
      (bench/floor_server.py), same load client;
    - redis-py: Redis running the same semaphore as Lua (EVALSHA), called from redis-py
@@ -69,7 +71,7 @@ def pairs(args: argparse.Namespace, loadgen: Path, home: B.BenchHome, runtime: B
     """Part 1: every server at every concurrency, runs interleaved."""
     hello = B.hello_frame()
     plain = B.access_frame(home.firm, B.PAIR_PRODUCT)
-    proof = B.access_frame(home.firm, B.PAIR_PRODUCT, nonce=bytes(range(32)))
+    proof = B.access_frame(home.firm, B.PAIR_PRODUCT, nonce=bytes(range(32)), proof_key_for=home.serial)
 
     def once(server: str, conc: int) -> dict[str, Any]:
         if server == "redis-py":
@@ -337,7 +339,7 @@ def main() -> None:
     extra = B.table(["target", "measured", "ratio", "limit", ""],
                     [[t["target"], t["measured"], f"{t['ratio']:.2f}", t["limit"], t["verdict"]]
                      for t in doc["targets_with_proof"]])
-    text += ("\n\nThe same pair targets for the access as the SDK sends it (a challenge the runtime signs):\n"
+    text += ("\n\nThe same pair targets for the access as the SDK sends it (a challenge the runtime proves):\n"
              + extra)
     print(text)
     path = B.write_results("access_release", doc)

@@ -276,12 +276,21 @@ def hello_frame(program: str = "loadgen") -> bytes:
     return encode({"id": 1, "op": "hello", "versions": [1], "client": {"kind": "program", "program": program}})
 
 
-def access_frame(firm: int, product: int, *, nonce: bytes | None = None) -> bytes:
+def access_frame(firm: int, product: int, *, nonce: bytes | None = None, proof_key_for: str | None = None) -> bytes:
+    """An access frame; with `nonce`, a challenge to prove. With `proof_key_for` (a serial)
+    it also carries a program's exchange key and says it holds the key agreed for that
+    container, as the SDK does on a connection it has used: the runtime signs its first
+    answer on each connection and proves the later ones with a MAC (docs/protocol.md)."""
     from licentia.protocol.frames import encode
 
     msg: dict[str, Any] = {"id": 2, "op": "access", "firm": firm, "product": product, "mode": "per-access"}
     if nonce is not None:
         msg["nonce"] = nonce
+    if proof_key_for is not None:
+        from licentia.crypto import KeyAgreement
+
+        msg["kx"] = KeyAgreement().public
+        msg["keyed"] = [proof_key_for]
     return encode(msg)
 
 
