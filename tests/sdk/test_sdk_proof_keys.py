@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 from tests.runtime.harness import Procs, Runtime, Vendor, machine, make_home, open_container
+from tests.sdk.serving import Env, serve
 from tests.sdk.test_sdk_fake_runtime import (
     CONTAINER_KEY,
     FIRM,
@@ -54,32 +55,9 @@ class Signatures:
         monkeypatch.setattr(verify, "_signed_by", counted)
 
 
-class Env:
-    def __init__(self, home: Path, root: Path, vendor: Vendor, serial: str, runtime: Runtime) -> None:
-        self.home, self.root, self.vendor, self.serial, self.runtime = home, root, vendor, serial, runtime
-
-    def take(self, product: int = 7, **kw: Any) -> licentia.License:
-        return licentia.access(self.vendor.firm, product, firm_key=self.vendor.public_file, **kw)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    base = tmp_path_factory.mktemp("proof-keys")
-    root = machine(base / "machine")
-    vendor = Vendor(base / "vendor")
-    home = base / "home"
-    serial = make_home(home, root, vendor, [ProductItem(product_code=7, quantity=100, units=1000)])
-    procs = Procs()
-    mp = pytest.MonkeyPatch()
-    try:
-        runtime = Runtime(procs, home, root)
-        mp.setenv("LICENTIA_HOME", str(home))
-        mp.delenv("LICENTIA_RUNTIME", raising=False)
-        mp.delenv("LICENTIA_SERVER", raising=False)
-        yield Env(home, root, vendor, serial, runtime)
-    finally:
-        mp.undo()
-        procs.close()
+    yield from serve(tmp_path_factory.mktemp("proof-keys"), [ProductItem(product_code=7, quantity=100, units=1000)])
 
 
 def link_keys(lic: licentia.License) -> ProofKeys:

@@ -8,56 +8,28 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tests.runtime.harness import (
-    Procs,
-    Runtime,
-    Vendor,
-    machine,
-    make_home,
     open_container,
     put_items,
     wait_for,
 )
+from tests.sdk.serving import Env, serve
 
 import licentia
 from licentia.model import ErrorCode, LicentiaError, ProductItem
 from licentia.protocol.client import Client
 
 
-class Env:
-    def __init__(self, home: Path, root: Path, vendor: Vendor, serial: str, runtime: Runtime) -> None:
-        self.home, self.root, self.vendor, self.serial, self.runtime = home, root, vendor, serial, runtime
-
-    def take(self, product: int, **kw: object) -> licentia.License:
-        return licentia.access(self.vendor.firm, product, firm_key=self.vendor.public_file, **kw)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    base = tmp_path_factory.mktemp("sdk")
-    root = machine(base / "machine")
-    vendor = Vendor(base / "vendor")
-    home = base / "home"
-    serial = make_home(home, root, vendor, [
+    yield from serve(tmp_path_factory.mktemp("sdk"), [
         ProductItem(product_code=7, quantity=5, units=50, text="Acme Pro"),
         ProductItem(product_code=8, quantity=1),
         ProductItem(product_code=9, quantity=2, expires_at=int(time.time()) - 10),
         ProductItem(product_code=10, quantity=3),
     ])
-    procs = Procs()
-    mp = pytest.MonkeyPatch()
-    try:
-        runtime = Runtime(procs, home, root)
-        mp.setenv("LICENTIA_HOME", str(home))
-        mp.delenv("LICENTIA_RUNTIME", raising=False)
-        mp.delenv("LICENTIA_SERVER", raising=False)
-        yield Env(home, root, vendor, serial, runtime)
-    finally:
-        mp.undo()
-        procs.close()
 
 
 def test_with_block_info_decrement_and_release(env: Env) -> None:
