@@ -232,47 +232,40 @@ class UsageLog:
         seq, prev = self._seq, self._prev
         for item in pending:
             first = item[0]
+            ev: Event
+            t: str | None
             if first.__class__ is str:  # (template, event): `record_in`
-                known: str = first
-                done: Event = item[1]  # type: ignore[assignment]
-                seq += 1
-                handle = done.handle
-                if handle is None:
-                    line = (known % (seq, done.at, done.used, prev)).encode()
-                else:
-                    line = (known % (seq, done.at, handle, done.used, prev)).encode()
-                prev = sha256(line).hexdigest()
-                append(line)
-                append(b"\n")
-                continue
-            if item.__class__ is Event:
-                ev: Event = item
+                t = first
+                ev = item[1]  # type: ignore[assignment]
+            elif item.__class__ is Event:
+                ev = item
                 # the template, as `_Formatter.template` finds it (inline: this runs per entry)
                 holder = ev.holder
                 per = holders.get(id(holder))
-                handle = ev.handle
                 t = None
                 if per is not None and per[0] is holder:
-                    t = per[1].get((ev.key, ev.station, ev.kind, ev.mode, ev.reason, ev.code, handle is None))
+                    t = per[1].get((ev.key, ev.station, ev.kind, ev.mode, ev.reason, ev.code, ev.handle is None))
                 if t is None:
                     t = fmt.template(ev)
-                seq += 1
-                if handle is None:
-                    line = (t % (seq, ev.at, ev.used, prev)).encode()
-                else:
-                    line = (t % (seq, ev.at, handle, ev.used, prev)).encode()
-                prev = sha256(line).hexdigest()
-                append(line)
-                append(b"\n")
+            else:
+                event: Event | None = first  # type: ignore[assignment]
+                extra: dict[str, Any] | None = item[1]  # type: ignore[assignment]
+                self._seq, self._prev = seq, prev
+                fields = event_fields(event, extra) if event is not None else dict(extra or {})
+                fields.setdefault("at", round(time.time(), 3))
+                append(self._line(fields))
+                self._unsigned -= 1  # counted with the others below
+                seq, prev = self._seq, self._prev
                 continue
-            event: Event | None = first  # type: ignore[assignment]
-            extra: dict[str, Any] | None = item[1]  # type: ignore[assignment]
-            self._seq, self._prev = seq, prev
-            fields = event_fields(event, extra) if event is not None else dict(extra or {})
-            fields.setdefault("at", round(time.time(), 3))
-            append(self._line(fields))
-            self._unsigned -= 1  # counted with the others below
-            seq, prev = self._seq, self._prev
+            seq += 1
+            handle = ev.handle
+            if handle is None:
+                line = (t % (seq, ev.at, ev.used, prev)).encode()
+            else:
+                line = (t % (seq, ev.at, handle, ev.used, prev)).encode()
+            prev = sha256(line).hexdigest()
+            append(line)
+            append(b"\n")
         self._seq, self._prev = seq, prev
         self._unsigned += len(pending)
         self._write(b"".join(out))
