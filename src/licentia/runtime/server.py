@@ -610,8 +610,9 @@ class Runtime:
 
     # ================================================================== the hot path
     #
-    # The plain access, release and decrement of a program (no challenge, no options) are
-    # served here with the fewest steps. These do what op_access/_access_local, op_release
+    # The plain access, release and decrement of a program (no options; for an access, no
+    # challenge or the SDK's challenge with its exchange key) are served here with the
+    # fewest steps. These do what op_access/_access_local, op_release
     # and op_decrement do for that case, in the same order; whatever else a request needs
     # (other fields or clients, a refusal, a durable write, a token or cloud container, a
     # seat held on a server) returns None before anything changed, and the request takes
@@ -621,6 +622,7 @@ class Runtime:
         ident = conn.ident
         assert ident is not None
         n = len(msg)
+        proved = False
         if n == 4:
             mode = AccessMode.PER_ACCESS
         elif n == 5:
@@ -628,6 +630,18 @@ class Runtime:
             if type(name) is not str or name not in _MODES:
                 return None
             mode = _MODES[name]
+        elif n == 7 or n == 8:  # the SDK's: mode, a challenge and its exchange key, and `keyed` once it holds one
+            name = msg.get("mode")
+            nonce = msg.get("nonce")
+            if type(name) is not str or name not in _MODES or type(nonce) is not bytes or not nonce \
+                    or type(msg.get("kx")) is not bytes:
+                return None
+            if n == 8:
+                keyed = msg.get("keyed")
+                if type(keyed) is not list or not all(type(serial) is str for serial in keyed):
+                    return None
+            mode = _MODES[name]
+            proved = True
         else:
             return None
         rid = msg.get("id")
@@ -663,6 +677,9 @@ class Runtime:
             self.net_pids[grant.handle] = ident.pid
         if self._snapshot_handle is None:
             self._seats_changed()
+        if proved:  # the plan's container is this runtime's soft one: its key proves here
+            reply = self._proved_frame(msg, ld, entry, grant.handle, mode, ident.local, conn.proof_keys)
+            return reply if isinstance(reply, bytes) else encode(reply)
         hit = self._grant_tails.get((id(entry), mode, ident.local))
         if hit is not None and hit[0] is entry and hit[1] is ld:  # `_grant_frame`, inline
             pack = self._pack
