@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 # Loaded on first use, like licentia.model: a protected program pays only for what it calls.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,7 +75,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module 'licentia.crypto' has no attribute {name!r}")
-    value = getattr(importlib.import_module("licentia.crypto.recipes"), name)
+    # __import__, not importlib: importlib loads warnings, ~2 ms of a program's start
+    value = getattr(__import__("licentia.crypto.recipes", fromlist=(name,)), name)
     globals()[name] = value
     return value
 

@@ -8,8 +8,6 @@ error codes does not pay for the dataclasses of items and machines at start.
 
 from __future__ import annotations
 
-import importlib
-
 # Not `typing.TYPE_CHECKING`: importing typing alone costs a protected program ~20 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -102,7 +100,8 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'licentia.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"licentia.model.{module}"), name)
+    # __import__, not importlib: importlib loads warnings, ~2 ms of a program's start
+    value = getattr(__import__(f"licentia.model.{module}", fromlist=(name,)), name)
     globals()[name] = value
     return value
 
