@@ -90,3 +90,12 @@ def test_the_blocking_client_imports_neither_asyncio_nor_ssl_nor_cryptography() 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "True"
+
+
+def test_the_access_modes_on_the_wire_are_the_models_and_the_client_does_not_load_the_enums() -> None:
+    from licentia.model import AccessMode
+    from licentia.protocol.messages import MODES
+
+    assert tuple(m.value for m in AccessMode) == MODES
+    code = "import sys, licentia.protocol.client\nprint('licentia.model.states' in sys.modules)\n"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

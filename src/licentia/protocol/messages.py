@@ -10,7 +10,7 @@ shows each message with an example.
 
 from __future__ import annotations
 
-from licentia.model import AccessMode, ErrorCode
+from licentia.model import ErrorCode
 from licentia.protocol.frames import Message, ProtocolError
 
 # A protected program imports this at start: typing only for the type checker.
@@ -48,7 +48,9 @@ CLIENT_KINDS: Final = ("program", "runtime", "admin")
 # session kinds, as licentia.model.SessionKind values
 SESSION_KINDS: Final = ("local console", "remote desktop", "terminal server session")
 
-MODES: Final = tuple(m.value for m in AccessMode)
+# licentia.model.AccessMode's values, spelled out: the enum's module is not loaded at a
+# protected program's start for this (tests/protocol checks that they agree)
+MODES: Final = ("per-access", "per-station", "none", "exclusive")
 
 # ---------------------------------------------------------------- field specs
 #
