@@ -21,6 +21,7 @@ SoftHSM2 reads $SOFTHSM2_CONF when the module is initialised. A process that cha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -96,7 +97,12 @@ def _attribute_mapper() -> AttributeMapper:
 
 # -- modules ------------------------------------------------------------------------------
 
-_lock = threading.Lock()
+# python-pkcs11 initialises a module with C_Initialize(NULL): that tells the module the
+# application never calls it from two threads at once, so it does no locking of its own
+# (SoftHSM2 then corrupts its heap when, say, a runtime's scan and a signature overlap).
+# Every call into a module from this process therefore holds this lock. Re-entrant: the
+# functions below call each other.
+_lock = threading.RLock()
 _conf_at_init: dict[str, str | None] = {}
 
 
@@ -233,10 +239,11 @@ def list_tokens(module: str | os.PathLike[str] | None = None) -> list[TokenInfo]
     lib = load_module(module)
     found: list[TokenInfo] = []
     try:
-        for slot in lib.get_slots(token_present=True):
-            info = _info(slot.get_token())
-            if info.initialized:
-                found.append(info)
+        with _lock:
+            for slot in lib.get_slots(token_present=True):
+                info = _info(slot.get_token())
+                if info.initialized:
+                    found.append(info)
     except p11e.PKCS11Error as exc:
         raise _failure("listing tokens", exc) from None
     return found
@@ -245,7 +252,8 @@ def list_tokens(module: str | os.PathLike[str] | None = None) -> list[TokenInfo]
 def find_token(lib: Module, *, label: str | None = None, slot: int | None = None) -> pkcs11.Token:
     """The token with this label or in this slot; the only token when neither is given."""
     try:
-        tokens = [s.get_token() for s in lib.get_slots(token_present=True)]
+        with _lock:
+            tokens = [s.get_token() for s in lib.get_slots(token_present=True)]
     except p11e.PKCS11Error as exc:
         raise _failure("listing tokens", exc) from None
     tokens = [t for t in tokens if int(t.flags) & TokenFlag.TOKEN_INITIALIZED]
@@ -337,7 +345,8 @@ def open_session(
             "no PIN was tried",
         )
     try:
-        session = token.open(rw=rw, user_pin=pin, attribute_mapper=_attribute_mapper())
+        with _lock:
+            session = token.open(rw=rw, user_pin=pin, attribute_mapper=_attribute_mapper())
     except p11e.PinIncorrect:
         flags = _fresh_flags(lib, info)
         code = ErrorCode.PIN_LOCKED if pin_state(flags) == "locked" else ErrorCode.PIN_INCORRECT
@@ -366,7 +375,7 @@ def open_session(
     try:
         yield TokenSession(session, _info(token))
     finally:
-        with suppress(p11e.PKCS11Error):
+        with _lock, suppress(p11e.PKCS11Error):
             session.close()
 
 
@@ -385,21 +394,23 @@ def open_public_session(
     lib = load_module(module)
     token = find_token(lib, label=label, slot=slot)
     try:
-        session = token.open(rw=False, attribute_mapper=_attribute_mapper())
+        with _lock:
+            session = token.open(rw=False, attribute_mapper=_attribute_mapper())
     except p11e.PKCS11Error as exc:
         raise _failure(f"opening token '{token.label}'", exc) from None
     try:
         yield TokenSession(session, _info(token))
     finally:
-        with suppress(p11e.PKCS11Error):
+        with _lock, suppress(p11e.PKCS11Error):
             session.close()
 
 
 def _fresh_flags(lib: Module, info: TokenInfo) -> int:
     try:
-        for slot in lib.get_slots(token_present=True):
-            if int(slot.slot_id) == info.slot_id:
-                return int(slot.get_token().flags)
+        with _lock:
+            for slot in lib.get_slots(token_present=True):
+                if int(slot.slot_id) == info.slot_id:
+                    return int(slot.get_token().flags)
     except p11e.PKCS11Error:
         pass
     return info.flags
@@ -952,6 +963,22 @@ class TokenSession:
 
 
 # -- encodings ----------------------------------------------------------------------------
+
+
+def _serialised(method: Any) -> Any:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with _lock:
+            return method(*args, **kwargs)
+
+    return call
+
+
+# every call of a session into its module holds `_lock` (see there)
+for _name, _method in list(vars(TokenSession).items()):
+    if callable(_method) and not _name.startswith("__"):
+        setattr(TokenSession, _name, _serialised(_method))
+del _name, _method
 
 
 def _int_bytes(value: int) -> bytes:
