@@ -87,7 +87,7 @@ name_values = st.text(
     st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp")),
     min_size=1,
     max_size=30,
-).filter(lambda s: s.strip() == s and not s.startswith("#"))
+).filter(lambda s: s.strip() == s and not s.startswith("#") and len(s.encode()) <= 64)  # a CN's limit, in UTF-8 bytes
 
 
 @given(name_values, name_values)
@@ -98,6 +98,12 @@ def test_subject_text_round_trip(cn: str, org: str) -> None:
     typed = f"CN={esc(cn)},O={esc(org)}"
     der = parse_subject(typed)
     assert parse_subject(subject_text(der)) == der
+
+
+def test_a_common_name_over_64_bytes_is_refused_with_the_limit() -> None:
+    with pytest.raises(LicentiaError) as caught:
+        parse_subject("CN=" + "\U00010000" * 17)  # 17 characters, 68 bytes
+    assert caught.value.code is ErrorCode.INVALID_PARAMETER and "64" in caught.value.message
 
 
 def test_openssl_and_rfc4514_notation_agree() -> None:
