@@ -995,12 +995,7 @@ class Runtime:
             reply["usage_started_at"] = state.usage_started_at
         nonce = msg.get("nonce")
         if nonce:
-            if keys is not None and ld.serial not in self.containers.external:
-                reply.update(keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, state.units_remaining,
-                                        until))
-            else:
-                reply["proof"] = make_proof(ld.content, nonce, handle, msg["firm"], entry.item_id,
-                                            state.units_remaining, until)
+            reply.update(self._proof(keys, ld, msg, handle, msg["firm"], entry.item_id, state.units_remaining, until))
         return reply
 
     def _grant_frame(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
@@ -1024,6 +1019,15 @@ class Runtime:
             hit = self._grant_tails[ck] = (entry, ld, bytes((0x80 | (len(rest) + 2),)) + b"\xa2id",
                                            self._pack(rest)[1:])
         return _frame(hit[2], self._pack(msg["id"]), b"\xa6handle", self._pack(handle), hit[3])
+
+    def _proof(self, keys: ProofKeys | None, ld: Loaded, msg: Message, handle: int, firm: int, item_id: int,
+               units: int | None, until: int | None) -> dict[str, bytes]:
+        """The proof fields of an answer to `msg` (which carries a `nonce`): under the
+        connection's proof keys for this runtime's soft containers; the container's
+        signature for the others (a cloud container's key proves, as ever)."""
+        if keys is not None and ld.serial not in self.containers.external:
+            return keys.prove(ld.content, msg, handle, firm, item_id, units, until)
+        return {"proof": make_proof(ld.content, msg["nonce"], handle, firm, item_id, units, until)}
 
     def _proved_frame(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode, local: bool,
                       keys: ProofKeys) -> Message | bytes:
@@ -1238,11 +1242,7 @@ class Runtime:
                 entry = ld.content.firms[key.firm_code].items[key.item_id]
                 until = valid_until(entry.item, entry.state)
                 out["valid_until"] = until
-                if keys is not None and ld.serial not in self.containers.external:
-                    out.update(keys.prove(ld.content, msg, sess.handle, key.firm_code, key.item_id, remaining, until))
-                else:
-                    out["proof"] = make_proof(ld.content, nonce, sess.handle, key.firm_code, key.item_id, remaining,
-                                              until)
+                out.update(self._proof(keys, ld, msg, sess.handle, key.firm_code, key.item_id, remaining, until))
             return out
 
         fut: asyncio.Future[Message | bytes] = ld.writer.submit(
@@ -1302,12 +1302,8 @@ class Runtime:
             if key.container in self.tokens.held:
                 return self.tokens.prove_reply(reply, ld, nonce, handle, key.firm_code, key.item_id,
                                                entry.state.units_remaining, until)
-            if key.container in self.containers.external:  # a cloud container: its signature, as ever
-                reply["proof"] = make_proof(ld.content, nonce, handle, key.firm_code, key.item_id,
-                                            entry.state.units_remaining, until)
-            else:
-                reply.update(conn.proof_keys.prove(ld.content, msg, handle, key.firm_code, key.item_id,
-                                                   entry.state.units_remaining, until))
+            reply.update(self._proof(conn.proof_keys, ld, msg, handle, key.firm_code, key.item_id,
+                                     entry.state.units_remaining, until))
         return reply
 
     def _gone_reply(self, rid: int, handle: int) -> Message:
