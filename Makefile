@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck contracts pytest bench setup system clean
+.PHONY: run test lint typecheck contracts pytest bench setup system native pure clean
 
-setup: system $(STAMP)
+setup: system $(STAMP) native
 
 system:
 	@bash scripts/system-packages.sh
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[runtime,token,central,dev]'
 	@touch $(STAMP)
+
+# the license path compiled with mypyc (pure Python when no compiler is at hand)
+native: $(STAMP)
+	@$(BIN)/python scripts/build_native.py
+
+pure: $(STAMP)
+	@$(BIN)/python scripts/build_native.py --remove
 
 run: setup
 	@$(BIN)/licentia demo
@@ -38,4 +45,5 @@ bench: setup
 	$(BIN)/python bench/run_all.py
 
 clean:
+	-@test -x $(BIN)/python && $(BIN)/python scripts/build_native.py --remove
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

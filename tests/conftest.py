@@ -11,3 +11,10 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_sessionstart(session: object) -> None:
+    # compiled modules older than their sources would test old code (see licentia.native)
+    from licentia import native
+
+    native.check()

@@ -231,8 +231,9 @@ class SeatRefused(LicentiaError):
         self.event = event
 
 
-def check_client_timeout(seconds: float) -> float:
-    """Validate a network-client timeout an administrator sets (at least 5 s)."""
+def check_client_timeout(seconds: object) -> float:
+    """Validate a network-client timeout an administrator sets (at least 5 s); `seconds` may
+    be anything a configuration file holds."""
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"client timeout {seconds!r} is not a number of seconds")
     if seconds < MIN_CLIENT_TIMEOUT:

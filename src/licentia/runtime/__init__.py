@@ -29,7 +29,10 @@ __all__ = ["RuntimeConfig", "RuntimeHome", "serve"]
 def serve(home: Path, config: RuntimeConfig, *, machine_root: Path = Path("/"), environ: Any = None,
           on_ready: Callable[[Any], None] | None = None) -> None:
     """Run a runtime in the foreground until SIGTERM or SIGINT."""
+    from licentia import native
     from licentia.binding import collect_fingerprint
+
+    native.check()  # before the import: a compiled module older than its source must not run
     from licentia.runtime.server import Runtime
 
     fingerprint = collect_fingerprint(machine_root, environ=environ)

@@ -474,7 +474,7 @@ class Runtime:
             server = await loop.create_server(lambda: Connection(self, "local"), config.local_address,
                                               config.local_port, backlog=backlog, reuse_address=True)
             self._servers.append(server)
-            self.ports["local_port"] = server.sockets[0].getsockname()[1]
+            self.ports["local_port"] = _bound_port(server)
             self.ports["local_address"] = config.local_address
         if config.network:
             from licentia.runtime.tlsfiles import certificate_pin, server_context, server_files
@@ -486,7 +486,7 @@ class Runtime:
                                               config.network_port, ssl=ctx, backlog=backlog, reuse_address=True,
                                               ssl_handshake_timeout=10.0)
             self._servers.append(server)
-            port = server.sockets[0].getsockname()[1]
+            port = _bound_port(server)
             self.ports["network_port"] = port
             self.ports["network_address"] = config.network_address
             self.ports["certificate_pin"] = self.certificate_pin
@@ -502,7 +502,7 @@ class Runtime:
             server = await loop.create_server(lambda: StatusHTTP(self), config.http_address, config.http_port,
                                               reuse_address=True)
             self._servers.append(server)
-            self.ports["http_port"] = server.sockets[0].getsockname()[1]
+            self.ports["http_port"] = _bound_port(server)
             self.ports["http_address"] = config.http_address
 
     def _write_status(self) -> None:
@@ -1673,7 +1673,7 @@ class Runtime:
                 hold = RemoteHold.from_list(raw)
                 self.remote[hold.handle] = hold
             self.next_remote = max(int(doc.get("next_remote", REMOTE_BASE)), REMOTE_BASE,
-                                   *(h + 1 for h in self.remote))
+                                   *[h + 1 for h in self.remote])
             self.net_pids = {int(h): int(p) for h, p in doc.get("net_pids", []) if int(h) in self.seats}
         except (LicentiaError, ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
             broken = path.with_name(f"{path.name}.damaged")
@@ -1695,6 +1695,13 @@ _Plan = tuple[int, int, Loaded, Any, ItemKey, int | None]
 _FRAME_HEAD = struct.Struct(">IB")  # licentia.protocol.frames: length, version byte
 _OK_HEAD = b"\x82\xa2id"  # {"id": ..., "ok": True}
 _OK_TAIL = b"\xa2ok\xc3"
+
+
+def _bound_port(server: asyncio.AbstractServer) -> int:
+    # uvloop's `sockets` is a list where asyncio's is a tuple: read it untyped, since the
+    # compiled module checks declared types
+    sockets: Any = getattr(server, "sockets")  # noqa: B009
+    return int(sockets[0].getsockname()[1])
 
 
 def _frame(*parts: bytes) -> bytes:

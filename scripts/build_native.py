@@ -1,0 +1,121 @@
+"""Compile the license path (seat table, usage log, runtime server) to C extensions with mypyc.
+
+The compiled modules are built from the very same Python sources, so there is no second
+implementation to keep in step: without a C compiler, or when the build fails, licentia
+runs the pure-Python modules and behaves the same, only slower. Compiling takes the
+interpreter out of the per-request work of `licentia runtime serve` (docs/performance.md).
+
+The extensions land next to their sources (src/licentia/.../NAME.cpython-*.so), where
+Python imports them in preference to NAME.py. So that an edited source is never shadowed
+by an older extension, `src/licentia/_native.json` records the SHA-256 of each source the
+extensions were built from; this script rebuilds when one differs, and
+`licentia.native.stale()` reports a difference to whoever imports the modules.
+
+    python scripts/build_native.py           build when a source changed (fast when not)
+    python scripts/build_native.py --remove  delete the extensions: pure Python again
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+MANIFEST = SRC / "licentia" / "_native.json"
+# the modules whose code runs on every access and release (see docs/performance.md)
+MODULES = ("licentia.core.seats", "licentia.runtime.usagelog", "licentia.runtime.server")
+GROUP = "licentia._native"  # the shared library of the group: src/licentia/_native__mypyc.*.so
+
+
+def source(module: str) -> Path:
+    return SRC.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def built_files() -> list[Path]:
+    """Every extension this script may have written (any Python version's)."""
+    out = [p for m in MODULES for p in source(m).parent.glob(source(m).stem + ".*.so")]
+    out += list((SRC / "licentia").glob("_native__mypyc.*.so"))
+    return out
+
+
+def remove() -> None:
+    for path in built_files():
+        path.unlink()
+    MANIFEST.unlink(missing_ok=True)
+
+
+def up_to_date(wanted: dict[str, str]) -> bool:
+    try:
+        recorded = json.loads(MANIFEST.read_text())
+    except (OSError, ValueError):
+        return False
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    return recorded.get("sources") == wanted and recorded.get("suffix") == suffix and all(
+        source(m).with_name(source(m).stem + suffix).exists() for m in MODULES)
+
+
+def build() -> None:
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    paths = [str(source(m)) for m in MODULES]
+    with tempfile.TemporaryDirectory(prefix="licentia-native-") as tmp:
+        cwd = Path.cwd()
+        os.chdir(tmp)  # away from pyproject.toml: this build is not the package's
+        try:
+            extensions = mypycify(paths, opt_level="3", group_name=GROUP, target_dir=str(Path(tmp) / "c"))
+            setup(name="licentia-native", ext_modules=extensions,
+                  script_args=["-q", "build_ext", "--build-temp", str(Path(tmp) / "o"),
+                               "--build-lib", str(Path(tmp) / "lib")])
+        finally:
+            os.chdir(cwd)
+        lib = Path(tmp) / "lib"
+        for built in lib.rglob("*.so"):
+            rel = built.relative_to(lib)
+            target = SRC / rel
+            if not str(rel).startswith("licentia" + os.sep):
+                raise RuntimeError(f"mypyc wrote {rel}, outside the licentia package")
+            tmp_target = target.with_name(target.name + ".tmp")
+            shutil.copyfile(built, tmp_target)
+            tmp_target.replace(target)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--remove", action="store_true", help="delete the compiled modules")
+    args = parser.parse_args()
+    if args.remove:
+        remove()
+        print("licentia: compiled modules removed; the pure-Python modules run")
+        return 0
+    wanted = {m: digest(source(m)) for m in MODULES}
+    if up_to_date(wanted):
+        return 0
+    remove()  # never leave an extension that does not match its source
+    try:
+        build()
+    except (Exception, SystemExit) as exc:  # no compiler, no headers, a mypyc error: Python still works
+        remove()
+        print(f"licentia: the compiled modules were not built ({exc}); the pure-Python modules run, "
+              "slower (docs/performance.md)", file=sys.stderr)
+        return 0
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    MANIFEST.write_text(json.dumps({"sources": wanted, "suffix": suffix}, indent=1) + "\n")
+    print(f"licentia: compiled {', '.join(MODULES)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
