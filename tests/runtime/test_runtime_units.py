@@ -345,18 +345,24 @@ def test_server_search_list_keeps_order_and_no_duplicates(tmp_path_factory: pyte
 
 
 @given(st.text(max_size=20), st.text(max_size=20), st.text(max_size=20), st.sampled_from(list(EventKind)),
-       st.one_of(st.none(), st.integers(0, 2**40)), st.integers(1, 2**40))
-@example("100% %s %d %%", "%(x)s", "h%", EventKind.DENY, 5, 1)
+       st.one_of(st.none(), st.integers(0, 2**40)), st.integers(1, 2**40),
+       st.floats(1e9, 4e9, allow_nan=False) | st.integers(10**9, 4 * 10**9).map(lambda s: s + 0.0005))
+@example("100% %s %d %%", "%(x)s", "h%", EventKind.DENY, 5, 1, 1_700_000_000.9996)
 def test_the_fast_log_formatter_writes_what_json_would(program: str, user: str, host: str, kind: EventKind,
-                                                       handle: int | None, seq: int) -> None:
+                                                       handle: int | None, seq: int, at: float) -> None:
     from licentia.runtime.usagelog import _Formatter, event_fields
 
     holder = Holder.local(Station(host or "h", "", user), 7, 1.0, program=program, user=user, host=host)
     ev = event(1, kind)._replace(holder=holder, station=holder.process.station if holder.process else Station("h"),
-                                 handle=handle)
+                                 handle=handle, at=at)
     formatter = _Formatter()
     prev = os.urandom(32).hex()
     for _ in range(2):  # the template made, then the template kept
-        fast = json.loads(formatter.line(ev, seq, prev))
+        raw = formatter.line(ev, seq, prev)
+        fast = json.loads(raw)
         slow = {"seq": seq, **event_fields(ev), "prev": prev}
+        # "at" has exactly three decimals, the nearest millisecond (json.dumps would print round(at, 3))
+        written = re.search(rb'"at":(\d+)\.(\d{3}),', raw)
+        assert written is not None and abs(int(written[1]) * 1000 + int(written[2]) - at * 1000) <= 0.5 + 1e-3
+        assert abs(fast.pop("at") - slow.pop("at")) < 0.0011  # they may round a tie apart
         assert fast == slow and list(fast) == list(slow)

@@ -92,7 +92,7 @@ from licentia.runtime.searchlist import Discovered, DiscoveryResponder, read_lis
 from licentia.runtime.sync import CentralSync
 from licentia.runtime.tokens import REMOVED, RuntimeContainers, RuntimeTokens
 from licentia.runtime.upstream import Upstream, unreachable
-from licentia.runtime.usagelog import UsageLog
+from licentia.runtime.usagelog import LineTemplate, UsageLog
 from licentia.sdk.proof import station_host_id
 
 REMOTE_BASE = 1 << 40  # local handles of seats held on a network server start here
@@ -200,7 +200,7 @@ class Connection(asyncio.Protocol):
         self.number = 0
         # usage-log templates of this client's grants (True) and releases (False) per item
         # and mode: its holder and station are the same on every line (see `_hot_access`)
-        self.log_lines: dict[tuple[ItemKey, AccessMode, bool], str] = {}
+        self.log_lines: dict[tuple[ItemKey, AccessMode, bool], LineTemplate] = {}
         self.proof_keys = ProofKeys()  # agreed with the program for its challenges (licentia.sdk.proof)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
