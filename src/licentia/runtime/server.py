@@ -185,9 +185,13 @@ class RemoteHold:
                    Station(*station), int(firm), int(product), str(mode), str(container), int(item), float(since))
 
 
-class Connection(asyncio.Protocol):
+class Connection:
     """One client connection: frames in, replies out, requests handled in arrival order
-    (a request that waits for the disk or a server does not hold up the others)."""
+    (a request that waits for the disk or a server does not hold up the others).
+
+    An asyncio protocol by its methods, not by inheritance: a class without a Python base
+    compiles to a native class (licentia.native), whose attributes the license path reads
+    directly rather than from a __dict__."""
 
     def __init__(self, runtime: Runtime, listener: str) -> None:
         self.runtime = runtime
@@ -221,8 +225,22 @@ class Connection(asyncio.Protocol):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        # the usual read: exactly one whole, good frame, and nothing held back from before
+        # (FrameDecoder.feed's first step, here where it compiles with the rest of the path)
+        decoder = self.decoder
+        end = len(data)
+        if end > 5 and type(data) is bytes and decoder.idle():
+            length, version = _FRAME_HEAD_unpack_from(data)
+            if length + 4 == end and version == VERSION_BYTE and length <= decoder.max_frame:
+                try:
+                    one = _unpackb(data[5:])
+                except Exception:
+                    one = None  # the decoder below says what is wrong
+                if type(one) is dict and type(one.get("id")) is int:
+                    self.runtime.dispatch(self, one)
+                    return
         try:
-            msgs = self.decoder.feed(data)
+            msgs = decoder.feed(data)
         except ProtocolError as exc:
             for msg in exc.messages:
                 self.runtime.dispatch(self, msg)
@@ -253,6 +271,19 @@ class Connection(asyncio.Protocol):
             t.write(encode(reply))
         except ProtocolError as exc:
             t.write(encode(error_reply(reply.get("id", CONNECTION_ID), exc.code, exc.message)))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the connection (what asyncio.Protocol does)
+
+    def pause_writing(self) -> None:
+        pass  # replies are small and a client reads them; nothing to hold back
+
+    def resume_writing(self) -> None:
+        pass
+
+    def protocol(self) -> asyncio.Protocol:
+        """This connection as the asyncio protocol it acts as."""
+        return self  # type: ignore[return-value]  # duck-typed, see the class's docstring
 
     def connection_lost(self, exc: Exception | None) -> None:
         rt = self.runtime
@@ -466,12 +497,12 @@ class Runtime:
             path = config.path(home.path, config.socket)
             if path.is_socket() or path.exists():
                 path.unlink()
-            server = await loop.create_unix_server(lambda: Connection(self, "unix"), os.fspath(path), backlog=backlog)
+            server = await loop.create_unix_server(lambda: Connection(self, "unix").protocol(), os.fspath(path), backlog=backlog)
             os.chmod(path, 0o666)
             self._servers.append(server)
             self.ports["socket"] = str(path)
         if config.local_port >= 0:
-            server = await loop.create_server(lambda: Connection(self, "local"), config.local_address,
+            server = await loop.create_server(lambda: Connection(self, "local").protocol(), config.local_address,
                                               config.local_port, backlog=backlog, reuse_address=True)
             self._servers.append(server)
             self.ports["local_port"] = _bound_port(server)
@@ -482,7 +513,7 @@ class Runtime:
             cert, key = server_files(home, config)
             ctx = server_context(cert, key)
             self.certificate_pin = certificate_pin(cert)
-            server = await loop.create_server(lambda: Connection(self, "network"), config.network_address,
+            server = await loop.create_server(lambda: Connection(self, "network").protocol(), config.network_address,
                                               config.network_port, ssl=ctx, backlog=backlog, reuse_address=True,
                                               ssl_handshake_timeout=10.0)
             self._servers.append(server)
@@ -1693,6 +1724,8 @@ class Runtime:
 _Plan = tuple[int, int, Loaded, Any, ItemKey, int | None]
 
 _FRAME_HEAD = struct.Struct(">IB")  # licentia.protocol.frames: length, version byte
+_FRAME_HEAD_unpack_from = _FRAME_HEAD.unpack_from
+_unpackb = msgpack.unpackb
 _OK_HEAD = b"\x82\xa2id"  # {"id": ..., "ok": True}
 _OK_TAIL = b"\xa2ok\xc3"
 
