@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/access_release.py            (about 5 minutes; --quick: about 2)
 
+The runtime runs whatever `make native` left in place: its compiled license path, or pure
+Python after `make pure` (the report's header says which).
+
 1. access+release pairs per second and p50/p99 of a pair with 1, 10 and 100 connections
    over loopback TCP, 1 request in flight per connection, closed loop, warm-up then a fixed
    window, median of the runs (repetitions are the outer loop, so drift hits every server
@@ -144,7 +147,7 @@ def report(args: argparse.Namespace, doc: dict[str, Any]) -> str:
     out = [f"licentia runtime benchmark  {doc['date']}  revision {doc['revision']}",
            f"{doc['cpu']} x {v['cpus']}; Python {v['python']}, msgpack {v['msgpack']}, uvloop {v['uvloop']}, "
            f"cryptography {v['cryptography']}; redis-server {v.get('redis-server', '-')}, redis-py {v['redis']}, "
-           f"hiredis {v['hiredis']}",
+           f"hiredis {v['hiredis']}; compiled license path: {v.get('compiled', 'none')}",
            f"servers on CPU {B.SERVER_CPU}, load on CPU {B.LOAD_CPU}; each figure the median of {args.runs} run(s) of "
            f"{args.warmup:g} s warm-up + {args.window:g} s window; 1 request in flight per connection", ""]
 

@@ -377,6 +377,10 @@ def versions() -> dict[str, str]:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = "-"
+    from licentia import native
+
+    # which of the license path's modules run compiled (scripts/build_native.py), or "none"
+    out["compiled"] = ", ".join(m.rsplit(".", 1)[1] for m in sorted(native.compiled())) or "none"
     redis = shutil.which("redis-server")
     if redis:
         with contextlib.suppress(OSError, subprocess.SubprocessError):

@@ -14,7 +14,13 @@ needs=(
   "pg_ctl|/usr/lib/postgresql/15/bin/pg_ctl postgresql"
   "chromium chromium"
   "chromedriver chromium-driver"
+  "gcc gcc"
 )
+# the C compiler and the Python headers build the compiled license path (scripts/build_native.py)
+py_include=$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
+if [[ -n "$py_include" ]]; then
+  needs+=("$py_include/Python.h python3-dev")
+fi
 
 have() {
   local alt

@@ -185,6 +185,9 @@ class RemoteHold:
                    Station(*station), int(firm), int(product), str(mode), str(container), int(item), float(since))
 
 
+_NO_LINE = LineTemplate("", "", "", "", False)  # a placeholder: never used while its key is None
+
+
 class Connection:
     """One client connection: frames in, replies out, requests handled in arrival order
     (a request that waits for the disk or a server does not hold up the others).
@@ -205,6 +208,13 @@ class Connection:
         # usage-log templates of this client's grants (True) and releases (False) per item
         # and mode: its holder and station are the same on every line (see `_hot_access`)
         self.log_lines: dict[tuple[ItemKey, AccessMode, bool], LineTemplate] = {}
+        # the last of them used, checked by identity before the dict (an enum in a key hashes slowly)
+        self.granted_key: ItemKey | None = None
+        self.granted_mode: AccessMode | None = None
+        self.granted_line = _NO_LINE
+        self.released_key: ItemKey | None = None
+        self.released_mode: AccessMode | None = None
+        self.released_line = _NO_LINE
         self.proof_keys = ProofKeys()  # agreed with the program for its challenges (licentia.sdk.proof)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -272,6 +282,11 @@ class Connection:
         except ProtocolError as exc:
             t.write(encode(error_reply(reply.get("id", CONNECTION_ID), exc.code, exc.message)))
 
+    def forget_log_lines(self) -> None:
+        """Drop the kept line templates (they name the holder and station of the client)."""
+        self.log_lines.clear()
+        self.granted_key = self.released_key = None
+
     def eof_received(self) -> bool | None:
         return None  # close the connection (what asyncio.Protocol does)
 
@@ -336,7 +351,7 @@ class Runtime:
         self._snapshot_handle: asyncio.TimerHandle | None = None
         self._log_timer: asyncio.TimerHandle | None = None
         # encoded grant replies without id and handle, per item state (see `_grant_frame`)
-        self._grant_tails: dict[tuple[int, AccessMode, bool], tuple[Any, Loaded, bytes, bytes]] = {}
+        self._grant_tails: dict[tuple[int, int, bool], tuple[Any, Loaded, bytes, bytes]] = {}
         self._pack = msgpack.Packer().pack  # the loop's own: a Packer is not thread-safe
         self._local_first = config.order in ("local", "local-first")  # where a plain access looks first
         self._plans: dict[tuple[int, int, bool], _Plan] = {}  # see `_plan`
@@ -697,11 +712,15 @@ class Runtime:
         ev = grant.events[0]
         log = self.log
         assert log is not None
-        lines = conn.log_lines
-        t = lines.get((key, mode, True))
-        if t is None:
-            t = lines[(key, mode, True)] = log.template(ev)
-        log.record_in(t, ev)
+        if key is conn.granted_key and mode is conn.granted_mode:  # as the last grant on this connection
+            log.record_in(conn.granted_line, ev)
+        else:
+            lines = conn.log_lines
+            t = lines.get((key, mode, True))
+            if t is None:
+                t = lines[(key, mode, True)] = log.template(ev)
+            conn.granted_key, conn.granted_mode, conn.granted_line = key, mode, t
+            log.record_in(t, ev)
         self.recent_seq += 1
         self.recent.append((self.recent_seq, ev))
         if ident.pid is not None and ident.holder.process is None:
@@ -711,7 +730,7 @@ class Runtime:
         if proved:  # the plan's container is this runtime's soft one: its key proves here
             reply = self._proved_frame(msg, ld, entry, grant.handle, mode, ident.local, conn.proof_keys)
             return reply if isinstance(reply, bytes) else encode(reply)
-        hit = self._grant_tails.get((id(entry), mode, ident.local))
+        hit = self._grant_tails.get((id(entry), id(mode), ident.local))
         if hit is not None and hit[0] is entry and hit[1] is ld:  # `_grant_frame`, inline
             pack = self._pack
             return _frame(hit[2], pack(rid), b"\xa6handle", pack(grant.handle), hit[3])
@@ -777,12 +796,16 @@ class Runtime:
         if ev.holder is ident.holder and ev.station is ident.station:
             # a handle this connection took: its line differs from the last one only in
             # time, handle and seats in use (one re-attached after a restart may not)
-            lines = conn.log_lines
-            sk = (ev.key, ev.mode, False)
-            t = lines.get(sk)
-            if t is None:
-                t = lines[sk] = log.template(ev)
-            log.record_in(t, ev)
+            if ev.key is conn.released_key and ev.mode is conn.released_mode:
+                log.record_in(conn.released_line, ev)
+            else:
+                lines = conn.log_lines
+                sk = (ev.key, ev.mode, False)
+                t = lines.get(sk)
+                if t is None:
+                    t = lines[sk] = log.template(ev)
+                conn.released_key, conn.released_mode, conn.released_line = ev.key, ev.mode, t
+                log.record_in(t, ev)
         else:
             log.record(ev)
         self.recent_seq += 1
@@ -805,7 +828,7 @@ class Runtime:
         c: dict[str, Any] = msg["client"]
         kind = c.get("kind", "program")
         conn.ident = self._identify(conn, c, kind)
-        conn.log_lines.clear()
+        conn.forget_log_lines()
         ident = conn.ident
         return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
                 "client_id": ident.client_id, "timeout": self.config.client_timeout,
@@ -1038,7 +1061,7 @@ class Runtime:
             if keys is not None and ld.serial not in self.containers.external:
                 return self._proved_frame(msg, ld, entry, handle, mode, local, keys)
             return self._grant_reply(msg, ld, entry, handle, mode, local)
-        ck = (id(entry), mode, local)
+        ck = (id(entry), id(mode), local)  # modes are singletons; an enum hashes slowly
         hit = self._grant_tails.get(ck)
         if hit is None or hit[0] is not entry or hit[1] is not ld:
             reply = self._grant_reply(msg, ld, entry, handle, mode, local)
@@ -1069,7 +1092,7 @@ class Runtime:
         proved = keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, state.units_remaining,
                             valid_until(entry.item, state))
         bare: Message = {"id": msg["id"]}  # the kept part carries no proof
-        ck = (id(entry), mode, local)
+        ck = (id(entry), id(mode), local)  # modes are singletons; an enum hashes slowly
         hit = self._grant_tails.get(ck)
         if hit is None or hit[0] is not entry or hit[1] is not ld:
             self._grant_frame(bare, ld, entry, handle, mode, local)

@@ -251,7 +251,6 @@ class UsageLog:
         out: list[bytes] = []
         append = out.append
         fmt = self._format
-        text = fmt.text
         sha256 = hashlib.sha256
         seq, prev = self._seq, self._prev
         for item in pending:
@@ -275,7 +274,7 @@ class UsageLog:
                     seq, prev = self._seq, self._prev
                     continue
             seq += 1
-            line = text(t, ev, seq, prev).encode()
+            line = fmt.text(t, ev, seq, prev).encode()
             prev = sha256(line).hexdigest()
             append(line)
             append(b"\n")
