@@ -388,15 +388,18 @@ class ProofKeys:
         self.agreed: dict[str, _Agreed] = {}
 
     def prove(self, content: ContainerContent, msg: dict[str, Any], handle: int, firm: int, item_id: int,
-              units: int | None, valid_until: int | None) -> dict[str, bytes]:
-        """The proof fields of the answer to `msg` (which carries a `nonce`)."""
+              units: int | None, valid_until: int | None, serial: str | None = None) -> dict[str, bytes]:
+        """The proof fields of the answer to `msg` (which carries a `nonce`); `serial` is
+        str(content.serial), when the caller has it at hand."""
         nonce: bytes = msg["nonce"]
-        serial = str(content.serial)
+        if serial is None:
+            serial = str(content.serial)
         kx = msg.get("kx")
         if type(kx) is not bytes or len(kx) != KX_SIZE:
             return {"proof": make_proof(content, nonce, handle, firm, item_id, units, valid_until)}
         agreed = self.agreed.get(serial)
-        if agreed is not None and (agreed.program_kx != kx or agreed.sign_key != content.sign_key):
+        if agreed is not None and (agreed.program_kx != kx or (agreed.sign_key is not content.sign_key
+                                                               and agreed.sign_key != content.sign_key)):
             agreed = None  # another program key (or container key): a new exchange
         if agreed is not None:
             keyed = msg.get("keyed")

@@ -1080,7 +1080,7 @@ class Runtime:
         connection's proof keys for this runtime's soft containers; the container's
         signature for the others (a cloud container's key proves, as ever)."""
         if keys is not None and ld.serial not in self.containers.external:
-            return keys.prove(ld.content, msg, handle, firm, item_id, units, until)
+            return keys.prove(ld.content, msg, handle, firm, item_id, units, until, ld.serial)
         return {"proof": make_proof(ld.content, msg["nonce"], handle, firm, item_id, units, until)}
 
     def _proved_frame(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode, local: bool,
@@ -1090,7 +1090,7 @@ class Runtime:
         opens the key)."""
         state = entry.state
         proved = keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, state.units_remaining,
-                            valid_until(entry.item, state))
+                            valid_until(entry.item, state), ld.serial)
         bare: Message = {"id": msg["id"]}  # the kept part carries no proof
         ck = (id(entry), id(mode), local)  # modes are singletons; an enum hashes slowly
         hit = self._grant_tails.get(ck)
