@@ -213,6 +213,10 @@ def report(args: argparse.Namespace, doc: dict[str, Any]) -> str:
     out.append("Targets (ratios of figures measured above)")
     rows = [[t["target"], t["measured"], f"{t['ratio']:.2f}", t["limit"], t["verdict"]] for t in doc["targets"]]
     out.append(B.table(["target", "measured", "ratio", "limit", ""], rows))
+    one_floor, one_redis = doc["pairs"]["floor"].get("1"), doc["pairs"]["redis-py"].get("1")
+    if one_floor and one_redis:  # what a latency-bound comparison can show at all
+        out.append(f"   at 1 connection every server waits on the round trip: the floor itself makes "
+                   f"{one_floor['ops_s'] / one_redis['ops_s']:.2f} x redis-py there")
     if doc.get("warnings"):
         out.append("")
         out.extend(f"WARNING: {w}" for w in doc["warnings"])
