@@ -223,7 +223,7 @@ def test_a_clean_stop_writes_every_waiting_log_entry_and_signs_the_chain(tmp_pat
     rt = Runtime(procs, home, root, "--log-flush-interval", "600")
     with Client(("127.0.0.1", int(rt.status["local_port"]))) as c:
         c.hello({"kind": "program", "program": "log-at-stop"})
-        for _ in range(149):  # 300 entries: two batches of 128 written, the rest waits for the stop
+        for _ in range(149):  # 300 entries: six batches of 48 written, the rest waits for the stop
             c.request("release", handle=c.request("access", firm=vendor.firm, product=7)["handle"])
         c.hello({"kind": "program", "program": "renamed"})  # a new name: the lines say it from now on
         c.request("release", handle=c.request("access", firm=vendor.firm, product=7)["handle"])
