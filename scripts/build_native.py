@@ -29,14 +29,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
-MANIFEST = SRC / "licentia" / "_native.json"
+sys.path.insert(0, str(SRC))  # licentia.native (standard library only) names the files
+from licentia.native import MANIFEST, source_of  # noqa: E402
+
 # the modules whose code runs on every access and release (see docs/performance.md)
 MODULES = ("licentia.core.seats", "licentia.runtime.usagelog", "licentia.runtime.server")
 GROUP = "licentia._native"  # the shared library of the group: src/licentia/_native__mypyc.*.so
-
-
-def source(module: str) -> Path:
-    return SRC.joinpath(*module.split(".")).with_suffix(".py")
 
 
 def digest(path: Path) -> str:
@@ -61,7 +59,7 @@ def up_to_date(wanted: dict[str, str]) -> bool:
     except (OSError, ValueError):
         return False
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    expected = {source(m).with_name(source(m).stem + suffix) for m in MODULES}
+    expected = {source_of(m).with_name(source_of(m).stem + suffix) for m in MODULES}
     present = set(built_files())
     # every module built, and nothing else (a module dropped from MODULES leaves an extension)
     return recorded.get("sources") == wanted and recorded.get("suffix") == suffix and expected <= present and all(
@@ -72,7 +70,7 @@ def build() -> None:
     from mypyc.build import mypycify
     from setuptools import setup
 
-    paths = [str(source(m)) for m in MODULES]
+    paths = [str(source_of(m)) for m in MODULES]
     with tempfile.TemporaryDirectory(prefix="licentia-native-") as tmp:
         cwd = Path.cwd()
         os.chdir(tmp)  # away from pyproject.toml: this build is not the package's
@@ -102,7 +100,7 @@ def main() -> int:
         remove()
         print("licentia: compiled modules removed; the pure-Python modules run")
         return 0
-    wanted = {m: digest(source(m)) for m in MODULES}
+    wanted = {m: digest(source_of(m)) for m in MODULES}
     if up_to_date(wanted):
         return 0
     remove()  # never leave an extension that does not match its source

@@ -18,16 +18,12 @@ _PACKAGE = Path(__file__).resolve().parent
 MANIFEST = _PACKAGE / "_native.json"
 
 
-def _source(module: str) -> Path:
+def source_of(module: str) -> Path:
+    """The .py file of a licentia module."""
     parts = module.split(".")
     if parts[0] != "licentia":
         raise ValueError(f"{module} is not a licentia module")
     return _PACKAGE.joinpath(*parts[1:]).with_suffix(".py")
-
-
-def _extensions(module: str) -> list[Path]:
-    src = _source(module)
-    return sorted(src.parent.glob(src.stem + ".*.so"))
 
 
 def compiled() -> dict[str, str]:
@@ -41,7 +37,7 @@ def compiled() -> dict[str, str]:
     sources = recorded.get("sources")
     if recorded.get("suffix") != suffix or not isinstance(sources, dict):
         return {}
-    return {m: h for m, h in sources.items() if isinstance(h, str) and _source(m).with_suffix(suffix).exists()}
+    return {m: h for m, h in sources.items() if isinstance(h, str) and source_of(m).with_suffix(suffix).exists()}
 
 
 def stale() -> list[str]:
@@ -51,7 +47,7 @@ def stale() -> list[str]:
     recorded = compiled()
     problems = []
     for module, built_from in sorted(recorded.items()):
-        src = _source(module)
+        src = source_of(module)
         try:
             now = hashlib.sha256(src.read_bytes()).hexdigest()
         except OSError:

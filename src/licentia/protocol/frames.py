@@ -63,6 +63,12 @@ class _Packers(_local):  # threading.local is this C type
 _packers = _Packers()
 
 
+def packb(obj: Any) -> bytes:
+    """`msgpack.packb(obj)` on this thread's reusable Packer (same bytes, no new Packer)."""
+    packed: bytes = _packers.pack(obj)
+    return packed
+
+
 class ProtocolError(LicentiaError):
     """A frame that cannot be read. `fatal`: the connection must close.
     `request_id`: the id of the request it belonged to, or 0 when unknown."""

@@ -282,6 +282,24 @@ class Connection:
         except ProtocolError as exc:
             t.write(encode(error_reply(reply.get("id", CONNECTION_ID), exc.code, exc.message)))
 
+    def log_template(self, log: UsageLog, ev: Event, granted: bool) -> LineTemplate:
+        """The line template of `ev`, a grant (True) or a release (False) by this client:
+        the one used last when item and mode are the same objects, else from `log_lines`."""
+        key, mode = ev.key, ev.mode
+        if granted:
+            if key is self.granted_key and mode is self.granted_mode:
+                return self.granted_line
+        elif key is self.released_key and mode is self.released_mode:
+            return self.released_line
+        t = self.log_lines.get((key, mode, granted))
+        if t is None:
+            t = self.log_lines[(key, mode, granted)] = log.template(ev)
+        if granted:
+            self.granted_key, self.granted_mode, self.granted_line = key, mode, t
+        else:
+            self.released_key, self.released_mode, self.released_line = key, mode, t
+        return t
+
     def forget_log_lines(self) -> None:
         """Drop the kept line templates (they name the holder and station of the client)."""
         self.log_lines.clear()
@@ -712,15 +730,7 @@ class Runtime:
         ev = grant.events[0]
         log = self.log
         assert log is not None
-        if key is conn.granted_key and mode is conn.granted_mode:  # as the last grant on this connection
-            log.record_in(conn.granted_line, ev)
-        else:
-            lines = conn.log_lines
-            t = lines.get((key, mode, True))
-            if t is None:
-                t = lines[(key, mode, True)] = log.template(ev)
-            conn.granted_key, conn.granted_mode, conn.granted_line = key, mode, t
-            log.record_in(t, ev)
+        log.record_in(conn.log_template(log, ev, True), ev)
         self.recent_seq += 1
         self.recent.append((self.recent_seq, ev))
         if ident.pid is not None and ident.holder.process is None:
@@ -796,16 +806,7 @@ class Runtime:
         if ev.holder is ident.holder and ev.station is ident.station:
             # a handle this connection took: its line differs from the last one only in
             # time, handle and seats in use (one re-attached after a restart may not)
-            if ev.key is conn.released_key and ev.mode is conn.released_mode:
-                log.record_in(conn.released_line, ev)
-            else:
-                lines = conn.log_lines
-                sk = (ev.key, ev.mode, False)
-                t = lines.get(sk)
-                if t is None:
-                    t = lines[sk] = log.template(ev)
-                conn.released_key, conn.released_mode, conn.released_line = ev.key, ev.mode, t
-                log.record_in(t, ev)
+            log.record_in(conn.log_template(log, ev, False), ev)
         else:
             log.record(ev)
         self.recent_seq += 1

@@ -20,8 +20,8 @@ within `flush_interval` of the first waiting entry and soon after `batch` entrie
 trades CPU for tail latency: each flush has a fixed cost, and requests that arrive during
 one wait for it. Measured at 10 connections (bench/access_release.py's load): 16 lines
 per write cost about 2 µs more server CPU per access+release pair than 48 or 128, and
-128 gave a p99 about 12 % higher than 48 (a flush of 128 lines holds the loop ~0.15 ms). A crash loses
-at most the entries still waiting; `close` (a clean stop) writes them all, signs the chain
+128 gave a p99 about 12 % higher than 48 (a flush of 128 lines holds the loop ~0.15 ms).
+A crash loses at most the entries still waiting; `close` (a clean stop) writes them all, signs the chain
 head and syncs the file.
 """
 
@@ -59,7 +59,7 @@ _json_str = json.JSONEncoder(ensure_ascii=False).encode
 
 class LineTemplate:
     """The fixed text of one kind of line, in the pieces around what changes from line to
-    line: `head` seq `before_at` at `before_handle` [handle `before_used`] used
+    line: `{"seq":` seq `before_at` at `before_handle` [handle `before_used`] used
     `before_prev` prev `"}`. (Pieces joined by concatenation, not %-formatting: that is the
     cheaper of the two where this module is compiled.)"""
 

@@ -21,9 +21,8 @@ instead of a signature (docs/protocol.md, "Proofs").
 from __future__ import annotations
 
 import os
-from _thread import _local  # threading.local, without importing threading at a program's start
 
-import msgpack
+from licentia.protocol.frames import packb
 
 TYPE_CHECKING = False  # typing is not imported at run time: a protected program pays for it at start
 if TYPE_CHECKING:
@@ -44,20 +43,10 @@ SESSION_VARIABLES = (
 )
 
 
-class _Packers(_local):
-    """One reusable msgpack Packer per thread (msgpack.packb makes a new one per call)."""
-
-    def __init__(self) -> None:
-        self.pack = msgpack.Packer(use_bin_type=True).pack
-
-
-_packers = _Packers()
-
-
 def proof_message(
     nonce: bytes, handle: int, serial: str, firm: int, item_id: int, units: int | None, valid_until: int | None
 ) -> bytes:
-    packed: bytes = _packers.pack([PROOF_DOMAIN, nonce, handle, serial, firm, item_id, units, valid_until])
+    packed: bytes = packb([PROOF_DOMAIN, nonce, handle, serial, firm, item_id, units, valid_until])
     return packed
 
 
@@ -67,7 +56,7 @@ def proof_message_kx(
 ) -> bytes:
     """What the container signs to open a proof key: the fields of `proof_message` and the
     program's and the runtime's ephemeral X25519 public keys."""
-    packed: bytes = _packers.pack(
+    packed: bytes = packb(
         [PROOF_DOMAIN_KX, nonce, handle, serial, firm, item_id, units, valid_until, program_kx, runtime_kx])
     return packed
 
