@@ -74,6 +74,7 @@ class ErrorCode(IntEnum):
     FRAME_TOO_LARGE = 1009
     CHECKPOINT_LAPSED = 1010
     NOT_ENOUGH_UNITS = 1011
+    USAGE_LOG_ALTERED = 1012
 
     # certificate vault and PKCS#11 tokens (1100-1199)
     PIN_INCORRECT = 1100
@@ -131,6 +132,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.FEATURE_MAP_INCOMPATIBLE: "the license does not include this feature; ask the vendor for an upgrade",
     ErrorCode.UNITS_USED_UP: "all units are spent; buy more units from the vendor",
     ErrorCode.NOT_ENOUGH_UNITS: "fewer units remain than requested; buy more units from the vendor",
+    ErrorCode.USAGE_LOG_ALTERED: "compare the log with a backup; every entry from the first problem on is suspect",
     ErrorCode.EXPIRED: "the license has expired; ask the vendor for a renewal",
     ErrorCode.NOT_YET_ACTIVE: "the license starts later; wait for its activation time",
     ErrorCode.USAGE_PERIOD_OVER: "the usage period has ended; ask the vendor for a renewal",

@@ -388,6 +388,7 @@ class LogReport:
     entries: int = 0
     signatures: int = 0
     unsigned_tail: int = 0
+    last_signed_seq: int = 0
     keys: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -398,8 +399,8 @@ class LogReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "files": self.files, "entries": self.entries, "signatures": self.signatures,
-                "unsigned_tail": self.unsigned_tail, "keys": sorted(self.keys), "problems": self.problems,
-                "counts": self.counts}
+                "unsigned_tail": self.unsigned_tail, "last_signed_seq": self.last_signed_seq,
+                "keys": sorted(self.keys), "problems": self.problems, "counts": self.counts}
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -412,11 +413,17 @@ def verify_log(paths: list[Path], public_key: bytes | None = None) -> LogReport:
 
     With `public_key`, signatures must be that key's; without, the key the log names is
     taken (an edited log re-signed with another key is then caught only by comparing
-    the reported key with the runtime's: `licentia runtime verify-log` does that)."""
+    the reported key with the runtime's: `licentia runtime verify-log` does that).
+
+    Only signed entries are proved: whoever can write the file can rewrite the entries after
+    the last signature and recompute their hashes, so those are counted in `unsigned_tail`
+    and a log without any signature is a problem in itself."""
     from licentia.crypto import InvalidArtifact, verify
 
     report = LogReport()
     prev: str | None = None
+    prev_where = ""
+    prev_seq = 0
     expected_seq: int | None = None
     for path in paths:
         report.files.append(str(path))
@@ -436,12 +443,18 @@ def verify_log(paths: list[Path], public_key: bytes | None = None) -> LogReport:
                 report.problems.append(f"{where}: not a log entry")
                 prev = None
                 continue
+            in_order = expected_seq is None or seq == expected_seq
             if first_in_file and prev is None:
                 if link != GENESIS and kind != "continue":
                     report.problems.append(f"{where}: the first entry does not start a chain")
             elif prev is not None and link != prev:
-                report.problems.append(f"{where}: entry {seq} does not follow the one before it (edited, inserted or removed lines)")
-            if expected_seq is not None and seq != expected_seq:
+                if in_order:
+                    # the numbers run on, so nothing was added or removed here: the entry before
+                    # no longer hashes to what this one recorded, it was edited
+                    report.problems.append(f"{prev_where}: entry {prev_seq} was edited (the next entry recorded another hash of it)")
+                else:
+                    report.problems.append(f"{where}: entry {seq} does not follow the one before it (inserted, removed or reordered lines)")
+            if not in_order:
                 report.problems.append(f"{where}: sequence number {seq}, expected {expected_seq}")
             expected_seq = seq + 1
             first_in_file = False
@@ -463,7 +476,13 @@ def verify_log(paths: list[Path], public_key: bytes | None = None) -> LogReport:
                         report.problems.append(f"{where}: the signature of {kind} {seq} does not verify")
                     else:
                         report.signatures += 1
+                        report.last_signed_seq = seq
                         report.unsigned_tail = -1
             report.unsigned_tail += 1
             prev = _hash(line)
+            prev_where, prev_seq = where, seq
+    if report.entries and not report.signatures:
+        report.problems.append(
+            "no entry is signed: nothing in this log can be proved (a log whose signatures were removed and"
+            " whose chain was rebuilt looks like this; a running runtime signs within its checkpoint interval)")
     return report
