@@ -79,7 +79,7 @@ def set_up(home: Path) -> dict[str, Any]:
 
         def change(c: ContainerContent) -> tuple[ContainerContent, updates.Applied]:
             request = updates.read_request(updates.make_request(c, DEMO_FIRM, now, {}))
-            item_id = max((s.item_id for s in request.items), default=0) + 1
+            item_id = request.next_item_id()
             update = updates.issue_update(request, DEMO_FIRM, keys.private_key, [updates.PutItem(item_id, item)], now)
             applied = updates.apply_update(c, update, now, in_vm=False)
             return applied.content, applied

@@ -139,7 +139,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
     if args.product is not None:
         item_id = args.item_id
         if item_id is None:
-            item_id = max((s.item_id for s in request.items), default=0) + 1
+            item_id = request.next_item_id()
         ops.append(updates.PutItem(item_id, _item_from_args(args, keys.private_key, keys.firm_code)))
     elif args.item_id is not None:
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--item-id needs --product with the item's new options")

@@ -71,6 +71,9 @@ class FirmEntry:
     update_counter: int = 0
     text: str = ""
     items: dict[int, ItemEntry] = field(default_factory=dict)
+    # item id -> product code of every item ever removed: an id names one product for the
+    # container's whole life, so usage-log entries and receipts never become ambiguous
+    retired: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class ContainerContent:
                         {"item_id": e.item_id, "license": e.license, "state": e.state.to_dict()}
                         for e in f.items.values()
                     ],
+                    "retired": [[i, product] for i, product in sorted(f.retired.items())],
                 }
                 for f in self.firms.values()
             ],

@@ -100,8 +100,9 @@ def load_content(data: dict[str, Any], container_public_key: bytes) -> Container
                 items[lic.item_id] = ItemEntry(
                     lic.item_id, _bytes(raw["license"]), lic.item, ItemState.from_dict(raw["state"])
                 )
+            retired = {int(i): int(product) for i, product in f.get("retired", ())}
             firms[firm_code] = FirmEntry(
-                firm_code, firm_key, int(f["update_counter"]), str(f["text"]), items
+                firm_code, firm_key, int(f["update_counter"]), str(f["text"]), items, retired
             )
         return ContainerContent(
             serial=serial,

@@ -67,6 +67,11 @@ class Request:
     items: tuple[ItemSummary, ...]
     created_at: int
     environment: dict[str, Any] = field(default_factory=dict)
+    retired_item_ids: tuple[int, ...] = ()  # ids of removed items, never to be given again
+
+    def next_item_id(self) -> int:
+        """The id a new item of this firm gets: one above every id the container ever held."""
+        return max((*(s.item_id for s in self.items), *self.retired_item_ids), default=0) + 1
 
 
 def make_request(
@@ -88,6 +93,7 @@ def make_request(
         "items": _summaries(firm),
         "created_at": now,
         "environment": environment,
+        "retired_item_ids": sorted(firm.retired) if firm else [],
     }
     payload = _CONTAINER_PREFIX.pack(sign_public) + env.encode(body)
     return sign_artifact_with(REQUEST_MAGIC, VERSION, payload, keys.sign)
@@ -108,6 +114,7 @@ def read_request(data: bytes) -> Request:
             items=tuple(ItemSummary(int(i["item_id"]), int(i["product_code"]), _b(i["digest"])) for i in fields["items"]),
             created_at=int(fields["created_at"]),
             environment=dict(fields.get("environment") or {}),
+            retired_item_ids=tuple(int(i) for i in fields.get("retired_item_ids") or ()),
         )
     except (KeyError, TypeError, ValueError, LicentiaError):
         raise _invalid("request file", "its fields are malformed") from None
@@ -288,6 +295,7 @@ def apply_update(
     sign_public = keys.sign_public
     entry = firm or FirmEntry(header.firm_code, header.firm_public_key)
     items = dict(entry.items)
+    retired = dict(entry.retired)
     text = entry.text
     changes: list[str] = []
     for op in ops:
@@ -303,6 +311,15 @@ def apply_update(
                     ErrorCode.VM_NOT_ALLOWED,
                     f"product {lic.item.product_code} may not be used in a virtual machine and this is one",
                 )
+            was = retired.get(lic.item_id)
+            if was is not None and was != lic.item.product_code:
+                raise LicentiaError(
+                    ErrorCode.UPDATE_FAILED,
+                    f"the update gives item id {lic.item_id} to product {lic.item.product_code}, but that id was "
+                    f"product {was}'s, which was removed; item ids are never reused",
+                    "ask the vendor for an update made from a fresh request (it gives the new item a new id)",
+                )
+            retired.pop(lic.item_id, None)
             old = items.get(lic.item_id)
             state = ItemState.initial(lic.item, now)
             if old is not None:
@@ -311,8 +328,10 @@ def apply_update(
             changes.append(f"{'changed' if old else 'added'} item {lic.item_id} (product {lic.item.product_code})")
         elif kind == "remove":
             item_id = int(op.get("item_id", -1))
-            if items.pop(item_id, None) is None:
+            removed = items.pop(item_id, None)
+            if removed is None:
                 raise LicentiaError(ErrorCode.ENTRY_NOT_FOUND, f"the update removes item {item_id}, which this container does not hold")
+            retired[item_id] = removed.item.product_code
             changes.append(f"removed item {item_id}")
         elif kind in ("lock", "unlock"):
             for item_id, e in items.items():
@@ -329,7 +348,7 @@ def apply_update(
         else:
             raise _invalid("update file", f"it holds an unknown operation {kind!r}")
 
-    new_firm = FirmEntry(header.firm_code, header.firm_public_key, counter_to, text, items)
+    new_firm = FirmEntry(header.firm_code, header.firm_public_key, counter_to, text, items, retired)
     new_content = content.with_firm(new_firm).with_clock(content.clock.heal(issued_at, now).observe(now))
     receipt = _make_receipt(new_content, new_firm, digest(data), now, keys)
     return Applied(new_content, receipt, header.firm_code, counter_to, tuple(changes))
