@@ -29,9 +29,10 @@ inside the token: it only keeps update files confidential on their way to this
 container (hidden data, licenses in transit). The container's identity — what makes a
 license unusable anywhere else — is the signing key, and that one never leaves.
 
-Changes from several processes on one machine are serialised with a lock file per
-token (in $LICENTIA_TOKEN_LOCK_DIR, else a shared directory under the system's
-temporary directory); within a process, every container object on one token shares one
+Changes from several processes of one user are serialised with a lock file per token
+(mode 0600, opened without following links) in a directory only that user can write:
+$LICENTIA_TOKEN_LOCK_DIR, else /run/licentia when it is ours, else `locks` in the
+licentia home (`default_lock_dir`); within a process, every container object on one token shares one
 logged-in session (PKCS#11 logs in per process, not per session).
 
 A runtime uses a token container like this::
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -298,11 +299,39 @@ def _forget(shared: _Shared) -> None:
 # -- locks between processes -----------------------------------------------------------------
 
 
-def default_lock_dir() -> Path:
+RUN_LOCK_DIR: Final = Path("/run/licentia")
+
+
+def default_lock_dir(home: Path | None = None, *, run_dir: Path = RUN_LOCK_DIR) -> Path:
+    """Where the lock files of token containers live, for this user.
+
+    $LICENTIA_TOKEN_LOCK_DIR if set; else `run_dir` (/run/licentia) when it is ours or
+    we may make it (a runtime running as root or as a service user owning it); else
+    `locks` in the licentia home (`home`, else $LICENTIA_HOME, else the per-user default).
+    Never a directory other users can write: `_file_lock` refuses one.
+    """
     explicit = os.environ.get(LOCK_DIR_ENV)
     if explicit:
         return Path(explicit)
-    return Path(tempfile.gettempdir()) / "licentia-token-locks"
+    if _ours(run_dir) or (not run_dir.exists() and _ours(run_dir.parent) and os.access(run_dir.parent, os.W_OK)):
+        return run_dir
+    if home is None:
+        named = os.environ.get("LICENTIA_HOME")
+        if named:
+            home = Path(named).expanduser()
+        elif os.geteuid() == 0:
+            home = Path("/var/lib/licentia")
+        else:
+            home = Path.home() / ".local" / "share" / "licentia"
+    return home / "locks"
+
+
+def _ours(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _lock_path(lock_dir: Path, info: TokenInfo) -> Path:
@@ -310,14 +339,45 @@ def _lock_path(lock_dir: Path, info: TokenInfo) -> Path:
     return lock_dir / f"token-{name}.lock"
 
 
+def _check_lock_dir(directory: Path) -> None:
+    """Make the lock directory (mode 0700) if needed; refuse one that is a link, that is not
+    ours, or that other users can write (they could plant links or hold locks)."""
+    if not directory.exists() and not directory.is_symlink():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        st = os.lstat(directory)
+    except OSError as exc:
+        raise _unsafe(directory, f"cannot be read ({exc.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _unsafe(directory, "is not a directory (a link or a file)")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise _unsafe(directory, f"belongs to user id {st.st_uid}, not to this user")
+    if st.st_mode & 0o022:
+        raise _unsafe(directory, f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
+                      f"chmod go-w {directory}")
+
+
+def _unsafe(directory: Path, why: str, fix: str | None = None) -> LicentiaError:
+    return LicentiaError(
+        ErrorCode.SECURITY_PROBLEM,
+        f"the token lock directory {directory} {why}",
+        hint=(fix + ", or " if fix else "")
+        + f"remove it, or name a directory of this user's own in ${LOCK_DIR_ENV}",
+    )
+
+
 @contextmanager
 def _file_lock(path: Path, *, exclusive: bool) -> Iterator[None]:
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with suppress(OSError):
-            path.parent.chmod(0o1777)  # shared by every user's runtime and tools, like /tmp
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    _check_lock_dir(path.parent)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _unsafe(path.parent, f"holds a lock file that cannot be opened safely: {path.name} ({exc.strerror})",
+                      f"remove {path}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0):
+            raise _unsafe(path.parent, f"holds a lock file {path.name} that is not this user's", f"remove {path}")
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:

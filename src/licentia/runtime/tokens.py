@@ -3,8 +3,8 @@
 At start (and every `[tokens] scan_interval` seconds) the runtime looks at the tokens of
 its PKCS#11 module (`[tokens] module`, else $LICENTIA_PKCS11_MODULE, else the module
 recorded in `containers/tokens.json`). Each token that carries a licentia container is
-opened with its PIN (`[tokens] pin_file`, else the PIN file recorded for that container,
-else $LICENTIA_PIN_FILE or $LICENTIA_PIN) and **claimed** with this runtime's id, kept in
+opened with its PIN (`[tokens] pin_file`, else $LICENTIA_PIN_FILE or $LICENTIA_PIN, else
+the PIN file recorded for that container) and **claimed** with this runtime's id, kept in
 `HOME/state/runtime.id` so a restart is no change of hands. The container then serves like
 a soft one (same candidates, same seat table), with two differences:
 
@@ -330,7 +330,7 @@ class RuntimeTokens:
     def _scan_tokens(self, module: str, skip: set[str], pins: dict[str, str], held_elsewhere: set[str],
                      now: int) -> _Scan:
         """In a worker thread: the token containers of `module` not in `skip`, opened and claimed."""
-        from licentia.containers.token import TokenContainer, find_containers
+        from licentia.containers.token import TokenContainer, default_lock_dir, find_containers
 
         out = _Scan()
         try:
@@ -361,7 +361,8 @@ class RuntimeTokens:
             container: TokenContainer | None = None
             try:
                 container = TokenContainer.open(module, slot=info.slot_id, pin=pin,
-                                                serial=ContainerSerial.parse(serial))
+                                                serial=ContainerSerial.parse(serial),
+                                                lock_dir=default_lock_dir(self.rt.home.path))
                 if serial in held_elsewhere:
                     state = container.claim_state(now)
                     if state.locked(now) or (state.holder is not None and state.holder.runtime_id != self.runtime_id):
@@ -385,7 +386,10 @@ class RuntimeTokens:
         return out
 
     def _pin(self, serial: str) -> tuple[str, str]:
-        """The PIN for a token container and a mark of where it came from (a digest)."""
+        """The PIN for a token container and a mark of where it came from (a digest).
+
+        `[tokens] pin_file` (or --token-pin-file) wins, then $LICENTIA_PIN_FILE, then
+        $LICENTIA_PIN, then the PIN file recorded when the container was created."""
         cfg = self.rt.config
         source = ""
         text: str | None = None
@@ -393,6 +397,11 @@ class RuntimeTokens:
             path = cfg.path(self.rt.home.path, cfg.token_pin_file)
             source = str(path)
             text = _read_pin(path, serial)
+        elif os.environ.get("LICENTIA_PIN_FILE"):
+            source = os.environ["LICENTIA_PIN_FILE"]
+            text = _read_pin(Path(source), serial)
+        elif os.environ.get("LICENTIA_PIN"):
+            source, text = "$LICENTIA_PIN", os.environ["LICENTIA_PIN"]
         else:
             from licentia.containers.store import ContainerStore
 
@@ -401,11 +410,6 @@ class RuntimeTokens:
             if entry.get("pin_file"):
                 source = str(entry["pin_file"])
                 text = _read_pin(Path(source), serial)
-            elif os.environ.get("LICENTIA_PIN_FILE"):
-                source = os.environ["LICENTIA_PIN_FILE"]
-                text = _read_pin(Path(source), serial)
-            elif os.environ.get("LICENTIA_PIN"):
-                source, text = "$LICENTIA_PIN", os.environ["LICENTIA_PIN"]
         if text is None:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"no PIN for token container {serial}",
                                 "set [tokens] pin_file in runtime.toml (or --token-pin-file)")
