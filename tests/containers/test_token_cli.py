@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pkcs11 import TokenFlag
 from tests.machines import build, workstation
 
 from licentia.containers import token as tk
@@ -213,3 +214,43 @@ def test_token_lock_files_are_private_and_never_follow_links(cli: Cli, token_sto
     refused = cli.run("container", "show", serial, "--pin-file", str(pin), ok=False)
     assert refused.returncode == 2 and "cannot be opened safely" in refused.stdout + refused.stderr
     assert not victim.exists()
+
+
+def test_wrong_pins_entered_are_a_warning_and_only_a_locked_pin_is_not_tried(
+    cli: Cli, token_store: TokenStore, tmp_path: Path
+) -> None:
+    from tests.containers.test_token import _report_flags
+
+    token_store.add_token("lic", pin="4321")
+    pin, wrong = tmp_path / "pin", tmp_path / "wrong"
+    pin.write_text("4321\n")
+    wrong.write_text("0000\n")
+    serial = cli.run("container", "create", "--token", "--module", token_store.module, "--label", "lic",
+                     "--pin-file", str(pin)).stdout.strip()
+    refused = cli.run("container", "show", serial, "--pin-file", str(wrong), ok=False)
+    assert refused.returncode == 2 and "PIN refused" in refused.stdout and "error 1100" in refused.stdout
+    assert _pin_state(token_store, "lic") == "count low"  # SoftHSM2 after one wrong PIN
+
+    # Someone entered a wrong PIN: the right one is still tried, once, and the listing says tries were used.
+    listing = cli.run("container", "list").stdout
+    (line,) = [x for x in listing.splitlines() if x.startswith(serial)]
+    assert " ok " in line and "not claimed" in line and "tries were used" in line, listing
+    assert _pin_state(token_store, "lic") == "ok"  # the good login reset it
+    cli.run("container", "show", serial, "--pin-file", str(wrong), ok=False)
+    shown = cli.run("container", "show", serial).stdout
+    assert "status   ok" in shown and "CKF_USER_PIN_COUNT_LOW" in shown
+
+    # One try left: a listing (and a show with the recorded PIN) does not risk it; a PIN given for this show is tried.
+    _report_flags(token_store, TokenFlag.USER_PIN_FINAL_TRY)
+    listing = cli.run("container", "list").stdout
+    assert "PIN not tried" in listing and "ONE PIN try left" in listing
+    assert "PIN not tried" in cli.run("container", "show", serial, ok=False).stdout
+    assert "status   ok" in cli.run("container", "show", serial, "--pin-file", str(pin)).stdout
+
+    # A locked PIN is never tried: 1101, in the listing and in show.
+    _report_flags(token_store, TokenFlag.USER_PIN_LOCKED)
+    listing = json.loads(cli.run("container", "list", "--json").stdout)
+    (row,) = [r for r in listing if r["serial"] == serial]
+    assert row["status"] == "PIN locked" and "no PIN was tried" in row["detail"]
+    shown = cli.run("container", "show", serial, "--pin-file", str(pin), ok=False)
+    assert shown.returncode == 2 and "PIN locked" in shown.stdout and "error 1101" in shown.stdout

@@ -178,3 +178,38 @@ def test_a_restarted_runtime_keeps_its_token_and_the_programs_their_seats(
     answer = prog.ask("check")  # proven by the token again, for the same handle
     assert answer["valid"] is True and "error" not in answer, answer
     assert [r["handle"] for r in rt.sessions()] == [prog.first["handle"]]
+
+
+def test_the_runtime_sends_the_pin_given_now_and_tries_it_after_wrong_pins(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs, store: TokenStore
+) -> None:
+    from licentia.containers.pkcs11 import list_tokens, open_session, reinitialize
+    from licentia.model import ErrorCode, LicentiaError
+
+    serial, _ = token_container(store, vendor, [ProductItem(product_code=11, quantity=1)])
+    home = tmp_path / "home"
+    (home / "containers").mkdir(parents=True)
+    stale, new = tmp_path / "stale-pin", tmp_path / "new-pin"
+    stale.write_text(PIN + "\n")
+    new.write_text("8765\n")
+    (home / "containers" / "tokens.json").write_text(json.dumps({"module": store.module, "containers": {
+        serial: {"token_label": "lic", "token_serial": "", "pin_file": str(stale)}}}))
+    with open_session(store.module, label="lic", pin=PIN) as session:
+        session.change_pin(PIN, "8765")  # the recorded PIN file is stale now
+    with pytest.raises(LicentiaError) as err:
+        with open_session(store.module, label="lic", pin="0000"):
+            pass
+    assert err.value.code is ErrorCode.PIN_INCORRECT
+    reinitialize(store.module)
+    assert [t.pin_state for t in list_tokens(store.module)] == ["count low"]  # a wrong PIN was entered
+
+    rt = Runtime(procs, home, root, "--token-scan-interval", "0.5", "--token-watch-interval", "0.2",
+                 env={"LICENTIA_PIN_FILE": str(new)})
+    row = wait_for("the token container", lambda: token_row(rt, serial) if any(
+        c["serial"] == serial and c["status"] in ("ok", "PIN refused", "PIN not tried") for c in get(rt, "/api/containers"))
+        else None)
+    assert row["status"] == "ok", row  # $LICENTIA_PIN_FILE won over the recorded file; COUNT_LOW did not stop it
+    assert "tries were used" in row["binding"] and "CKF_USER_PIN_COUNT_LOW" in row["binding"]
+    prog = Program(procs, root, {"LICENTIA_HOME": str(home)}, firm_code=vendor.firm, product_code=11,
+                   firm_key=str(vendor.public_file))
+    assert prog.granted and prog.first["verified"], prog.first

@@ -221,6 +221,42 @@ def wrong_pin_message(label: str, flags: int) -> str:
     return f"wrong PIN for token '{label}'"
 
 
+def unattended_refusal(info: TokenInfo) -> LicentiaError | None:
+    """Why a program that tries a PIN on its own (a listing, the runtime) must not try it now.
+
+    A locked PIN is never tried (1101). On its final try, a stale PIN would lock it, so
+    only a PIN a person gives for this one command is tried (1100 until then).
+    `CKF_USER_PIN_COUNT_LOW` alone is no reason: it only says wrong PINs were entered since
+    the last good login (SoftHSM2 reports it after a single wrong PIN), so the PIN is tried
+    once and the caller says tries were used (`count_low_note`).
+    """
+    state = info.pin_state
+    if state == "locked":
+        return LicentiaError(
+            ErrorCode.PIN_LOCKED,
+            f"token '{info.label}' reports its user PIN locked (CKF_USER_PIN_LOCKED); no PIN was tried",
+        )
+    if state == "final try":
+        return LicentiaError(
+            ErrorCode.PIN_INCORRECT,
+            f"token '{info.label}' reports ONE PIN try left (CKF_USER_PIN_FINAL_TRY); no PIN was "
+            "tried, so that a stale PIN cannot lock it",
+            hint="give the right PIN once yourself, e.g. `licentia container show SERIAL --pin-file FILE`",
+        )
+    return None
+
+
+def count_low_note(info: TokenInfo) -> str:
+    """What to say after logging in to a token that reported wrong PINs entered; '' if none."""
+    if info.pin_state != "count low":
+        return ""
+    return (
+        f"wrong PINs had been entered on token '{info.label}' since its last good login "
+        "(CKF_USER_PIN_COUNT_LOW): tries were used; this login with the right PIN resets the count "
+        "on most tokens"
+    )
+
+
 def _info(token: pkcs11.Token) -> TokenInfo:
     return TokenInfo(
         slot_id=int(token.slot.slot_id),

@@ -270,7 +270,8 @@ class ContainerStore:
         """Every token container of the configured module, and the recorded ones missing.
 
         Only tokens that carry a container description are logged in to, and not when
-        the token reports wrong PINs already entered (so a listing never locks a PIN).
+        the token reports its PIN locked or on its final try (so a listing never locks a
+        PIN); a token that only reports wrong PINs entered (COUNT_LOW) is tried once.
         """
         module = self.configured_module()
         if not module:
@@ -314,7 +315,7 @@ class ContainerStore:
 
         for found in find_containers(self._require_module()):
             if found.description is not None and found.description.serial == serial:
-                return self._inspect_found(found, now)
+                return self._inspect_found(found, now, careful=self.token_pin is None)
         entry = self.token_registry()["containers"].get(str(serial))
         if entry is not None:
             return TokenInspection(
@@ -324,7 +325,11 @@ class ContainerStore:
             )
         raise LicentiaError(ErrorCode.CONTAINER_NOT_FOUND, f"token container {serial} is not present")
 
-    def _inspect_found(self, found: FoundToken, now: int) -> TokenInspection:
+    def _inspect_found(self, found: FoundToken, now: int, *, careful: bool = True) -> TokenInspection:
+        """One found token container, opened with its PIN unless the token says not to try:
+        never when its PIN is locked; on its final try only when not `careful` (a PIN the
+        user gave for this one container)."""
+        from licentia.containers.pkcs11 import count_low_note, unattended_refusal
         from licentia.containers.token import TokenContainer
         from licentia.core.claims import lockout_remaining
 
@@ -336,8 +341,10 @@ class ContainerStore:
         def row(status: str, detail: str, **kw: Any) -> TokenInspection:
             return TokenInspection(serial, "token", status, detail, info.label, info.slot_id, **kw)
 
-        if info.pin_state != "ok":
-            return row("PIN not tried", f"{where}: the token reports its user PIN {info.pin_state}")
+        refusal = unattended_refusal(info)
+        if refusal is not None and (careful or refusal.code is ErrorCode.PIN_LOCKED):
+            status = "PIN locked" if refusal.code is ErrorCode.PIN_LOCKED else "PIN not tried"
+            return row(status, f"{where}: {refusal.message}", error=refusal)
         try:
             pin = self._pin_for(serial, None)
         except LicentiaError as exc:
@@ -365,7 +372,9 @@ class ContainerStore:
             holder = (
                 f"held by runtime {claims.holder.runtime_id}" if claims.holder else "not claimed"
             )
-        return row(status, f"{where}; {holder}", content=content, claims=claims)
+        note = count_low_note(info)
+        return row(status, f"{where}; {holder}" + (f"; warning: {note}" if note else ""),
+                   content=content, claims=claims)
 
 
 def item_rows(content: ContainerContent, now: int) -> list[dict[str, Any]]:

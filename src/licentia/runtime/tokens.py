@@ -330,6 +330,7 @@ class RuntimeTokens:
     def _scan_tokens(self, module: str, skip: set[str], pins: dict[str, str], held_elsewhere: set[str],
                      now: int) -> _Scan:
         """In a worker thread: the token containers of `module` not in `skip`, opened and claimed."""
+        from licentia.containers.pkcs11 import count_low_note, unattended_refusal
         from licentia.containers.token import TokenContainer, default_lock_dir, find_containers
 
         out = _Scan()
@@ -346,9 +347,11 @@ class RuntimeTokens:
                 continue
             info = found.token
             where = f"token '{info.label}' slot {info.slot_id}"
-            if info.pin_state != "ok":
-                out.refused[serial] = Lost("PIN not tried", int(ErrorCode.PIN_LOCKED), f"{where}: the token reports "
-                                           f"its user PIN {info.pin_state}", time.time(), info.label)
+            refusal = unattended_refusal(info)  # COUNT_LOW alone is tried: it is a warning, not a lock
+            if refusal is not None:
+                kind = "PIN locked" if refusal.code is ErrorCode.PIN_LOCKED else "PIN not tried"
+                out.refused[serial] = Lost(kind, int(refusal.code), f"{where}: {refusal.message}", time.time(),
+                                           info.label)
                 continue
             try:
                 pin, mark = self._pin(serial)
@@ -382,6 +385,9 @@ class RuntimeTokens:
             outcome = result.outcome.value
             if result.previous:
                 outcome += f" from {result.previous}"
+            note = count_low_note(info)
+            if note:
+                outcome += f"; warning: {note}"
             out.opened.append((serial, container, content, outcome))
         return out
 
