@@ -104,6 +104,10 @@ def _attribute_mapper() -> AttributeMapper:
 # functions below call each other.
 _lock = threading.RLock()
 _conf_at_init: dict[str, str | None] = {}
+# How many times each module was initialised again in this process. A session belongs to
+# the generation it was opened in: C_Finalize ended it, and its handle may since name a
+# session on another token, so it is never used (nor closed) again.
+_generation: dict[str, int] = {}
 
 
 def find_module(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -134,6 +138,7 @@ def load_module(path: str | os.PathLike[str] | None = None) -> Module:
             lib = pkcs11.lib(so)
             if so in _conf_at_init and _conf_at_init[so] != conf:
                 lib.reinitialize()
+                _generation[so] = _generation.get(so, 0) + 1
         except p11e.PKCS11Error as exc:
             raise LicentiaError(
                 ErrorCode.PKCS11_MODULE_NOT_FOUND, f"the PKCS#11 module {so} failed to load: {exc}"
@@ -152,6 +157,7 @@ def reinitialize(path: str | os.PathLike[str] | None = None) -> None:
     so = str(find_module(path))
     with _lock:
         if so in _conf_at_init:
+            _generation[so] = _generation.get(so, 0) + 1
             try:
                 pkcs11.lib(so).reinitialize()
             except p11e.PKCS11Error as exc:
@@ -281,6 +287,8 @@ def list_tokens(module: str | os.PathLike[str] | None = None) -> list[TokenInfo]
                 if info.initialized:
                     found.append(info)
     except p11e.PKCS11Error as exc:
+        # SoftHSM2 answers GeneralError for the whole list once a token's directory is
+        # gone: `licentia.containers.token.refresh_slots` re-reads the slots
         raise _failure("listing tokens", exc) from None
     return found
 
@@ -372,6 +380,7 @@ def open_session(
 ) -> Iterator[TokenSession]:
     """Open a session on one token and log the user in with `pin` (tried exactly once)."""
     lib = load_module(module)
+    so = str(find_module(module))
     token = find_token(lib, label=label, slot=slot)
     info = _info(token)
     if info.pin_locked:
@@ -382,6 +391,7 @@ def open_session(
         )
     try:
         with _lock:
+            generation = _generation.get(so, 0)
             session = token.open(rw=rw, user_pin=pin, attribute_mapper=_attribute_mapper())
     except p11e.PinIncorrect:
         flags = _fresh_flags(lib, info)
@@ -409,10 +419,11 @@ def open_session(
     except p11e.PKCS11Error as exc:
         raise _failure(f"logging in to token '{info.label}'", exc) from None
     try:
-        yield TokenSession(session, _info(token))
+        yield TokenSession(session, _info(token), so, generation)
     finally:
         with _lock, suppress(p11e.PKCS11Error):
-            session.close()
+            if _generation.get(so, 0) == generation:
+                session.close()
 
 
 @contextmanager
@@ -428,17 +439,20 @@ def open_public_session(
     spending a PIN try on a token that may belong to something else.
     """
     lib = load_module(module)
+    so = str(find_module(module))
     token = find_token(lib, label=label, slot=slot)
     try:
         with _lock:
+            generation = _generation.get(so, 0)
             session = token.open(rw=False, attribute_mapper=_attribute_mapper())
     except p11e.PKCS11Error as exc:
         raise _failure(f"opening token '{token.label}'", exc) from None
     try:
-        yield TokenSession(session, _info(token))
+        yield TokenSession(session, _info(token), so, generation)
     finally:
         with _lock, suppress(p11e.PKCS11Error):
-            session.close()
+            if _generation.get(so, 0) == generation:
+                session.close()
 
 
 def _fresh_flags(lib: Module, info: TokenInfo) -> int:
@@ -464,9 +478,16 @@ def _failure(what: str, exc: BaseException) -> LicentiaError:
 class TokenSession:
     """A logged-in session on one token. Use through `open_session`."""
 
-    def __init__(self, session: pkcs11.Session, info: TokenInfo) -> None:
+    def __init__(self, session: pkcs11.Session, info: TokenInfo, module: str = "", generation: int = 0) -> None:
         self._s = session
         self.info = info
+        self._module = module
+        self._generation = generation
+
+    @property
+    def stale(self) -> bool:
+        """The module was initialised again since this session was opened: it is over."""
+        return _generation.get(self._module, 0) != self._generation
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -1002,17 +1023,27 @@ class TokenSession:
 
 
 def _serialised(method: Any) -> Any:
+    presence = method.__name__ == "still_present"
+
     @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
+    def call(self: TokenSession, *args: Any, **kwargs: Any) -> Any:
         with _lock:
-            return method(*args, **kwargs)
+            if self.stale:  # its handle may name another session now: never use it
+                if presence:
+                    return False
+                raise LicentiaError(
+                    ErrorCode.TOKEN_FAILURE,
+                    f"the session on token '{self.info.label}' ended when the PKCS#11 module "
+                    "re-read its slots",
+                )
+            return method(self, *args, **kwargs)
 
     return call
 
 
 # every call of a session into its module holds `_lock` (see there)
 for _name, _method in list(vars(TokenSession).items()):
-    if callable(_method) and not _name.startswith("__"):
+    if callable(_method) and not _name.startswith("__") and not isinstance(_method, property):
         setattr(TokenSession, _name, _serialised(_method))
 del _name, _method
 

@@ -72,6 +72,7 @@ from licentia.containers.pkcs11 import (
     load_module,
     open_public_session,
     open_session,
+    reinitialize,
 )
 from licentia.core import claims as claim_rules
 from licentia.core.claims import ClaimResult, ClaimState, Standing
@@ -206,13 +207,25 @@ class FoundToken:
     problem: LicentiaError | None = None  # a description that does not verify
 
 
-def find_containers(module: str | os.PathLike[str] | None = None) -> list[FoundToken]:
+def find_containers(module: str | os.PathLike[str] | None = None, *, refresh: bool = False) -> list[FoundToken]:
     """Every initialised token of `module` and whether it is a licentia container.
 
-    No PIN is tried: only the public description object is read.
+    No PIN is tried: only the public description object is read. With `refresh`, or when
+    the module fails to list its slots (SoftHSM2 does once a token's directory is gone),
+    the module's slot list is read afresh first (`refresh_slots`), so a token plugged in
+    again is found.
     """
+    if refresh:
+        refresh_slots(module)
+    try:
+        infos = list_tokens(module)
+    except LicentiaError as exc:
+        if exc.code is not ErrorCode.TOKEN_FAILURE:
+            raise
+        refresh_slots(module)
+        infos = list_tokens(module)
     found: list[FoundToken] = []
-    for info in list_tokens(module):
+    for info in infos:
         try:
             found.append(FoundToken(info, describe_token(module, slot=info.slot_id)))
         except LicentiaError as exc:
@@ -231,6 +244,7 @@ class _Shared:
     session: TokenSession
     stack: ExitStack
     pin_digest: bytes
+    pin: str = field(repr=False, default="")  # to log in again after `refresh_slots`
     lock: threading.RLock = field(default_factory=threading.RLock)
     refs: int = 1
     depth: int = 0  # file-lock nesting of the thread holding `lock`
@@ -272,7 +286,7 @@ def _acquire(
             return shared
         stack = ExitStack()
         session = stack.enter_context(open_session(module, slot=slot_id, pin=pin))
-        shared = _Shared(key, session, stack, pin_digest)
+        shared = _Shared(key, session, stack, pin_digest, pin)
         _sessions[key] = shared
         return shared
 
@@ -294,6 +308,36 @@ def _forget(shared: _Shared) -> None:
         shared.dead = True
         if _sessions.get(shared.key) is shared:
             del _sessions[shared.key]
+
+
+def refresh_slots(module: str | os.PathLike[str] | None = None) -> None:
+    """Read the module's slots afresh (C_Finalize, C_Initialize), keeping this process's
+    sessions on the tokens that are still there.
+
+    A module may see a token plugged in again, or a new reader, only after this (SoftHSM2
+    reads its token directory at C_Initialize). Finalising ends every session of the
+    module, so each logged-in session this process shares (`_acquire`) is opened again on
+    the same slot, checked to be the same token, and logged in with the PIN it was opened
+    with; a token that is gone loses its session and its containers report 1117.
+    """
+    so = str(find_module(module))
+    with _sessions_lock:
+        live = [shared for shared in _sessions.values() if shared.key[0] == so and not shared.dead]
+    with ExitStack() as held:
+        for shared in live:  # no access is half done while the sessions change
+            held.enter_context(shared.lock)
+        reinitialize(so)
+        for shared in live:
+            stack = ExitStack()
+            try:
+                session = stack.enter_context(open_session(so, slot=shared.key[2], pin=shared.pin))
+                if session.info.serial != shared.key[3]:
+                    raise LicentiaError(ErrorCode.TOKEN_NOT_FOUND, "another token is in the slot now")
+            except LicentiaError:
+                stack.close()
+                _forget(shared)
+                continue
+            shared.session, shared.stack = session, stack  # the old session ended with C_Finalize
 
 
 # -- locks between processes -----------------------------------------------------------------
@@ -385,6 +429,28 @@ def _file_lock(path: Path, *, exclusive: bool) -> Iterator[None]:
 
 
 # -- events ----------------------------------------------------------------------------------
+
+
+class TokenLockedOut(LicentiaError):
+    """1119: the token is locked out until `until` (a time of the clock that saw it).
+
+    Its message counts the seconds left at `now`; `at(later)` says it again for a later
+    moment, so a report made later never repeats a stale count."""
+
+    def __init__(self, label: str, serial: ContainerSerial, until: int, cause: str, now: int) -> None:
+        self.label, self.serial, self.until, self.cause = label, serial, until, cause
+        remaining = max(0, until - now)
+        if remaining:
+            message = f"token '{label}' holding container {serial} is locked out for {remaining} s more: {cause}"
+        else:
+            message = (
+                f"the lockout of token '{label}' holding container {serial} has ended ({cause}); "
+                "it can be claimed again"
+            )
+        super().__init__(ErrorCode.TOKEN_LOCKED_OUT, message)
+
+    def at(self, now: int) -> TokenLockedOut:
+        return TokenLockedOut(self.label, self.serial, self.until, self.cause, now)
 
 
 class TokenEventKind(StrEnum):
@@ -903,19 +969,15 @@ class TokenContainer(ContainerBase):
             f"token '{self.token.label}' holding container {self.serial} was taken away: {why}",
         )
 
-    def _locked_out(self, state: ClaimState, now: int, *, triggered: bool = False) -> LicentiaError:
-        remaining = claim_rules.lockout_remaining(state, now)
+    def _locked_out(self, state: ClaimState, now: int, *, triggered: bool = False) -> TokenLockedOut:
         cause = (
             f"it changed hands more than {claim_rules.MAX_CHANGES} times within "
             f"{claim_rules.WINDOW} s"
             if triggered
             else "it changed hands too often in a short time"
         )
-        return LicentiaError(
-            ErrorCode.TOKEN_LOCKED_OUT,
-            f"token '{self.token.label}' holding container {self.serial} is locked out for "
-            f"{remaining} s more: {cause}",
-        )
+        until = now + claim_rules.lockout_remaining(state, now)
+        return TokenLockedOut(self.token.label, self.serial, until, cause, now)
 
     def check(self, now: int) -> None:
         """Raise unless this object may use the token now: present (1117), not taken
@@ -1036,8 +1098,8 @@ def _invalid(message: str) -> LicentiaError:
 
 __all__ = [
     "APPLICATION", "BOX_LABEL", "CLAIMS_PREFIX", "CONTENT_PREFIX", "INFO_LABEL", "KEY_LABEL",
-    "LOCK_DIR_ENV", "POLL_INTERVAL", "FoundToken", "TokenContainer", "TokenDescription",
-    "TokenEvent", "TokenEventKind", "TokenKeys", "TokenWatch", "default_lock_dir",
-    "describe_token", "find_containers", "parse_description", "presence_challenge",
+    "LOCK_DIR_ENV", "POLL_INTERVAL", "RUN_LOCK_DIR", "FoundToken", "TokenContainer", "TokenDescription",
+    "TokenEvent", "TokenEventKind", "TokenKeys", "TokenLockedOut", "TokenWatch", "default_lock_dir",
+    "describe_token", "find_containers", "parse_description", "presence_challenge", "refresh_slots",
     "serial_for", "verify_proof",
 ]
