@@ -253,6 +253,10 @@ class _Shared:
 
 _sessions: dict[tuple[str, str, int, str], _Shared] = {}
 _sessions_lock = threading.Lock()
+# Held while sessions are opened (`_acquire`) or the module's slots are read afresh
+# (`refresh_slots`), so no session is opened in between and left behind. Taken before any
+# `_Shared.lock`, `_sessions_lock` or the module lock.
+_open_lock = threading.RLock()
 
 
 def _token_serial(token: Any) -> str:
@@ -263,32 +267,38 @@ def _token_serial(token: Any) -> str:
 def _acquire(
     module: str | os.PathLike[str] | None, label: str | None, slot: int | None, pin: str
 ) -> _Shared:
-    lib = load_module(module)
-    token = find_token(lib, label=label, slot=slot)
-    slot_id = int(token.slot.slot_id)
-    key = (
-        str(find_module(module)),
-        os.environ.get("SOFTHSM2_CONF", ""),
-        slot_id,
-        _token_serial(token),
-    )
-    pin_digest = keyed_digest(_PIN_SALT, pin.encode())
-    with _sessions_lock:
-        shared = _sessions.get(key)
-        if shared is not None and not shared.dead:
-            if not equal(shared.pin_digest, pin_digest):
-                raise LicentiaError(
-                    ErrorCode.PIN_INCORRECT,
-                    f"wrong PIN for token '{token.label}' (checked against the session this "
-                    "process already holds; the token's retry counter was not touched)",
-                )
-            shared.refs += 1
+    with _open_lock:
+        lib = load_module(module)
+        token = find_token(lib, label=label, slot=slot)
+        slot_id = int(token.slot.slot_id)
+        key = (
+            str(find_module(module)),
+            os.environ.get("SOFTHSM2_CONF", ""),
+            slot_id,
+            _token_serial(token),
+        )
+        pin_digest = keyed_digest(_PIN_SALT, pin.encode())
+        with _sessions_lock:
+            shared = _sessions.get(key)
+            if shared is not None and not shared.dead and shared.session.stale:
+                # the module was initialised again without `refresh_slots`: that session is over
+                shared.dead = True
+                del _sessions[key]
+                shared = None
+            if shared is not None and not shared.dead:
+                if not equal(shared.pin_digest, pin_digest):
+                    raise LicentiaError(
+                        ErrorCode.PIN_INCORRECT,
+                        f"wrong PIN for token '{token.label}' (checked against the session this "
+                        "process already holds; the token's retry counter was not touched)",
+                    )
+                shared.refs += 1
+                return shared
+            stack = ExitStack()
+            session = stack.enter_context(open_session(module, slot=slot_id, pin=pin))
+            shared = _Shared(key, session, stack, pin_digest, pin)
+            _sessions[key] = shared
             return shared
-        stack = ExitStack()
-        session = stack.enter_context(open_session(module, slot=slot_id, pin=pin))
-        shared = _Shared(key, session, stack, pin_digest, pin)
-        _sessions[key] = shared
-        return shared
 
 
 def _release(shared: _Shared) -> None:
@@ -321,9 +331,12 @@ def refresh_slots(module: str | os.PathLike[str] | None = None) -> None:
     with; a token that is gone loses its session and its containers report 1117.
     """
     so = str(find_module(module))
-    with _sessions_lock:
-        live = [shared for shared in _sessions.values() if shared.key[0] == so and not shared.dead]
     with ExitStack() as held:
+        held.enter_context(_open_lock)
+        with _sessions_lock:
+            conf = os.environ.get("SOFTHSM2_CONF", "")
+            live = [shared for shared in _sessions.values()
+                    if shared.key[:2] == (so, conf) and not shared.dead]
         for shared in live:  # no access is half done while the sessions change
             held.enter_context(shared.lock)
         reinitialize(so)
@@ -574,6 +587,7 @@ class TokenContainer(ContainerBase):
         self._closed = False
         self._watches: list[TokenWatch] = []
         self.skipped_records = 0  # records that did not verify at the last read
+        self.lockout: TokenLockedOut | None = None  # the last lockout this object met
         self.keys = TokenKeys(self)
 
     # -- identity --
@@ -977,7 +991,8 @@ class TokenContainer(ContainerBase):
             else "it changed hands too often in a short time"
         )
         until = now + claim_rules.lockout_remaining(state, now)
-        return TokenLockedOut(self.token.label, self.serial, until, cause, now)
+        self.lockout = TokenLockedOut(self.token.label, self.serial, until, cause, now)
+        return self.lockout
 
     def check(self, now: int) -> None:
         """Raise unless this object may use the token now: present (1117), not taken

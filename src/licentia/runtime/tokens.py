@@ -557,6 +557,8 @@ class RuntimeTokens:
             return
         kind = kind or {ErrorCode.TOKEN_REMOVED: "gone", ErrorCode.TOKEN_TAKEN_AWAY: "taken away",
                         ErrorCode.TOKEN_LOCKED_OUT: "locked out"}.get(error.code, "failed")
+        if error.code is ErrorCode.TOKEN_LOCKED_OUT and h.container.lockout is not None:
+            error = h.container.lockout  # the lockout itself (a copy that passed the writer only has its text)
         ld = self.rt.containers.loaded.get(serial)
         self._set_lost(serial, Lost(kind, int(error.code), error.message, time.time(), h.label,
                                     content=None if ld is None else ld.content, error=error))
