@@ -108,10 +108,11 @@ class TokenStore:
             raise RuntimeError(
                 f"softhsm2-util --init-token failed: {result.stderr or result.stdout}"
             )
-        # a module this process already initialised sees new tokens only after this
-        from licentia.containers.pkcs11 import reinitialize
+        # a module this process already initialised sees new tokens only after this; the
+        # token containers this process has open on other tokens carry on
+        from licentia.containers.token import refresh_slots
 
-        reinitialize(self.module)
+        refresh_slots(self.module)
         slot = _slot_from(result.stdout)
         serial = _serial_of(self, slot)
         token = SoftToken(label, pin, so_pin, serial, slot, self)

@@ -287,6 +287,44 @@ def test_watch_reports_a_pulled_token(container: TokenContainer, lic: tuple[Soft
     print(f"pulled token noticed after {noticed:.3f} s (poll interval {tk.POLL_INTERVAL} s)")
 
 
+def test_a_token_plugged_back_is_found_again_and_the_other_tokens_keep_working(
+    token_store: TokenStore, lic: tuple[SoftToken, Path]
+) -> None:
+    add_token(token_store, "other")
+    container = TokenContainer.create(token_store.module, label="lic", pin=PIN, now=T0, clock=Clock())
+    other = TokenContainer.create(token_store.module, label="other", pin=PIN, now=T0, clock=Clock())
+    try:
+        container.claim("rt-a", T0)
+        other.claim("rt-a", T0)
+        pulled = token_store.directory / "pulled"
+        lic[1].rename(pulled)  # pulled, all at once
+
+        # SoftHSM2 now fails the whole slot list (GeneralError); it is read afresh, and only 'lic' is missing
+        assert [f.token.label for f in tk.find_containers(token_store.module)] == ["other"]
+        with pytest.raises(LicentiaError) as err:
+            container.prove(os.urandom(32), T0)
+        assert err.value.code is ErrorCode.TOKEN_REMOVED
+        # the other token's session was opened again behind its back: it still proves, reads and writes
+        assert tk.verify_proof(other.sign_public, b"x" * 8, other.prove(b"x" * 8, T0))
+        licensed(other)
+        assert other.read().firms[FIRM].items[1].item.product_code == 7
+
+        pulled.rename(lic[1])  # plugged back in
+        found = {f.token.label: f for f in tk.find_containers(token_store.module, refresh=True)}
+        assert set(found) == {"lic", "other"} and found["lic"].description is not None
+        again = open_again(token_store)
+        try:
+            assert again.serial == container.serial
+            assert again.claim("rt-a", T0 + 1).outcome is not C.Outcome.TOOK_OVER
+            assert tk.verify_proof(again.sign_public, b"y" * 8, again.prove(b"y" * 8, T0 + 1))
+        finally:
+            again.close()
+        assert tk.verify_proof(other.sign_public, b"z" * 8, other.prove(b"z" * 8, T0 + 1))
+    finally:
+        other.close()
+        container.close()
+
+
 def test_challenges_are_checked(container: TokenContainer) -> None:
     with pytest.raises(LicentiaError) as err:
         container.prove(os.urandom(32), T0)  # not claimed yet

@@ -103,8 +103,10 @@ def base_env(machine_root: Path, **extra: str) -> dict[str, str]:
 class Runtime:
     """`licentia runtime serve` in a subprocess, on free ports."""
 
-    def __init__(self, procs: Procs, home: Path, machine_root: Path, *flags: str) -> None:
+    def __init__(self, procs: Procs, home: Path, machine_root: Path, *flags: str,
+                 env: dict[str, str] | None = None) -> None:
         self.procs = procs
+        self.env = env or {}
         self.home = home
         self.machine_root = machine_root
         self.flags = flags
@@ -120,7 +122,7 @@ class Runtime:
                 "--local-port", "0", "--http-port", "0", "--reap-interval", "0.2", "--log-flush-interval", "0.02",
                 "--snapshot-delay", "0.05", *self.flags]
         self.log = open(self.home.parent / f"{self.home.name}.serve.log", "ab")  # noqa: SIM115
-        self.proc = self.procs.spawn(args, env=base_env(self.machine_root), stdout=self.log, stderr=self.log)
+        self.proc = self.procs.spawn(args, env=base_env(self.machine_root, **self.env), stdout=self.log, stderr=self.log)
         proc = self.proc
 
         def ready() -> dict[str, Any] | None:

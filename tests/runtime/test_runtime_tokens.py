@@ -5,7 +5,7 @@ hands lock it out for every runtime."""
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -69,6 +69,12 @@ def token_row(rt: Runtime, serial: str) -> dict[str, Any]:
     return row
 
 
+def _seconds_left(text: str) -> int:
+    match = re.search(r"locked out for (\d+) s more", text)
+    assert match, text
+    return int(match.group(1))
+
+
 def removals(rt: Runtime, serial: str) -> list[dict[str, Any]]:
     return rt.logged("the removal in the log",
                      lambda e: e.get("event") == "container-removed" and e.get("container") == serial)
@@ -94,12 +100,16 @@ def test_access_is_proven_by_the_token_and_a_pulled_token_frees_its_seats(
     assert prog.ask("check")["valid"] is True
     assert [r["container"] for r in rt.sessions()] == [serial]
 
-    shutil.rmtree(directory)  # the token is pulled
+    pulled = store.directory / "pulled"
+    directory.rename(pulled)  # the token is pulled (all at once, as a USB token is)
     wait_for("the seats of the pulled token to be freed", lambda: rt.sessions() == [])
     answer = prog.ask("check")
     assert answer["valid"] is False and set(answer["events"]) == {"container-removed", "license-gone"}, answer
     again = Program(procs, root, env, **opts)
-    assert "error" in again.first  # nothing left to grant
+    # nothing left to grant, and the program is told why: the token was pulled (not 200, not found)
+    assert again.first["error"] == 1117 and "no longer present" in again.first["message"], again.first
+    assert f"token 'lic' holding container {serial}" in again.first["message"]
+    assert f"token container {serial} on token 'lic' gone (1117)" in rt.output()  # the console says so
     assert token_row(rt, serial)["status"] == "gone"
     released = wait_for("the release in the log", lambda: [
         e for e in rt.usage_log() if e.get("event") == "release" and e.get("reason") == "container-removed"])
@@ -108,6 +118,16 @@ def test_access_is_proven_by_the_token_and_a_pulled_token_frees_its_seats(
     assert removed["kind"] == "token" and removed["reason"] == "token gone" and removed["code"] == 1117
     events = get(rt, "/api/events")
     assert any(e.get("event") == "container-removed" and e.get("container") == serial for e in events)
+
+    # Plugged back in: the runtime takes it back without a restart, and programs get licenses again.
+    pulled.rename(directory)
+    row = wait_for("the token to be taken back", lambda: token_row(rt, serial) if token_row(rt, serial)["status"] == "ok"
+                   else None)
+    assert "claimed by this runtime" in row["binding"] and "took over" not in row["binding"]
+    back = Program(procs, root, env, **opts)
+    assert back.granted and back.first["verified"] and back.first["container"] == serial, back.first
+    assert prog.ask("check")["valid"] is False  # the seat freed at the pull stays freed
+    assert "(taken back: it was gone)" in rt.output()
 
 
 @pytest.mark.slow
@@ -131,6 +151,9 @@ def test_a_second_runtime_takes_the_token_away_and_rapid_changes_lock_it_out_for
     assert set(on_a.ask("check")["events"]) == {"container-removed", "license-gone"}
     (removed,) = removals(a, serial)
     assert removed["reason"] == "token taken away" and removed["code"] == 1118
+    late_on_a = Program(procs, root, {"LICENTIA_HOME": str(home_a)}, **opts)
+    assert late_on_a.first["error"] == 1118 and "runtime" in late_on_a.first["message"], late_on_a.first
+    assert f"token container {serial} on token 'lic' taken away (1118)" in a.output()
     on_b = Program(procs, root, {"LICENTIA_HOME": str(home_b)}, **opts)
     assert on_b.granted and on_b.first["verified"]
     # runtime a does not grab it back while b holds it
@@ -155,9 +178,15 @@ def test_a_second_runtime_takes_the_token_away_and_rapid_changes_lock_it_out_for
     assert a.sessions() == [] and b.sessions() == []
     for home in (home_a, home_b):
         refused = Program(procs, root, {"LICENTIA_HOME": str(home)}, **opts)
-        assert "error" in refused.first, refused.first
+        assert refused.first["error"] == 1119 and " s more" in refused.first["message"], refused.first
+    for rt in (a, b):
+        assert "locked out (1119)" in rt.output()
+    left = _seconds_left(token_row(b, serial)["binding"])
     time.sleep(1.2)  # the runtimes keep looking, and keep honouring the lockout
     assert token_row(a, serial)["status"] == "locked out" and token_row(b, serial)["status"] == "locked out"
+    assert _seconds_left(token_row(b, serial)["binding"]) < left <= 300  # counted when asked, not frozen
+    refused = Program(procs, root, {"LICENTIA_HOME": str(home_b)}, **opts)
+    assert _seconds_left(refused.first["message"]) < left
 
 
 def test_a_restarted_runtime_keeps_its_token_and_the_programs_their_seats(
@@ -178,3 +207,37 @@ def test_a_restarted_runtime_keeps_its_token_and_the_programs_their_seats(
     answer = prog.ask("check")  # proven by the token again, for the same handle
     assert answer["valid"] is True and "error" not in answer, answer
     assert [r["handle"] for r in rt.sessions()] == [prog.first["handle"]]
+
+
+def test_the_runtime_sends_the_pin_given_now_and_tries_it_after_wrong_pins(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs, store: TokenStore
+) -> None:
+    from licentia.containers.pkcs11 import list_tokens, open_session, reinitialize
+    from licentia.model import ErrorCode, LicentiaError
+
+    serial, _ = token_container(store, vendor, [ProductItem(product_code=11, quantity=1)])
+    home = tmp_path / "home"
+    (home / "containers").mkdir(parents=True)
+    stale, new = tmp_path / "stale-pin", tmp_path / "new-pin"
+    stale.write_text(PIN + "\n")
+    new.write_text("8765\n")
+    (home / "containers" / "tokens.json").write_text(json.dumps({"module": store.module, "containers": {
+        serial: {"token_label": "lic", "token_serial": "", "pin_file": str(stale)}}}))
+    with open_session(store.module, label="lic", pin=PIN) as session:
+        session.change_pin(PIN, "8765")  # the recorded PIN file is stale now
+    with pytest.raises(LicentiaError) as err, open_session(store.module, label="lic", pin="0000"):
+        pass
+    assert err.value.code is ErrorCode.PIN_INCORRECT
+    reinitialize(store.module)
+    assert [t.pin_state for t in list_tokens(store.module)] == ["count low"]  # a wrong PIN was entered
+
+    rt = Runtime(procs, home, root, "--token-scan-interval", "0.5", "--token-watch-interval", "0.2",
+                 env={"LICENTIA_PIN_FILE": str(new)})
+    row = wait_for("the token container", lambda: token_row(rt, serial) if any(
+        c["serial"] == serial and c["status"] in ("ok", "PIN refused", "PIN not tried") for c in get(rt, "/api/containers"))
+        else None)
+    assert row["status"] == "ok", row  # $LICENTIA_PIN_FILE won over the recorded file; COUNT_LOW did not stop it
+    assert "tries were used" in row["binding"] and "CKF_USER_PIN_COUNT_LOW" in row["binding"]
+    prog = Program(procs, root, {"LICENTIA_HOME": str(home)}, firm_code=vendor.firm, product_code=11,
+                   firm_key=str(vendor.public_file))
+    assert prog.granted and prog.first["verified"], prog.first

@@ -146,3 +146,45 @@ def test_refusals_exit_2_with_code_and_hint(cli: TokenStore, tmp_path: Path) -> 
         env=env, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.returncode == 2 and "error 1105" in done.stderr
+
+
+def test_uri_needs_no_login_package_names_the_transport_key_and_user_mode_must_fit(
+    cli: TokenStore, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run(capsys, "init", "--token", "ca")
+    run(capsys, "init", "--token", "dev")
+    run(capsys, "keygen", "web", "--token", "dev")
+    run(capsys, "ca-init", "root", "--token", "ca", "--subject", "CN=Root", "--out", "ca.pem")
+
+    # `uri`: anyone, without a PIN (a separate process, no PIN anywhere, no terminal)
+    env = {k: v for k, v in cli.env.items() if k not in ("LICENTIA_PIN", "LICENTIA_PIN_FILE")}
+    def uri(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "licentia.cli.main", "vault", "uri", *argv],
+                              env=env, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    done = uri("web", "--token", "dev")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pkcs11:token=dev;object=web;type=private"
+    assert uri("web", "--token", "dev", "--type", "public").returncode == 0
+    missing = uri("nothing", "--token", "dev")
+    assert missing.returncode == 2 and "error 1106" in missing.stderr
+    no_cert = uri("web", "--token", "dev", "--type", "cert")
+    assert no_cert.returncode == 2 and "no certificate labelled 'web'" in no_cert.stderr
+
+    # `package` prints the hash of the transport key it encrypted to: the CA compares it with the request's
+    out, _ = run(capsys, "request", "--token", "dev", "-o", "dev.lvr")
+    (requested,) = [line.split()[3] for line in out.splitlines() if line.startswith("transport key SHA-256")]
+    out, _ = run(capsys, "package", "dev.lvr", "--token", "ca", "--ca", "root", "--subject", "CN=plc",
+                 "--label", "plc", "-o", "plc.lvp")  # fmt: skip
+    (packaged,) = [line.split()[3] for line in out.splitlines() if line.startswith("transport key SHA-256")]
+    assert packaged == requested and len(packaged) == 64
+
+    # user mode cannot be set on a vault holding more entries than its slots
+    for n in range(9):
+        run(capsys, "keygen", f"k{n}", "--token", "dev")
+    _, err = run(capsys, "init", "--token", "dev", "--force", "--mode", "user", status=2)
+    assert "error 1103" in err and "holds 10 entries, more than the 8 certificate slots" in err
+    assert "--slots 10" in err
+    out, _ = run(capsys, "list", "--token", "dev")
+    assert "mode vendor" in out and "of 8" not in out  # nothing changed
+    out, _ = run(capsys, "init", "--token", "dev", "--force", "--mode", "user", "--slots", "10")
+    assert "10 certificate slots" in out

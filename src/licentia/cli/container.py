@@ -2,8 +2,9 @@
 
 Token containers (PKCS#11) appear beside soft ones once a module is configured:
 `--module`, $LICENTIA_PKCS11_MODULE, or the module recorded by `container create --token`.
-A token's user PIN comes from --pin-file, else the PIN file recorded at creation, else
-$LICENTIA_PIN_FILE or $LICENTIA_PIN; it is tried once, never retried.
+A token's user PIN comes from --pin-file, else $LICENTIA_PIN_FILE, else $LICENTIA_PIN, else
+the PIN file recorded at creation: what the user gives now wins over what was recorded. It
+is tried once, never retried.
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     lst = cs.add_parser("list", help="list containers (soft, and token ones of the configured module)")
     lst.add_argument("--module", help="PKCS#11 module to look for token containers in")
+    lst.add_argument("--pin-file", help="file holding the token user PIN (wins over the one recorded at creation)")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(handler=cmd_list)
 
     show = cs.add_parser("show", help="show a container: state, binding health or token, items")
     show.add_argument("serial")
     show.add_argument("--module", help="PKCS#11 module to look for token containers in")
+    show.add_argument("--pin-file", help="file holding the token's user PIN (token containers)")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_show)
 

@@ -523,8 +523,14 @@ def cmd_package(args: argparse.Namespace) -> int:
             now=_now(),
         )
     _write(args.out, data)
+    from licentia.crypto.x509 import digest
+
     print(
         f"package for token '{target.token_label}' serial {target.token_serial} written to {args.out}"
+    )
+    print(
+        f"transport key SHA-256 {digest(target.transport_key).hex()} (the one the request names: "
+        "it must equal what `licentia vault request` printed on the target token)"
     )
     return 0
 
@@ -552,19 +558,34 @@ def cmd_change_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_uri(args: argparse.Namespace) -> int:
-    from licentia.vault.openssl import pkcs11_uri
+    """Anyone may run it: the URI names public facts, so no PIN is asked and none is tried.
 
-    with _vault(args) as v:
-        entry = v.entry(args.label)
-        if args.object_type == "private" and entry.key is None:
-            raise LicentiaError(
-                ErrorCode.TOKEN_OBJECT_NOT_FOUND, f"entry '{args.label}' has no key"
-            )
-        print(
-            pkcs11_uri(
-                v.token_label, entry.label, object_type=args.object_type, pin_source=args.pin_source
-            )
+    Without a login only public objects are visible; an entry's key is known by its public
+    key or its certificate (every entry the vault makes has one or both)."""
+    from licentia.containers.pkcs11 import open_public_session
+    from licentia.vault.openssl import pkcs11_uri
+    from licentia.vault.vault import RESERVED_PREFIX
+
+    with open_public_session(args.module, label=args.token, slot=args.slot) as session:
+        token_label = session.info.label
+        kinds = {
+            o.object_class
+            for o in session.objects()
+            if o.label == args.label and not o.label.startswith(RESERVED_PREFIX)
+        }
+    needed = {
+        "private": {"public-key", "certificate"},
+        "public": {"public-key"},
+        "cert": {"certificate"},
+    }[args.object_type]
+    if not kinds & needed:
+        what = {"private": "entry", "public": "public key", "cert": "certificate"}[args.object_type]
+        raise LicentiaError(
+            ErrorCode.TOKEN_OBJECT_NOT_FOUND,
+            f"token '{token_label}' has no {what} labelled '{args.label}'"
+            + (f" (it has: {', '.join(sorted(kinds))})" if kinds else ""),
         )
+    print(pkcs11_uri(token_label, args.label, object_type=args.object_type, pin_source=args.pin_source))
     return 0
 
 

@@ -104,6 +104,10 @@ def _attribute_mapper() -> AttributeMapper:
 # functions below call each other.
 _lock = threading.RLock()
 _conf_at_init: dict[str, str | None] = {}
+# How many times each module was initialised again in this process. A session belongs to
+# the generation it was opened in: C_Finalize ended it, and its handle may since name a
+# session on another token, so it is never used (nor closed) again.
+_generation: dict[str, int] = {}
 
 
 def find_module(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -134,6 +138,7 @@ def load_module(path: str | os.PathLike[str] | None = None) -> Module:
             lib = pkcs11.lib(so)
             if so in _conf_at_init and _conf_at_init[so] != conf:
                 lib.reinitialize()
+                _generation[so] = _generation.get(so, 0) + 1
         except p11e.PKCS11Error as exc:
             raise LicentiaError(
                 ErrorCode.PKCS11_MODULE_NOT_FOUND, f"the PKCS#11 module {so} failed to load: {exc}"
@@ -152,6 +157,7 @@ def reinitialize(path: str | os.PathLike[str] | None = None) -> None:
     so = str(find_module(path))
     with _lock:
         if so in _conf_at_init:
+            _generation[so] = _generation.get(so, 0) + 1
             try:
                 pkcs11.lib(so).reinitialize()
             except p11e.PKCS11Error as exc:
@@ -221,6 +227,42 @@ def wrong_pin_message(label: str, flags: int) -> str:
     return f"wrong PIN for token '{label}'"
 
 
+def unattended_refusal(info: TokenInfo) -> LicentiaError | None:
+    """Why a program that tries a PIN on its own (a listing, the runtime) must not try it now.
+
+    A locked PIN is never tried (1101). On its final try, a stale PIN would lock it, so
+    only a PIN a person gives for this one command is tried (1100 until then).
+    `CKF_USER_PIN_COUNT_LOW` alone is no reason: it only says wrong PINs were entered since
+    the last good login (SoftHSM2 reports it after a single wrong PIN), so the PIN is tried
+    once and the caller says tries were used (`count_low_note`).
+    """
+    state = info.pin_state
+    if state == "locked":
+        return LicentiaError(
+            ErrorCode.PIN_LOCKED,
+            f"token '{info.label}' reports its user PIN locked (CKF_USER_PIN_LOCKED); no PIN was tried",
+        )
+    if state == "final try":
+        return LicentiaError(
+            ErrorCode.PIN_INCORRECT,
+            f"token '{info.label}' reports ONE PIN try left (CKF_USER_PIN_FINAL_TRY); no PIN was "
+            "tried, so that a stale PIN cannot lock it",
+            hint="give the right PIN once yourself, e.g. `licentia container show SERIAL --pin-file FILE`",
+        )
+    return None
+
+
+def count_low_note(info: TokenInfo) -> str:
+    """What to say after logging in to a token that reported wrong PINs entered; '' if none."""
+    if info.pin_state != "count low":
+        return ""
+    return (
+        f"wrong PINs had been entered on token '{info.label}' since its last good login "
+        "(CKF_USER_PIN_COUNT_LOW): tries were used; this login with the right PIN resets the count "
+        "on most tokens"
+    )
+
+
 def _info(token: pkcs11.Token) -> TokenInfo:
     return TokenInfo(
         slot_id=int(token.slot.slot_id),
@@ -245,6 +287,8 @@ def list_tokens(module: str | os.PathLike[str] | None = None) -> list[TokenInfo]
                 if info.initialized:
                     found.append(info)
     except p11e.PKCS11Error as exc:
+        # SoftHSM2 answers GeneralError for the whole list once a token's directory is
+        # gone: `licentia.containers.token.refresh_slots` re-reads the slots
         raise _failure("listing tokens", exc) from None
     return found
 
@@ -336,6 +380,7 @@ def open_session(
 ) -> Iterator[TokenSession]:
     """Open a session on one token and log the user in with `pin` (tried exactly once)."""
     lib = load_module(module)
+    so = str(find_module(module))
     token = find_token(lib, label=label, slot=slot)
     info = _info(token)
     if info.pin_locked:
@@ -346,6 +391,7 @@ def open_session(
         )
     try:
         with _lock:
+            generation = _generation.get(so, 0)
             session = token.open(rw=rw, user_pin=pin, attribute_mapper=_attribute_mapper())
     except p11e.PinIncorrect:
         flags = _fresh_flags(lib, info)
@@ -373,10 +419,11 @@ def open_session(
     except p11e.PKCS11Error as exc:
         raise _failure(f"logging in to token '{info.label}'", exc) from None
     try:
-        yield TokenSession(session, _info(token))
+        yield TokenSession(session, _info(token), so, generation)
     finally:
         with _lock, suppress(p11e.PKCS11Error):
-            session.close()
+            if _generation.get(so, 0) == generation:
+                session.close()
 
 
 @contextmanager
@@ -392,17 +439,20 @@ def open_public_session(
     spending a PIN try on a token that may belong to something else.
     """
     lib = load_module(module)
+    so = str(find_module(module))
     token = find_token(lib, label=label, slot=slot)
     try:
         with _lock:
+            generation = _generation.get(so, 0)
             session = token.open(rw=False, attribute_mapper=_attribute_mapper())
     except p11e.PKCS11Error as exc:
         raise _failure(f"opening token '{token.label}'", exc) from None
     try:
-        yield TokenSession(session, _info(token))
+        yield TokenSession(session, _info(token), so, generation)
     finally:
         with _lock, suppress(p11e.PKCS11Error):
-            session.close()
+            if _generation.get(so, 0) == generation:
+                session.close()
 
 
 def _fresh_flags(lib: Module, info: TokenInfo) -> int:
@@ -428,9 +478,16 @@ def _failure(what: str, exc: BaseException) -> LicentiaError:
 class TokenSession:
     """A logged-in session on one token. Use through `open_session`."""
 
-    def __init__(self, session: pkcs11.Session, info: TokenInfo) -> None:
+    def __init__(self, session: pkcs11.Session, info: TokenInfo, module: str = "", generation: int = 0) -> None:
         self._s = session
         self.info = info
+        self._module = module
+        self._generation = generation
+
+    @property
+    def stale(self) -> bool:
+        """The module was initialised again since this session was opened: it is over."""
+        return _generation.get(self._module, 0) != self._generation
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -966,17 +1023,27 @@ class TokenSession:
 
 
 def _serialised(method: Any) -> Any:
+    presence = method.__name__ == "still_present"
+
     @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
+    def call(self: TokenSession, *args: Any, **kwargs: Any) -> Any:
         with _lock:
-            return method(*args, **kwargs)
+            if self.stale:  # its handle may name another session now: never use it
+                if presence:
+                    return False
+                raise LicentiaError(
+                    ErrorCode.TOKEN_FAILURE,
+                    f"the session on token '{self.info.label}' ended when the PKCS#11 module "
+                    "re-read its slots",
+                )
+            return method(self, *args, **kwargs)
 
     return call
 
 
 # every call of a session into its module holds `_lock` (see there)
 for _name, _method in list(vars(TokenSession).items()):
-    if callable(_method) and not _name.startswith("__"):
+    if callable(_method) and not _name.startswith("__") and not isinstance(_method, property):
         setattr(TokenSession, _name, _serialised(_method))
 del _name, _method
 

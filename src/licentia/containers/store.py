@@ -166,7 +166,9 @@ class ContainerStore:
         from licentia.containers.token import TokenContainer
 
         module_path = str(find_module(module or self.configured_module()))
-        container = TokenContainer.create(module_path, label=label, slot=slot, pin=pin, now=now)
+        container = TokenContainer.create(
+            module_path, label=label, slot=slot, pin=pin, now=now, lock_dir=self.lock_dir()
+        )
         registry = self.token_registry()
         registry["module"] = module_path
         registry["containers"][str(container.serial)] = {
@@ -177,13 +179,25 @@ class ContainerStore:
         self._save_registry(registry)
         return container
 
+    def lock_dir(self) -> Path:
+        """Where token lock files go for this home (see `licentia.containers.token.default_lock_dir`)."""
+        from licentia.containers.token import default_lock_dir
+
+        return default_lock_dir(self.directory.parent)
+
     def _save_registry(self, registry: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self.tokens_file, json.dumps(registry, indent=2).encode() + b"\n", mode=0o644)
 
     def _pin_for(self, serial: str, explicit: str | None) -> str | None:
+        """The PIN for token container `serial`: `explicit`, else the store's `token_pin`
+        (what the user gave: --pin-file, $LICENTIA_PIN_FILE or $LICENTIA_PIN), else the PIN
+        file recorded at creation. What the user gives now wins over what was recorded, so a
+        changed PIN is never sent in its old form (each wrong try counts on a real card)."""
         if explicit is not None:
             return explicit
+        if self.token_pin is not None:
+            return self.token_pin
         entry = self.token_registry()["containers"].get(serial) or {}
         pin_file = entry.get("pin_file")
         if pin_file:
@@ -194,7 +208,7 @@ class ContainerStore:
                     ErrorCode.INVALID_PARAMETER,
                     f"cannot read the PIN file {pin_file} of token container {serial}: {exc.strerror}",
                 ) from None
-        return self.token_pin
+        return None
 
     def _require_module(self) -> str:
         module = self.configured_module()
@@ -240,7 +254,9 @@ class ContainerStore:
                 f"no PIN for token '{info.label}' holding container {serial}",
                 hint="give --pin-file FILE, or set $LICENTIA_PIN_FILE or $LICENTIA_PIN",
             )
-        return TokenContainer.open(self._require_module(), slot=info.slot_id, pin=chosen, serial=serial)
+        return TokenContainer.open(
+            self._require_module(), slot=info.slot_id, pin=chosen, serial=serial, lock_dir=self.lock_dir()
+        )
 
     def open_any(
         self, serial: ContainerSerial, now: int | None = None, *, pin: str | None = None
@@ -254,7 +270,8 @@ class ContainerStore:
         """Every token container of the configured module, and the recorded ones missing.
 
         Only tokens that carry a container description are logged in to, and not when
-        the token reports wrong PINs already entered (so a listing never locks a PIN).
+        the token reports its PIN locked or on its final try (so a listing never locks a
+        PIN); a token that only reports wrong PINs entered (COUNT_LOW) is tried once.
         """
         module = self.configured_module()
         if not module:
@@ -298,7 +315,7 @@ class ContainerStore:
 
         for found in find_containers(self._require_module()):
             if found.description is not None and found.description.serial == serial:
-                return self._inspect_found(found, now)
+                return self._inspect_found(found, now, careful=self.token_pin is None)
         entry = self.token_registry()["containers"].get(str(serial))
         if entry is not None:
             return TokenInspection(
@@ -308,7 +325,11 @@ class ContainerStore:
             )
         raise LicentiaError(ErrorCode.CONTAINER_NOT_FOUND, f"token container {serial} is not present")
 
-    def _inspect_found(self, found: FoundToken, now: int) -> TokenInspection:
+    def _inspect_found(self, found: FoundToken, now: int, *, careful: bool = True) -> TokenInspection:
+        """One found token container, opened with its PIN unless the token says not to try:
+        never when its PIN is locked; on its final try only when not `careful` (a PIN the
+        user gave for this one container)."""
+        from licentia.containers.pkcs11 import count_low_note, unattended_refusal
         from licentia.containers.token import TokenContainer
         from licentia.core.claims import lockout_remaining
 
@@ -320,8 +341,10 @@ class ContainerStore:
         def row(status: str, detail: str, **kw: Any) -> TokenInspection:
             return TokenInspection(serial, "token", status, detail, info.label, info.slot_id, **kw)
 
-        if info.pin_state != "ok":
-            return row("PIN not tried", f"{where}: the token reports its user PIN {info.pin_state}")
+        refusal = unattended_refusal(info)
+        if refusal is not None and (careful or refusal.code is ErrorCode.PIN_LOCKED):
+            status = "PIN locked" if refusal.code is ErrorCode.PIN_LOCKED else "PIN not tried"
+            return row(status, f"{where}: {refusal.message}", error=refusal)
         try:
             pin = self._pin_for(serial, None)
         except LicentiaError as exc:
@@ -329,7 +352,9 @@ class ContainerStore:
         if pin is None:
             return row("PIN needed", f"{where}: set $LICENTIA_PIN_FILE or $LICENTIA_PIN to read it")
         try:
-            with TokenContainer.open(self._require_module(), slot=info.slot_id, pin=pin) as c:
+            with TokenContainer.open(
+                self._require_module(), slot=info.slot_id, pin=pin, lock_dir=self.lock_dir()
+            ) as c:
                 content = c.read()
                 claims = c.claim_state(now)
         except LicentiaError as exc:
@@ -347,7 +372,9 @@ class ContainerStore:
             holder = (
                 f"held by runtime {claims.holder.runtime_id}" if claims.holder else "not claimed"
             )
-        return row(status, f"{where}; {holder}", content=content, claims=claims)
+        note = count_low_note(info)
+        return row(status, f"{where}; {holder}" + (f"; warning: {note}" if note else ""),
+                   content=content, claims=claims)
 
 
 def item_rows(content: ContainerContent, now: int) -> list[dict[str, Any]]:

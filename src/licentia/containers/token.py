@@ -29,9 +29,10 @@ inside the token: it only keeps update files confidential on their way to this
 container (hidden data, licenses in transit). The container's identity — what makes a
 license unusable anywhere else — is the signing key, and that one never leaves.
 
-Changes from several processes on one machine are serialised with a lock file per
-token (in $LICENTIA_TOKEN_LOCK_DIR, else a shared directory under the system's
-temporary directory); within a process, every container object on one token shares one
+Changes from several processes of one user are serialised with a lock file per token
+(mode 0600, opened without following links) in a directory only that user can write:
+$LICENTIA_TOKEN_LOCK_DIR, else /run/licentia when it is ours, else `locks` in the
+licentia home (`default_lock_dir`); within a process, every container object on one token shares one
 logged-in session (PKCS#11 logs in per process, not per session).
 
 A runtime uses a token container like this::
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,7 @@ from licentia.containers.pkcs11 import (
     load_module,
     open_public_session,
     open_session,
+    reinitialize,
 )
 from licentia.core import claims as claim_rules
 from licentia.core.claims import ClaimResult, ClaimState, Standing
@@ -205,13 +207,25 @@ class FoundToken:
     problem: LicentiaError | None = None  # a description that does not verify
 
 
-def find_containers(module: str | os.PathLike[str] | None = None) -> list[FoundToken]:
+def find_containers(module: str | os.PathLike[str] | None = None, *, refresh: bool = False) -> list[FoundToken]:
     """Every initialised token of `module` and whether it is a licentia container.
 
-    No PIN is tried: only the public description object is read.
+    No PIN is tried: only the public description object is read. With `refresh`, or when
+    the module fails to list its slots (SoftHSM2 does once a token's directory is gone),
+    the module's slot list is read afresh first (`refresh_slots`), so a token plugged in
+    again is found.
     """
+    if refresh:
+        refresh_slots(module)
+    try:
+        infos = list_tokens(module)
+    except LicentiaError as exc:
+        if exc.code is not ErrorCode.TOKEN_FAILURE:
+            raise
+        refresh_slots(module)
+        infos = list_tokens(module)
     found: list[FoundToken] = []
-    for info in list_tokens(module):
+    for info in infos:
         try:
             found.append(FoundToken(info, describe_token(module, slot=info.slot_id)))
         except LicentiaError as exc:
@@ -230,6 +244,7 @@ class _Shared:
     session: TokenSession
     stack: ExitStack
     pin_digest: bytes
+    pin: str = field(repr=False, default="")  # to log in again after `refresh_slots`
     lock: threading.RLock = field(default_factory=threading.RLock)
     refs: int = 1
     depth: int = 0  # file-lock nesting of the thread holding `lock`
@@ -238,6 +253,10 @@ class _Shared:
 
 _sessions: dict[tuple[str, str, int, str], _Shared] = {}
 _sessions_lock = threading.Lock()
+# Held while sessions are opened (`_acquire`) or the module's slots are read afresh
+# (`refresh_slots`), so no session is opened in between and left behind. Taken before any
+# `_Shared.lock`, `_sessions_lock` or the module lock.
+_open_lock = threading.RLock()
 
 
 def _token_serial(token: Any) -> str:
@@ -248,32 +267,38 @@ def _token_serial(token: Any) -> str:
 def _acquire(
     module: str | os.PathLike[str] | None, label: str | None, slot: int | None, pin: str
 ) -> _Shared:
-    lib = load_module(module)
-    token = find_token(lib, label=label, slot=slot)
-    slot_id = int(token.slot.slot_id)
-    key = (
-        str(find_module(module)),
-        os.environ.get("SOFTHSM2_CONF", ""),
-        slot_id,
-        _token_serial(token),
-    )
-    pin_digest = keyed_digest(_PIN_SALT, pin.encode())
-    with _sessions_lock:
-        shared = _sessions.get(key)
-        if shared is not None and not shared.dead:
-            if not equal(shared.pin_digest, pin_digest):
-                raise LicentiaError(
-                    ErrorCode.PIN_INCORRECT,
-                    f"wrong PIN for token '{token.label}' (checked against the session this "
-                    "process already holds; the token's retry counter was not touched)",
-                )
-            shared.refs += 1
+    with _open_lock:
+        lib = load_module(module)
+        token = find_token(lib, label=label, slot=slot)
+        slot_id = int(token.slot.slot_id)
+        key = (
+            str(find_module(module)),
+            os.environ.get("SOFTHSM2_CONF", ""),
+            slot_id,
+            _token_serial(token),
+        )
+        pin_digest = keyed_digest(_PIN_SALT, pin.encode())
+        with _sessions_lock:
+            shared = _sessions.get(key)
+            if shared is not None and not shared.dead and shared.session.stale:
+                # the module was initialised again without `refresh_slots`: that session is over
+                shared.dead = True
+                del _sessions[key]
+                shared = None
+            if shared is not None and not shared.dead:
+                if not equal(shared.pin_digest, pin_digest):
+                    raise LicentiaError(
+                        ErrorCode.PIN_INCORRECT,
+                        f"wrong PIN for token '{token.label}' (checked against the session this "
+                        "process already holds; the token's retry counter was not touched)",
+                    )
+                shared.refs += 1
+                return shared
+            stack = ExitStack()
+            session = stack.enter_context(open_session(module, slot=slot_id, pin=pin))
+            shared = _Shared(key, session, stack, pin_digest, pin)
+            _sessions[key] = shared
             return shared
-        stack = ExitStack()
-        session = stack.enter_context(open_session(module, slot=slot_id, pin=pin))
-        shared = _Shared(key, session, stack, pin_digest)
-        _sessions[key] = shared
-        return shared
 
 
 def _release(shared: _Shared) -> None:
@@ -295,14 +320,75 @@ def _forget(shared: _Shared) -> None:
             del _sessions[shared.key]
 
 
+def refresh_slots(module: str | os.PathLike[str] | None = None) -> None:
+    """Read the module's slots afresh (C_Finalize, C_Initialize), keeping this process's
+    sessions on the tokens that are still there.
+
+    A module may see a token plugged in again, or a new reader, only after this (SoftHSM2
+    reads its token directory at C_Initialize). Finalising ends every session of the
+    module, so each logged-in session this process shares (`_acquire`) is opened again on
+    the same slot, checked to be the same token, and logged in with the PIN it was opened
+    with; a token that is gone loses its session and its containers report 1117.
+    """
+    so = str(find_module(module))
+    with ExitStack() as held:
+        held.enter_context(_open_lock)
+        with _sessions_lock:
+            conf = os.environ.get("SOFTHSM2_CONF", "")
+            live = [shared for shared in _sessions.values()
+                    if shared.key[:2] == (so, conf) and not shared.dead]
+        for shared in live:  # no access is half done while the sessions change
+            held.enter_context(shared.lock)
+        reinitialize(so)
+        for shared in live:
+            stack = ExitStack()
+            try:
+                session = stack.enter_context(open_session(so, slot=shared.key[2], pin=shared.pin))
+                if session.info.serial != shared.key[3]:
+                    raise LicentiaError(ErrorCode.TOKEN_NOT_FOUND, "another token is in the slot now")
+            except LicentiaError:
+                stack.close()
+                _forget(shared)
+                continue
+            shared.session, shared.stack = session, stack  # the old session ended with C_Finalize
+
+
 # -- locks between processes -----------------------------------------------------------------
 
 
-def default_lock_dir() -> Path:
+RUN_LOCK_DIR: Final = Path("/run/licentia")
+
+
+def default_lock_dir(home: Path | None = None, *, run_dir: Path = RUN_LOCK_DIR) -> Path:
+    """Where the lock files of token containers live, for this user.
+
+    $LICENTIA_TOKEN_LOCK_DIR if set; else `run_dir` (/run/licentia) when it is ours or
+    we may make it (a runtime running as root or as a service user owning it); else
+    `locks` in the licentia home (`home`, else $LICENTIA_HOME, else the per-user default).
+    Never a directory other users can write: `_file_lock` refuses one.
+    """
     explicit = os.environ.get(LOCK_DIR_ENV)
     if explicit:
         return Path(explicit)
-    return Path(tempfile.gettempdir()) / "licentia-token-locks"
+    if _ours(run_dir) or (not run_dir.exists() and _ours(run_dir.parent) and os.access(run_dir.parent, os.W_OK)):
+        return run_dir
+    if home is None:
+        named = os.environ.get("LICENTIA_HOME")
+        if named:
+            home = Path(named).expanduser()
+        elif os.geteuid() == 0:
+            home = Path("/var/lib/licentia")
+        else:
+            home = Path.home() / ".local" / "share" / "licentia"
+    return home / "locks"
+
+
+def _ours(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _lock_path(lock_dir: Path, info: TokenInfo) -> Path:
@@ -310,14 +396,45 @@ def _lock_path(lock_dir: Path, info: TokenInfo) -> Path:
     return lock_dir / f"token-{name}.lock"
 
 
+def _check_lock_dir(directory: Path) -> None:
+    """Make the lock directory (mode 0700) if needed; refuse one that is a link, that is not
+    ours, or that other users can write (they could plant links or hold locks)."""
+    if not directory.exists() and not directory.is_symlink():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        st = os.lstat(directory)
+    except OSError as exc:
+        raise _unsafe(directory, f"cannot be read ({exc.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _unsafe(directory, "is not a directory (a link or a file)")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise _unsafe(directory, f"belongs to user id {st.st_uid}, not to this user")
+    if st.st_mode & 0o022:
+        raise _unsafe(directory, f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
+                      f"chmod go-w {directory}")
+
+
+def _unsafe(directory: Path, why: str, fix: str | None = None) -> LicentiaError:
+    return LicentiaError(
+        ErrorCode.SECURITY_PROBLEM,
+        f"the token lock directory {directory} {why}",
+        hint=(fix + ", or " if fix else "")
+        + f"remove it, or name a directory of this user's own in ${LOCK_DIR_ENV}",
+    )
+
+
 @contextmanager
 def _file_lock(path: Path, *, exclusive: bool) -> Iterator[None]:
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with suppress(OSError):
-            path.parent.chmod(0o1777)  # shared by every user's runtime and tools, like /tmp
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    _check_lock_dir(path.parent)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _unsafe(path.parent, f"holds a lock file that cannot be opened safely: {path.name} ({exc.strerror})",
+                      f"remove {path}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0):
+            raise _unsafe(path.parent, f"holds a lock file {path.name} that is not this user's", f"remove {path}")
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:
@@ -325,6 +442,28 @@ def _file_lock(path: Path, *, exclusive: bool) -> Iterator[None]:
 
 
 # -- events ----------------------------------------------------------------------------------
+
+
+class TokenLockedOut(LicentiaError):
+    """1119: the token is locked out until `until` (a time of the clock that saw it).
+
+    Its message counts the seconds left at `now`; `at(later)` says it again for a later
+    moment, so a report made later never repeats a stale count."""
+
+    def __init__(self, label: str, serial: ContainerSerial, until: int, cause: str, now: int) -> None:
+        self.label, self.serial, self.until, self.cause = label, serial, until, cause
+        remaining = max(0, until - now)
+        if remaining:
+            message = f"token '{label}' holding container {serial} is locked out for {remaining} s more: {cause}"
+        else:
+            message = (
+                f"the lockout of token '{label}' holding container {serial} has ended ({cause}); "
+                "it can be claimed again"
+            )
+        super().__init__(ErrorCode.TOKEN_LOCKED_OUT, message)
+
+    def at(self, now: int) -> TokenLockedOut:
+        return TokenLockedOut(self.label, self.serial, self.until, self.cause, now)
 
 
 class TokenEventKind(StrEnum):
@@ -448,6 +587,7 @@ class TokenContainer(ContainerBase):
         self._closed = False
         self._watches: list[TokenWatch] = []
         self.skipped_records = 0  # records that did not verify at the last read
+        self.lockout: TokenLockedOut | None = None  # the last lockout this object met
         self.keys = TokenKeys(self)
 
     # -- identity --
@@ -843,19 +983,16 @@ class TokenContainer(ContainerBase):
             f"token '{self.token.label}' holding container {self.serial} was taken away: {why}",
         )
 
-    def _locked_out(self, state: ClaimState, now: int, *, triggered: bool = False) -> LicentiaError:
-        remaining = claim_rules.lockout_remaining(state, now)
+    def _locked_out(self, state: ClaimState, now: int, *, triggered: bool = False) -> TokenLockedOut:
         cause = (
             f"it changed hands more than {claim_rules.MAX_CHANGES} times within "
             f"{claim_rules.WINDOW} s"
             if triggered
             else "it changed hands too often in a short time"
         )
-        return LicentiaError(
-            ErrorCode.TOKEN_LOCKED_OUT,
-            f"token '{self.token.label}' holding container {self.serial} is locked out for "
-            f"{remaining} s more: {cause}",
-        )
+        until = now + claim_rules.lockout_remaining(state, now)
+        self.lockout = TokenLockedOut(self.token.label, self.serial, until, cause, now)
+        return self.lockout
 
     def check(self, now: int) -> None:
         """Raise unless this object may use the token now: present (1117), not taken
@@ -976,8 +1113,8 @@ def _invalid(message: str) -> LicentiaError:
 
 __all__ = [
     "APPLICATION", "BOX_LABEL", "CLAIMS_PREFIX", "CONTENT_PREFIX", "INFO_LABEL", "KEY_LABEL",
-    "LOCK_DIR_ENV", "POLL_INTERVAL", "FoundToken", "TokenContainer", "TokenDescription",
-    "TokenEvent", "TokenEventKind", "TokenKeys", "TokenWatch", "default_lock_dir",
-    "describe_token", "find_containers", "parse_description", "presence_challenge",
+    "LOCK_DIR_ENV", "POLL_INTERVAL", "RUN_LOCK_DIR", "FoundToken", "TokenContainer", "TokenDescription",
+    "TokenEvent", "TokenEventKind", "TokenKeys", "TokenLockedOut", "TokenWatch", "default_lock_dir",
+    "describe_token", "find_containers", "parse_description", "presence_challenge", "refresh_slots",
     "serial_for", "verify_proof",
 ]

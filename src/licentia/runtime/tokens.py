@@ -3,8 +3,8 @@
 At start (and every `[tokens] scan_interval` seconds) the runtime looks at the tokens of
 its PKCS#11 module (`[tokens] module`, else $LICENTIA_PKCS11_MODULE, else the module
 recorded in `containers/tokens.json`). Each token that carries a licentia container is
-opened with its PIN (`[tokens] pin_file`, else the PIN file recorded for that container,
-else $LICENTIA_PIN_FILE or $LICENTIA_PIN) and **claimed** with this runtime's id, kept in
+opened with its PIN (`[tokens] pin_file`, else $LICENTIA_PIN_FILE or $LICENTIA_PIN, else
+the PIN file recorded for that container) and **claimed** with this runtime's id, kept in
 `HOME/state/runtime.id` so a restart is no change of hands. The container then serves like
 a soft one (same candidates, same seat table), with two differences:
 
@@ -23,6 +23,13 @@ would otherwise hand it back and forth into a lockout); it is claimed again once
 free (the other runtime released it, or a lockout ended). A wrong PIN is tried once and
 not again until the PIN source changes, so the runtime never uses up the token's tries.
 
+While a token is gone, each scan reads the module's slot list afresh
+(`licentia.containers.token.refresh_slots`): plugged back, the token is claimed again (the
+same runtime id: no change of hands) and served. Programs asking for what only a lost token
+held get its error (1117 pulled, 1118 taken away, 1119 locked out with the seconds left),
+not 200; the console (standard error) says when a token is claimed, lost and taken back;
+the status API's texts that count seconds are computed when asked.
+
 `RuntimeContainers` is the runtime's container table: the home's soft containers plus
 containers kept elsewhere (tokens here, cloud containers in `licentia.runtime.cloud`), which
 a scan of the containers directory must not report gone. `withdraw` takes such a
@@ -36,19 +43,29 @@ import contextlib
 import hashlib
 import os
 import secrets
+import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from licentia.core.content import ContainerContent
+from licentia.core.content import ContainerContent, ItemEntry
 from licentia.core.evaluate import valid_until
-from licentia.core.seats import Session
+from licentia.core.seats import ItemKey, Session
 from licentia.fsutil import atomic_write
-from licentia.model import ContainerSerial, ErrorCode, ItemRequest, LicentiaError
+from licentia.model import (
+    ContainerSerial,
+    ContainerStatus,
+    ErrorCode,
+    ItemRequest,
+    ItemStatus,
+    LicentiaError,
+    Verdict,
+)
 from licentia.runtime.commit import ContainerWriter
 from licentia.runtime.licenses import (
+    Candidate,
     Changes,
     Loaded,
     LocalContainers,
@@ -69,6 +86,7 @@ RUNTIME_ID_FILE = "runtime.id"
 REMOVED = "container-removed"  # the release reason of seats whose container went away
 # Errors that mean this runtime cannot use the token any more.
 LOST = frozenset({ErrorCode.TOKEN_REMOVED, ErrorCode.TOKEN_TAKEN_AWAY, ErrorCode.TOKEN_LOCKED_OUT})
+_LOST_CODES = frozenset(int(code) for code in LOST)
 # Errors of opening a token that must not be retried with the same PIN.
 _PIN_REFUSED = frozenset({ErrorCode.PIN_INCORRECT, ErrorCode.PIN_LOCKED})
 
@@ -82,6 +100,40 @@ class RuntimeContainers(LocalContainers):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.external: dict[str, str] = {}  # serial -> kind ("token", "cloud")
+        # Tokens this runtime lost: what they held, and their error as of a time. An access
+        # to what only they held finds them as candidates that the judge refuses with that
+        # error (1117 pulled, 1118 taken away, 1119 locked out and the seconds left), so the
+        # program learns why instead of 200 (not found).
+        self.withdrawn: dict[str, tuple[Loaded, Callable[[int], LicentiaError]]] = {}
+
+    def candidates(self, firm: int, product: int, container: str | None = None) -> list[Candidate]:
+        found = super().candidates(firm, product, container)
+        if found or not self.withdrawn:
+            return found
+        return [Candidate(ld, entry, ItemKey(serial, firm, product, item_id))
+                for serial, (ld, _) in sorted(self.withdrawn.items()) if container in (None, serial)
+                for item_id, entry in _items_of(ld.content, firm, product)]
+
+    def judge(self, cand: Candidate, request: ItemRequest, now: int) -> tuple[Verdict, bool]:
+        if self.withdrawn:
+            gone = self.withdrawn.get(cand.key.container)
+            if gone is not None and cand.loaded is gone[0]:
+                error = gone[1](now)
+                return Verdict(ItemStatus.DISABLED, error.code, error.message), False
+        return super().judge(cand, request, now)
+
+    def withdrawn_token(self, serial: str, content: ContainerContent | None,
+                        why: Callable[[int], LicentiaError] | None) -> None:
+        """Remember (or, with `why` None, forget) what a lost token held and why it is gone."""
+        if why is None or content is None:
+            if self.withdrawn.pop(serial, None) is not None:
+                self._changed()
+            return
+        # only serial and content are read: the token's container and writer are closed
+        tomb = Loaded(serial, Path(f"pkcs11:withdrawn={serial}"), cast(Any, None), content, None,
+                      cast(Any, None), b"", ContainerStatus.INVALID)
+        self.withdrawn[serial] = (tomb, why)
+        self._changed()
 
     def scan_disk(self, now: int) -> ScanResult:
         result = super().scan_disk(now)
@@ -221,6 +273,21 @@ class Lost:
     label: str = ""
     retry: bool = True  # look at it again at the next scan
     pin_mark: str = ""  # the PIN source a refused PIN came from
+    content: ContainerContent | None = None  # what the token held, if known
+    error: LicentiaError | None = None
+    prefix: str = ""  # what `detail` says before the error's message
+
+    def error_at(self, now: int) -> LicentiaError:
+        """The error as of `now`: a lockout counts the seconds left when asked."""
+        from licentia.containers.token import TokenLockedOut
+
+        error = self.error or LicentiaError(ErrorCode(self.code or ErrorCode.TOKEN_FAILURE), self.detail)
+        return error.at(now) if isinstance(error, TokenLockedOut) else error
+
+    def detail_at(self, now: int) -> str:
+        if self.error is None:
+            return self.detail
+        return self.prefix + self.error_at(now).message
 
 
 @dataclass
@@ -310,16 +377,21 @@ class RuntimeTokens:
             skip = set(self.held)
             pins = {serial: lost.pin_mark for serial, lost in self.lost.items() if not lost.retry}
             held_elsewhere = {serial for serial, lost in self.lost.items() if lost.kind in ("taken away", "locked out")}
+            # a pulled token is looked for again in a fresh slot list: plugged back, it is taken back
+            refresh = any(lost.kind == "gone" for lost in self.lost.values())
             result = await loop.run_in_executor(None, self._scan_tokens, self.module, skip, pins, held_elsewhere,
-                                                int(time.time()))
+                                                int(time.time()), refresh)
             self.scan_error = result.error
             for serial, lost in result.refused.items():
                 previous = self.lost.get(serial)
                 if previous is not None and previous.kind == "gone" and lost.kind in ("gone", "refused"):
                     continue  # a pulled token's remains: it stays reported as gone
-                self.lost[serial] = lost
+                if previous is not None and lost.content is None:
+                    lost.content = previous.content
+                self._set_lost(serial, lost)
                 if previous is None or (previous.kind, previous.code) != (lost.kind, lost.code):
                     self.rt._note_problem(f"token container {serial}: {lost.detail}")
+                    _say(f"token container {serial}: {lost.kind} ({lost.code}): {lost.detail}")
             for serial, container, content, outcome in result.opened:
                 self._serve(serial, container, content, outcome)
             for serial in list(self.held):
@@ -328,13 +400,14 @@ class RuntimeTokens:
             self._scanning = False
 
     def _scan_tokens(self, module: str, skip: set[str], pins: dict[str, str], held_elsewhere: set[str],
-                     now: int) -> _Scan:
+                     now: int, refresh: bool = False) -> _Scan:
         """In a worker thread: the token containers of `module` not in `skip`, opened and claimed."""
-        from licentia.containers.token import TokenContainer, find_containers
+        from licentia.containers.pkcs11 import count_low_note, unattended_refusal
+        from licentia.containers.token import TokenContainer, default_lock_dir, find_containers
 
         out = _Scan()
         try:
-            found_all = find_containers(module)
+            found_all = find_containers(module, refresh=refresh)
         except LicentiaError as exc:
             out.error = exc.message
             return out
@@ -346,9 +419,11 @@ class RuntimeTokens:
                 continue
             info = found.token
             where = f"token '{info.label}' slot {info.slot_id}"
-            if info.pin_state != "ok":
-                out.refused[serial] = Lost("PIN not tried", int(ErrorCode.PIN_LOCKED), f"{where}: the token reports "
-                                           f"its user PIN {info.pin_state}", time.time(), info.label)
+            refusal = unattended_refusal(info)  # COUNT_LOW alone is tried: it is a warning, not a lock
+            if refusal is not None:
+                kind = "PIN locked" if refusal.code is ErrorCode.PIN_LOCKED else "PIN not tried"
+                out.refused[serial] = Lost(kind, int(refusal.code), f"{where}: {refusal.message}", time.time(),
+                                           info.label)
                 continue
             try:
                 pin, mark = self._pin(serial)
@@ -359,9 +434,12 @@ class RuntimeTokens:
             if serial in pins and pins[serial] == mark:
                 continue  # refused with this PIN already: never spend another try on it
             container: TokenContainer | None = None
+            known: ContainerContent | None = None
             try:
                 container = TokenContainer.open(module, slot=info.slot_id, pin=pin,
-                                                serial=ContainerSerial.parse(serial))
+                                                serial=ContainerSerial.parse(serial),
+                                                lock_dir=default_lock_dir(self.rt.home.path))
+                known = container.read()  # reading needs no claim, even in a lockout
                 if serial in held_elsewhere:
                     state = container.claim_state(now)
                     if state.locked(now) or (state.holder is not None and state.holder.runtime_id != self.runtime_id):
@@ -376,16 +454,23 @@ class RuntimeTokens:
                 kind = {ErrorCode.PIN_INCORRECT: "PIN refused", ErrorCode.PIN_LOCKED: "PIN locked",
                         ErrorCode.TOKEN_LOCKED_OUT: "locked out", ErrorCode.TOKEN_REMOVED: "gone"}.get(exc.code, "refused")
                 out.refused[serial] = Lost(kind, int(exc.code), f"{where}: {exc.message}", time.time(), info.label,
-                                           retry=exc.code not in _PIN_REFUSED, pin_mark=mark)
+                                           retry=exc.code not in _PIN_REFUSED, pin_mark=mark, content=known,
+                                           error=exc, prefix=f"{where}: ")
                 continue
             outcome = result.outcome.value
             if result.previous:
                 outcome += f" from {result.previous}"
+            note = count_low_note(info)
+            if note:
+                outcome += f"; warning: {note}"
             out.opened.append((serial, container, content, outcome))
         return out
 
     def _pin(self, serial: str) -> tuple[str, str]:
-        """The PIN for a token container and a mark of where it came from (a digest)."""
+        """The PIN for a token container and a mark of where it came from (a digest).
+
+        `[tokens] pin_file` (or --token-pin-file) wins, then $LICENTIA_PIN_FILE, then
+        $LICENTIA_PIN, then the PIN file recorded when the container was created."""
         cfg = self.rt.config
         source = ""
         text: str | None = None
@@ -393,6 +478,11 @@ class RuntimeTokens:
             path = cfg.path(self.rt.home.path, cfg.token_pin_file)
             source = str(path)
             text = _read_pin(path, serial)
+        elif os.environ.get("LICENTIA_PIN_FILE"):
+            source = os.environ["LICENTIA_PIN_FILE"]
+            text = _read_pin(Path(source), serial)
+        elif os.environ.get("LICENTIA_PIN"):
+            source, text = "$LICENTIA_PIN", os.environ["LICENTIA_PIN"]
         else:
             from licentia.containers.store import ContainerStore
 
@@ -401,11 +491,6 @@ class RuntimeTokens:
             if entry.get("pin_file"):
                 source = str(entry["pin_file"])
                 text = _read_pin(Path(source), serial)
-            elif os.environ.get("LICENTIA_PIN_FILE"):
-                source = os.environ["LICENTIA_PIN_FILE"]
-                text = _read_pin(Path(source), serial)
-            elif os.environ.get("LICENTIA_PIN"):
-                source, text = "$LICENTIA_PIN", os.environ["LICENTIA_PIN"]
         if text is None:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"no PIN for token container {serial}",
                                 "set [tokens] pin_file in runtime.toml (or --token-pin-file)")
@@ -421,7 +506,10 @@ class RuntimeTokens:
         ld = Loaded(serial, Path(f"pkcs11:token={label};slot={slot}"), container,  # type: ignore[arg-type]
                     content, None, writer, container.sign_public, container.status(content))
         containers.put(ld, "token")
-        self.lost.pop(serial, None)
+        before = self.lost.pop(serial, None)
+        containers.withdrawn_token(serial, None, None)
+        back = f" (taken back: it was {before.kind})" if before is not None and before.code is not None else ""
+        _say(f"token container {serial} on token '{label}' slot {slot}: {outcome}{back}")
         held = Held(serial, container, label, slot, time.time(), outcome)
         self.held[serial] = held
         loop = asyncio.get_running_loop()
@@ -469,9 +557,21 @@ class RuntimeTokens:
             return
         kind = kind or {ErrorCode.TOKEN_REMOVED: "gone", ErrorCode.TOKEN_TAKEN_AWAY: "taken away",
                         ErrorCode.TOKEN_LOCKED_OUT: "locked out"}.get(error.code, "failed")
-        self.lost[serial] = Lost(kind, int(error.code), error.message, time.time(), h.label)
-        withdraw(self.rt, serial, "token", f"token {kind}", error.message, error.code)
+        if error.code is ErrorCode.TOKEN_LOCKED_OUT and h.container.lockout is not None:
+            error = h.container.lockout  # the lockout itself (a copy that passed the writer only has its text)
+        ld = self.rt.containers.loaded.get(serial)
+        self._set_lost(serial, Lost(kind, int(error.code), error.message, time.time(), h.label,
+                                    content=None if ld is None else ld.content, error=error))
+        freed = withdraw(self.rt, serial, "token", f"token {kind}", error.message, error.code)
+        _say(f"token container {serial} on token '{h.label}' {kind} ({int(error.code)}): {error.message}; "
+             f"{freed} seat(s) freed")
         asyncio.get_running_loop().run_in_executor(None, _close_all, [h], False)
+
+    def _set_lost(self, serial: str, lost: Lost) -> None:
+        self.lost[serial] = lost
+        if isinstance(self.rt.containers, RuntimeContainers):
+            lost_for_programs = lost.code in _LOST_CODES
+            self.rt.containers.withdrawn_token(serial, lost.content, lost.error_at if lost_for_programs else None)
 
     # -- the license path --
 
@@ -550,6 +650,8 @@ class RuntimeTokens:
     # -- what the status API shows --
 
     def rows(self) -> list[dict[str, Any]]:
+        """The status API's rows; texts that count time are computed now."""
+        now = int(time.time())
         rows: list[dict[str, Any]] = []
         for serial, h in sorted(self.held.items()):
             ld = self.rt.containers.loaded.get(serial)
@@ -561,12 +663,26 @@ class RuntimeTokens:
         for serial, lost in sorted(self.lost.items()):
             if serial in self.held:
                 continue
-            rows.append({"serial": serial, "kind": "token", "status": lost.kind, "binding": lost.detail,
+            rows.append({"serial": serial, "kind": "token", "status": lost.kind, "binding": lost.detail_at(now),
                          "items": None, "path": f"pkcs11:token={lost.label}", "code": lost.code, "since": lost.at})
         if self.scan_error:
             rows.append({"serial": "-", "kind": "token", "status": "unavailable", "binding": self.scan_error,
                          "items": None, "path": self.module or ""})
         return rows
+
+
+def _items_of(content: ContainerContent, firm: int, product: int) -> list[tuple[int, ItemEntry]]:
+    firm_entry = content.firms.get(firm)
+    if firm_entry is None:
+        return []
+    return [(item_id, entry) for item_id, entry in sorted(firm_entry.items.items())
+            if entry.item.product_code == product]
+
+
+def _say(text: str) -> None:
+    """A line on the runtime's console (its standard error)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"licentia runtime: {text}", file=sys.stderr, flush=True)
 
 
 def _read_pin(path: Path, serial: str) -> str:

@@ -181,6 +181,15 @@ def initialize(
         state = VaultState("vendor", slots, False)
     if state.slots is not None and not 1 <= state.slots <= 64:
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, "the number of slots must be 1 to 64")
+    used = Vault(session, state).slots_used
+    if state.slots is not None and used > state.slots:
+        raise LicentiaError(
+            ErrorCode.VAULT_SLOTS_FULL,
+            f"token '{session.info.label}' holds {used} entries, more than the {state.slots} "
+            f"certificate slots of {state.mode} mode; nothing was changed",
+            hint=f"delete {used - state.slots} entries first (`licentia vault delete LABEL`), "
+            f"or give --slots {used} or more",
+        )
     session.put_data(STATE_LABEL, state.encode())
     return state
 
