@@ -9,14 +9,14 @@ The address is a Unix socket path (`/run/licentia/runtime.sock`, or `unix:PATH`)
 
 This module stays cheap to import: a protected program pays for it at start. It
 imports neither asyncio (`AsyncClient` loads `licentia.protocol.aio` on first use)
-nor ssl nor cryptography, and not even `socket`, `threading` or `typing` (their C
-halves `_socket` and `_thread` do the work; `socket` loads only for TLS).
+nor ssl nor cryptography, nor `typing`; `socket` and `threading` are the public
+modules (their private C halves change from one Python release to the next).
 """
 
 from __future__ import annotations
 
-import _socket
-import _thread
+import socket
+import threading
 import time
 
 from licentia.model.errors import ErrorCode, LicentiaError
@@ -141,36 +141,34 @@ class Client:
         self.timeout = timeout
         self.max_frame = max_frame
         self._decoder = FrameDecoder(max_frame)
-        self._io = _thread.allocate_lock()  # serialises socket reads and writes (a threading.Lock)
-        self._state = _thread.allocate_lock()  # guards the fields below
+        self._io = threading.Lock()  # serialises socket reads and writes
+        self._state = threading.Lock()  # guards the fields below
         self._next_id = 1
         self._replies: dict[int, Message] = {}
         self._waiting: set[int] = set()
         self._broken: LicentiaError | None = None
         self._sock = self._connect(ssl_context, server_hostname)
 
-    def _connect(self, ssl_context: ssl.SSLContext | None, server_hostname: str | None) -> _socket.socket:
+    def _connect(self, ssl_context: ssl.SSLContext | None, server_hostname: str | None) -> socket.socket:
         ep = self.endpoint
         if ssl_context is not None:
             return self._connect_tls(ssl_context, server_hostname)
-        sock: _socket.socket | None = None
+        sock: socket.socket | None = None
         try:
             if ep.path is not None:
-                sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.settimeout(self.timeout)
                 sock.connect(ep.path)
             else:
                 sock = _tcp_connect(ep.host, ep.port, self.timeout)
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             if sock is not None:
                 sock.close()
             raise connect_error(ep, exc) from None
         return sock
 
-    def _connect_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None) -> _socket.socket:
-        import socket  # ssl wraps a socket.socket; plain connections do with _socket's
-
+    def _connect_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None) -> socket.socket:
         ep = self.endpoint
         sock: socket.socket | None = None
         try:
@@ -328,20 +326,9 @@ class Client:
         return f"<licentia Client {self.endpoint}{' closed' if self.closed else ''}>"
 
 
-def _tcp_connect(host: str, port: int, timeout: float) -> _socket.socket:
-    """`socket.create_connection` with `_socket` alone: each address in turn, the last error raised."""
-    error: OSError | None = None
-    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
-        sock = _socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        return sock
-    raise error or OSError(f"{host!r} has no address")
+def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+    """A connected TCP socket to `host`:`port`: each address in turn, the last error raised."""
+    return socket.create_connection((host, port), timeout=timeout)
 
 
 def _again(error: LicentiaError) -> LicentiaError:
