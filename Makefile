@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck contracts pytest bench setup system native pure clean
+.PHONY: run test lint typecheck contracts imports pytest bench setup system native pure clean
 
 setup: system $(STAMP) native
 
@@ -36,10 +36,14 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/lint-imports
 
+# no private module of the standard library or of another package (scripts/check_public_imports.py)
+imports: $(STAMP)
+	$(BIN)/python scripts/check_public_imports.py
+
 pytest: setup
 	$(BIN)/python -m pytest -q
 
-test: setup lint typecheck contracts pytest
+test: setup lint typecheck contracts imports pytest
 
 bench: setup
 	$(BIN)/python bench/run_all.py

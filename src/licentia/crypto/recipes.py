@@ -145,18 +145,9 @@ def verify(public_key: bytes, data: bytes, signature: bytes) -> None:
 
 
 def _ed_public(public_key: bytes) -> Ed25519PublicKey:
-    """The key from cryptography's compiled core, the object `Ed25519PublicKey.from_public_bytes`
-    returns too: that Python module loads typing, re and the serialization classes, about
-    15 ms of a protected program's start. The public path is the fallback."""
-    try:
-        from cryptography.hazmat.bindings._rust import openssl
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-        key: Ed25519PublicKey = openssl.ed25519.from_public_bytes(public_key)
-    except (ImportError, AttributeError):
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        return Ed25519PublicKey.from_public_bytes(public_key)
-    return key
+    return Ed25519PublicKey.from_public_bytes(public_key)
 
 
 def key_id(public_key: bytes) -> str:
@@ -174,68 +165,49 @@ def _ed_private(private_key: bytes) -> Ed25519PrivateKey:
 
 # -- agreed keys: an ephemeral exchange, then MACs -------------------------------------------
 #
-# A protected program checks every answer of its runtime; these run on its start path, so
-# they load nothing of cryptography's Python modules (X25519 comes from its compiled core,
-# as `_ed_public` does for Ed25519) and HMAC-SHA256 is built on the interpreter's own
-# SHA-256 (RFC 2104, as the standard `hmac` module does it without OpenSSL): `hmac` and
-# `hashlib` would load OpenSSL's libcrypto a second time, some 8 ms of a program's start.
-# tests/crypto checks both against the standard `hmac` and cryptography's HKDF.
-
-_BLOCK = 64  # SHA-256's block size
-_INNER_PAD = bytes(x ^ 0x36 for x in range(256))
-_OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
-
-
-def _sha256() -> Any:
-    try:
-        from _sha256 import sha256  # Python 3.11
-    except ImportError:
-        try:
-            from _sha2 import sha256  # Python 3.12 and later
-        except ImportError:  # an interpreter built without them
-            from hashlib import sha256
-    return sha256
+# A protected program checks every answer of its runtime with these: HMAC-SHA256 from the
+# standard `hmac` and `hashlib`, HKDF-SHA256 and X25519 from cryptography's public modules.
 
 
 class MacKey:
     """An HMAC-SHA256 key set up once, for a process that checks many MACs with it (a
-    program checking its runtime's answers): the padded key's hash states are kept."""
+    program checking its runtime's answers): the keyed state is kept and copied per MAC."""
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        sha256 = _sha256()
-        if len(key) > _BLOCK:
-            key = sha256(key).digest()
-        key = key.ljust(_BLOCK, b"\0")
-        self._inner = sha256(key.translate(_INNER_PAD))
-        self._outer = sha256(key.translate(_OUTER_PAD))
+        import hashlib
+        import hmac
+
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     def tag(self, data: bytes) -> bytes:
         """HMAC-SHA256 of `data` (MAC_SIZE bytes)."""
-        inner = self._inner.copy()
-        inner.update(data)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        out: bytes = outer.digest()
-        return out
+        h = self._keyed.copy()
+        h.update(data)
+        return h.digest()
 
     def matches(self, data: bytes, tag: bytes) -> bool:
         """Whether `tag` is the MAC of `data`, compared in constant time."""
-        from _operator import _compare_digest  # hmac.compare_digest, without loading hmac
+        import hmac
 
-        return type(tag) is bytes and len(tag) == MAC_SIZE and _compare_digest(self.tag(data), tag)
+        return type(tag) is bytes and len(tag) == MAC_SIZE and hmac.compare_digest(self.tag(data), tag)
 
 
 def mac(key: bytes, data: bytes) -> bytes:
     """HMAC-SHA256 of `data` under `key`."""
-    return MacKey(key).tag(data)
+    import hashlib
+    import hmac
+
+    return hmac.digest(key, data, hashlib.sha256)
 
 
 def _hkdf(secret: bytes, info: bytes) -> bytes:
-    """HKDF-SHA256 (RFC 5869) with no salt, one block of output (KEY_SIZE bytes)."""
-    prk = MacKey(bytes(DIGEST_SIZE)).tag(secret)
-    return MacKey(prk).tag(info + b"\x01")
+    """HKDF-SHA256 (RFC 5869) with no salt, KEY_SIZE bytes of output."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(secret)
 
 
 class KeyAgreement:
@@ -252,15 +224,10 @@ class KeyAgreement:
         # an X25519 private key is any 32 random bytes (RFC 7748 clamps them): taken from
         # the system's generator, as every other key here, which also spares a program's
         # start the set-up of OpenSSL's own generator (some 2 ms)
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
         secret = os.urandom(KEY_SIZE)
-        try:
-            from cryptography.hazmat.bindings._rust import openssl
-
-            private: Any = openssl.x25519.from_private_bytes(secret)
-        except (ImportError, AttributeError):
-            from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-            private = X25519PrivateKey.from_private_bytes(secret)
+        private = X25519PrivateKey.from_private_bytes(secret)
         self._private = private
         self.public: bytes = private.public_key().public_bytes_raw()
 
@@ -277,14 +244,9 @@ class KeyAgreement:
 
 
 def _x_public(public_key: bytes) -> Any:
-    try:
-        from cryptography.hazmat.bindings._rust import openssl
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-        return openssl.x25519.from_public_bytes(public_key)
-    except (ImportError, AttributeError):
-        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-
-        return X25519PublicKey.from_public_bytes(public_key)
+    return X25519PublicKey.from_public_bytes(public_key)
 
 
 # -- symmetric sealing ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from licentia.model import ErrorCode, LicentiaError
-from licentia.protocol.client import DEFAULT_TIMEOUT, Endpoint, connect_error, parse_address
+from licentia.protocol.endpoint import DEFAULT_TIMEOUT, Endpoint, connect_error, parse_address
 from licentia.protocol.frames import (
     CONNECTION_ID,
     MAX_FRAME,

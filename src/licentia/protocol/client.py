@@ -9,17 +9,18 @@ The address is a Unix socket path (`/run/licentia/runtime.sock`, or `unix:PATH`)
 
 This module stays cheap to import: a protected program pays for it at start. It
 imports neither asyncio (`AsyncClient` loads `licentia.protocol.aio` on first use)
-nor ssl nor cryptography, and not even `socket`, `threading` or `typing` (their C
-halves `_socket` and `_thread` do the work; `socket` loads only for TLS).
+nor ssl nor cryptography, nor `typing`; `socket` and `threading` are the public
+modules (their private C halves change from one Python release to the next).
 """
 
 from __future__ import annotations
 
-import _socket
-import _thread
+import socket
+import threading
 import time
 
 from licentia.model.errors import ErrorCode, LicentiaError
+from licentia.protocol.endpoint import DEFAULT_TIMEOUT, Endpoint, connect_error, parse_address
 from licentia.protocol.frames import (
     CONNECTION_ID,
     MAX_FRAME,
@@ -28,97 +29,19 @@ from licentia.protocol.frames import (
     encode,
     reply_error,
 )
-from licentia.protocol.messages import DEFAULT_PORT, HELLO, SUPPORTED_VERSIONS
+from licentia.protocol.messages import HELLO, SUPPORTED_VERSIONS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
-    from typing import Any, NamedTuple
+    from typing import Any
 
     from licentia.protocol.aio import AsyncClient as AsyncClient
     from licentia.protocol.frames import Message
 
-    class _EndpointFields(NamedTuple):
-        path: str | None = None
-        host: str = ""
-        port: int = DEFAULT_PORT
-else:
-    from collections import namedtuple  # loaded already (enum needs it); typing is not
+__all__ = ["AsyncClient", "Client", "Endpoint", "connect_error", "parse_address"]
 
-    _EndpointFields = namedtuple("Endpoint", ("path", "host", "port"), defaults=(None, "", DEFAULT_PORT))
-
-__all__ = ["AsyncClient", "Client", "Endpoint", "parse_address"]
-
-DEFAULT_TIMEOUT = 10.0
 _RECV_SIZE = 1 << 16
-
-
-class Endpoint(_EndpointFields):
-    """Where a client connects: a Unix socket path, or a host and port
-    (a named tuple: `path`, `host`, `port`)."""
-
-    __slots__ = ()
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return self.path
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_address(address: str | tuple[str, int] | Endpoint) -> Endpoint:
-    """`/path`, `unix:/path`, `host`, `host:port`, `[v6]:port` or `(host, port)`."""
-    if isinstance(address, Endpoint):
-        return address
-    if isinstance(address, tuple):
-        host, port = address
-        return Endpoint(None, host, _port(port, address))
-    if not isinstance(address, str) or not address:
-        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{address!r} is not a server address")
-    if address.startswith("unix:"):
-        return Endpoint(address[5:])
-    if address.startswith(("/", "./", "../")):
-        return Endpoint(address)
-    if address.startswith("["):
-        host, sep, rest = address[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{address!r} is not a server address")
-        return Endpoint(None, host, _port(rest[1:], address) if rest else DEFAULT_PORT)
-    host, sep, port_text = address.rpartition(":")
-    if not sep:
-        return Endpoint(None, address, DEFAULT_PORT)
-    if ":" in host:  # a bare IPv6 address
-        return Endpoint(None, address, DEFAULT_PORT)
-    return Endpoint(None, host, _port(port_text, address))
-
-
-def _port(value: object, address: object) -> int:
-    port = -1
-    if isinstance(value, int | str):
-        try:
-            port = int(value)
-        except ValueError:
-            port = -1
-    if isinstance(value, bool) or not 0 < port < 65536:
-        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{address!r} has no valid port")
-    return port
-
-
-def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = False) -> LicentiaError:
-    """The `LicentiaError` for a connection that could not be made; `handshake`:
-    the connection was made and its TLS handshake failed."""
-    if handshake:
-        return LicentiaError(
-            ErrorCode.SECURITY_PROBLEM, f"the TLS handshake with {endpoint} failed: {_reason(exc)}"
-        )
-    if endpoint.path is not None:
-        return LicentiaError(ErrorCode.NO_LOCAL_RUNTIME, f"no runtime answers on {endpoint.path} ({_reason(exc)})")
-    return LicentiaError(ErrorCode.SERVER_NOT_FOUND, f"no license server answers at {endpoint} ({_reason(exc)})")
-
-
-def _reason(exc: BaseException) -> str:
-    if len(exc.args) == 1 and isinstance(exc.args[0], str):
-        return exc.args[0]
-    return str(exc) or type(exc).__name__
 
 
 class Client:
@@ -141,36 +64,34 @@ class Client:
         self.timeout = timeout
         self.max_frame = max_frame
         self._decoder = FrameDecoder(max_frame)
-        self._io = _thread.allocate_lock()  # serialises socket reads and writes (a threading.Lock)
-        self._state = _thread.allocate_lock()  # guards the fields below
+        self._io = threading.Lock()  # serialises socket reads and writes
+        self._state = threading.Lock()  # guards the fields below
         self._next_id = 1
         self._replies: dict[int, Message] = {}
         self._waiting: set[int] = set()
         self._broken: LicentiaError | None = None
         self._sock = self._connect(ssl_context, server_hostname)
 
-    def _connect(self, ssl_context: ssl.SSLContext | None, server_hostname: str | None) -> _socket.socket:
+    def _connect(self, ssl_context: ssl.SSLContext | None, server_hostname: str | None) -> socket.socket:
         ep = self.endpoint
         if ssl_context is not None:
             return self._connect_tls(ssl_context, server_hostname)
-        sock: _socket.socket | None = None
+        sock: socket.socket | None = None
         try:
             if ep.path is not None:
-                sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.settimeout(self.timeout)
                 sock.connect(ep.path)
             else:
                 sock = _tcp_connect(ep.host, ep.port, self.timeout)
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             if sock is not None:
                 sock.close()
             raise connect_error(ep, exc) from None
         return sock
 
-    def _connect_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None) -> _socket.socket:
-        import socket  # ssl wraps a socket.socket; plain connections do with _socket's
-
+    def _connect_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None) -> socket.socket:
         ep = self.endpoint
         sock: socket.socket | None = None
         try:
@@ -328,20 +249,9 @@ class Client:
         return f"<licentia Client {self.endpoint}{' closed' if self.closed else ''}>"
 
 
-def _tcp_connect(host: str, port: int, timeout: float) -> _socket.socket:
-    """`socket.create_connection` with `_socket` alone: each address in turn, the last error raised."""
-    error: OSError | None = None
-    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
-        sock = _socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        return sock
-    raise error or OSError(f"{host!r} has no address")
+def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+    """A connected TCP socket to `host`:`port`: each address in turn, the last error raised."""
+    return socket.create_connection((host, port), timeout=timeout)
 
 
 def _again(error: LicentiaError) -> LicentiaError:

@@ -25,13 +25,13 @@ Messages decoded before the bad frame in the same call are on `error.messages`.
 from __future__ import annotations
 
 import struct
-from _thread import _local
+import threading
 
 import msgpack
 
 from licentia.model.errors import ErrorCode, LicentiaError
 
-# A protected program imports this at start: no typing, threading or collections.abc at run time.
+# A protected program imports this at start: no typing or collections.abc at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -53,7 +53,7 @@ _HEADER_unpack_from = _HEADER.unpack_from
 _unpackb = msgpack.unpackb
 
 
-class _Packers(_local):  # threading.local is this C type
+class _Packers(threading.local):
     """One reusable msgpack Packer per thread (msgpack.packb builds a new one per call)."""
 
     def __init__(self) -> None:

@@ -1,7 +1,10 @@
 """The runtime: the daemon that hands licenses to protected programs.
 
-- `server.Runtime`: listeners, access/release/decrement/check, reaping, keep-alives,
-  client mode towards network servers, seat snapshot, usage log;
+- `server.Runtime`: the daemon, put together from its parts: `connection` (framing,
+  limits), `router` (operation -> handler), `ident` (who asks), `grants` (this
+  machine's containers), `network` (seats on network servers), `housekeeping` (reaping,
+  expiry, rescans, the seat snapshot), `events` and `queries` (what the status API
+  shows); `tokens`, `cloud` and `sync` are collaborators that see it as `host.Runtime`;
 - `config`: the settings (TOML file and flags), `home`: the files of a runtime home;
 - `licenses`: the containers of the home, cached and judged in memory;
 - `commit`: durable container changes with group commit;

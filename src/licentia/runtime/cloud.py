@@ -64,7 +64,8 @@ from licentia.runtime.sync import CentralHTTP
 from licentia.runtime.tokens import RuntimeContainers, release_seat, withdraw
 
 if TYPE_CHECKING:
-    from licentia.runtime.server import Ident, Runtime
+    from licentia.runtime.host import Runtime
+    from licentia.runtime.ident import Ident
 
 Message = dict[str, Any]
 T = TypeVar("T")

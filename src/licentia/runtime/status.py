@@ -24,12 +24,32 @@ import hmac
 import html
 import json
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from licentia.model import ErrorCode, LicentiaError
 
-if TYPE_CHECKING:
-    from licentia.runtime.server import Runtime
+
+class Runtime(Protocol):
+    """What the status page and API read and do (`licentia.runtime.queries.Queries`)."""
+
+    @property
+    def recent_seq(self) -> int: ...
+
+    def server_info(self) -> dict[str, Any]: ...
+
+    def container_rows(self) -> list[dict[str, Any]]: ...
+
+    def item_rows(self, firm: int | None = None) -> list[dict[str, Any]]: ...
+
+    def session_rows(self, firm: int | None = None, product: int | None = None,
+                     container: str | None = None) -> list[dict[str, Any]]: ...
+
+    def recent_events(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]: ...
+
+    def admin_release(self, handle: int, rid: int = 0) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+
+    def admin_token(self) -> str: ...
 
 MAX_REQUEST = 64 * 1024
 
@@ -129,7 +149,7 @@ class StatusHTTP(asyncio.Protocol):
         auth = headers.get("authorization", "")
         if not auth.lower().startswith("bearer "):
             return False
-        token = self.runtime.home.admin_token()
+        token = self.runtime.admin_token()
         return hmac.compare_digest(auth[7:].strip().encode(), token.encode())
 
     def _respond(self, status: int, body: Any, *, content_type: str = "application/json") -> None:

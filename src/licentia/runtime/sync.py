@@ -39,7 +39,7 @@ from licentia.protocol.rest import read_reply, unreachable
 from licentia.runtime.licenses import Changes, _changed_items
 
 if TYPE_CHECKING:
-    from licentia.runtime.server import Runtime
+    from licentia.runtime.host import Runtime
 
 MIN_GAP = 1.0  # never two round trips of one container closer than this
 

@@ -78,7 +78,7 @@ from licentia.sdk.proof import proof_message
 
 if TYPE_CHECKING:
     from licentia.containers.token import TokenContainer, TokenEvent, TokenWatch
-    from licentia.runtime.server import Runtime
+    from licentia.runtime.host import Runtime
 
 Message = dict[str, Any]
 

@@ -82,18 +82,17 @@ class _Formatter:
     but for "at", written with exactly three decimals (rounded to the millisecond)."""
 
     def __init__(self) -> None:
-        self._holders: dict[int, tuple[Holder, dict[tuple[Any, ...], LineTemplate]]] = {}
+        self._holders: dict[Holder, dict[tuple[Any, ...], LineTemplate]] = {}
         self._ms = -1  # the last millisecond written, and its text (consecutive lines share it)
         self._at = ""
 
     def template(self, ev: Event) -> LineTemplate:
         holder = ev.holder
-        per = self._holders.get(id(holder))
-        if per is None or per[0] is not holder:
+        known = self._holders.get(holder)
+        if known is None:
             if len(self._holders) > 4096:
                 self._holders.clear()
-            per = self._holders[id(holder)] = (holder, {})
-        known = per[1]
+            known = self._holders[holder] = {}
         tk = (ev.key, ev.station, ev.kind, ev.mode, ev.reason, ev.code, ev.handle is None)
         t = known.get(tk)
         if t is None:

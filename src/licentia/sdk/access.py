@@ -16,8 +16,8 @@ connection), so a faked runtime cannot fake a license. Without a key, pass
 
 from __future__ import annotations
 
-import _thread
 import os
+import threading
 from enum import StrEnum  # loaded already: the error codes are an IntEnum
 
 from licentia.model.errors import ErrorCode, LicentiaError
@@ -32,8 +32,8 @@ from licentia.sdk.verify import (
     verify_proof,
 )
 
-# A protected program pays for every import at start: no typing, dataclasses, threading
-# (until a thread is started) or contextlib at run time; annotations are strings.
+# A protected program pays for every import at start: no typing, dataclasses or contextlib
+# at run time; annotations are strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -313,7 +313,7 @@ class _Link:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.lock = _thread.allocate_lock()
+        self.lock = threading.Lock()
         self.client: Client | None = None
         self.keys: ProofKeys | None = None  # the proof keys of `client`
         self.pid = os.getpid()
@@ -401,15 +401,13 @@ class _Link:
 
 
 def _start_thread(target: Callable[..., None], name: str, *args: Any) -> Any:
-    import threading  # only a program that watches its licenses pays for threading
-
     thread = threading.Thread(target=target, args=args, name=name, daemon=True)
     thread.start()
     return thread
 
 
 _links: dict[Target, _Link] = {}
-_links_lock = _thread.allocate_lock()
+_links_lock = threading.Lock()
 
 
 def _link_for(target: Target) -> _Link:
@@ -447,12 +445,10 @@ class License(Held):
                  verified: Verified | None, on_event: EventCallback | None, watch_interval: float) -> None:
         super().__init__(firm_code, product_code, mode, reply, verified, on_event)
         self._link = link
-        self._lock = _thread.allocate_lock()
+        self._lock = threading.Lock()
         self._watch_stop: Any = None
         link.licenses[self.handle] = self
         if on_event is not None:
-            import threading
-
             self._watch_stop = threading.Event()
             _start_thread(self._watch, "licentia-events", watch_interval)
 

@@ -16,8 +16,8 @@ Search order (the first that applies wins):
 
 from __future__ import annotations
 
-import _socket
 import os
+import socket
 import sys
 
 from licentia.sdk.proof import session_environment, station_host_id
@@ -153,7 +153,7 @@ def hello_client(target: Target, program: str | None = None, program_version: st
         "pid_start": process_start(),
         "program": program or program_name(),
         "user": user_name(),
-        "host": _socket.gethostname(),
+        "host": socket.gethostname(),
     }
     if program_version:
         client["program_version"] = program_version

@@ -86,9 +86,9 @@ def station_host_id(root: str | os.PathLike[str] | None = None) -> str:
         if raw:
             break
     if not raw:
-        import _socket
+        import socket
 
-        raw = b"host:" + _socket.gethostname().encode()
+        raw = b"host:" + socket.gethostname().encode()
     return hashlib.sha256(b"licentia station\x00" + raw).hexdigest()[:16]
 
 

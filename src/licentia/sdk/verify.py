@@ -160,40 +160,15 @@ def _parse_key_file(text: str, firm_code: int | None) -> bytes:
     return raw
 
 
-class _JsonRules:
-    """What `_json`'s scanner asks of its decoder: strict JSON, no NaN or Infinity."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-
-    @staticmethod
-    def parse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not a number here")
-
-
-_JSON_SPACE = " \t\n\r"
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number here")
 
 
 def _json_loads(text: str) -> Any:
-    """`json.loads` for the key file, with the C scanner `json` itself uses: the `json`
-    package would load `re` and its own modules at a program's start."""
-    try:
-        from _json import make_scanner
-    except ImportError:  # an interpreter without the C accelerator
-        import json
+    """`json.loads` for the key file: strict JSON, no NaN or Infinity."""
+    import json  # only a program that reads a key file pays for json
 
-        return json.loads(text)
-    start = len(text) - len(text.lstrip(_JSON_SPACE))
-    try:
-        doc, end = make_scanner(_JsonRules())(text, start)  # type: ignore[arg-type]  # duck-typed
-    except StopIteration:
-        raise ValueError("not JSON") from None
-    if text[end:].strip(_JSON_SPACE):
-        raise ValueError("extra data after the JSON document")
-    return doc
+    return json.loads(text, parse_constant=_no_constant)
 
 
 # ---------------------------------------------------------------------------- answers

@@ -1,0 +1,28 @@
+"""Replies encoded as frames without building the reply map: the parts of a reply that
+stay the same are encoded once by who keeps them, the request id and handle each time."""
+
+from __future__ import annotations
+
+import struct
+
+from licentia.protocol.frames import VERSION_BYTE
+
+FRAME_HEAD = struct.Struct(">IB")  # licentia.protocol.frames: length, version byte
+_OK_HEAD = b"\x82\xa2id"  # {"id": ..., "ok": True}
+_OK_TAIL = b"\xa2ok\xc3"
+
+
+def frame(*parts: bytes) -> bytes:
+    """A frame whose msgpack body is the concatenation of `parts`."""
+    body = b"".join(parts)
+    return FRAME_HEAD.pack(len(body) + 1, VERSION_BYTE) + body
+
+
+# {"id": rid, "ok": True} by the length of the encoded id (msgpack: 1, 2, 3, 5 or 9 bytes)
+_OK_START = {n: FRAME_HEAD.pack(len(_OK_HEAD) + n + len(_OK_TAIL) + 1, VERSION_BYTE) + _OK_HEAD
+             for n in (1, 2, 3, 5, 9)}
+
+
+def ok_frame(packed_id: bytes) -> bytes:
+    """`{"id": rid, "ok": True}` as a frame, from the msgpack of `rid`."""
+    return _OK_START[len(packed_id)] + packed_id + _OK_TAIL

@@ -1,0 +1,151 @@
+"""The request router: one table from operation to handler. A request is validated once,
+here (the frequent ones by an inline check of their fields' exact types, anything
+unusual by `licentia.protocol.messages.validate_request`, which says what is wrong);
+its handler's answer, a reply or one to wait for, goes back on its connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from licentia.model import AccessMode, ErrorCode, LicentiaError
+from licentia.protocol.frames import CONNECTION_ID, Message, error_reply
+from licentia.protocol.messages import validate_request
+from licentia.runtime.ident import Ident
+
+
+class Conn(Protocol):
+    """A connection as the router sees it."""
+
+    ident: Ident | None
+
+    def send(self, reply: Message | bytes) -> None: ...
+
+    def open(self) -> bool: ...
+
+
+Handler = Callable[[Any, Message], "Message | bytes | Awaitable[Message | bytes]"]
+
+
+class Router:
+    def __init__(self, handlers: dict[str, Handler], note_problem: Callable[[str], None],
+                 spawn: Callable[[Awaitable[Any]], None]) -> None:
+        self.handlers = handlers
+        self._note_problem = note_problem
+        self._spawn = spawn
+
+    def dispatch(self, conn: Conn, msg: Message) -> None:
+        rid = msg.get("id", CONNECTION_ID)
+        try:
+            raw_op: Any = msg.get("op")
+            fast = _FAST.get(raw_op) if type(raw_op) is str else None
+            op: str = raw_op if fast is not None and fast(msg) else validate_request(msg)
+            if conn.ident is None and op != "hello":
+                raise LicentiaError(ErrorCode.PROTOCOL_ERROR, "say hello first: the first request names the client")
+            result = self.handlers[op](conn, msg)
+        except LicentiaError as exc:
+            conn.send(error_reply(rid, exc.code, exc.message, exc.hint))
+            return
+        except Exception as exc:  # a bug, not a refusal: say so, keep serving
+            conn.send(error_reply(rid, ErrorCode.INTERNAL, f"the runtime failed on this request: {exc!r}"))
+            self._note_problem(f"request {msg.get('op')!r}: {exc!r}")
+            return
+        if type(result) is bytes or isinstance(result, dict):
+            conn.send(result)
+        elif isinstance(result, asyncio.Future):  # no task needed: answer when it is done
+            result.add_done_callback(lambda fut: self._answer(conn, rid, fut))
+        else:
+            self._spawn(self._finish(conn, rid, result))  # type: ignore[arg-type]
+
+    def _answer(self, conn: Conn, rid: int, fut: asyncio.Future[Message | bytes]) -> None:
+        """`_finish` for a future: send its reply, or its error."""
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        reply: Message | bytes
+        if exc is None:
+            reply = fut.result()
+        elif isinstance(exc, LicentiaError):
+            reply = error_reply(rid, exc.code, exc.message, exc.hint)
+        else:
+            reply = error_reply(rid, ErrorCode.INTERNAL, f"the runtime failed on this request: {exc!r}")
+            self._note_problem(f"request {rid}: {exc!r}")
+        if conn.open():
+            conn.send(reply)
+
+    async def _finish(self, conn: Conn, rid: int, pending: Awaitable[Message | bytes]) -> None:
+        reply: Message | bytes
+        try:
+            reply = await pending
+        except LicentiaError as exc:
+            reply = error_reply(rid, exc.code, exc.message, exc.hint)
+        except Exception as exc:
+            reply = error_reply(rid, ErrorCode.INTERNAL, f"the runtime failed on this request: {exc!r}")
+            self._note_problem(f"request {rid}: {exc!r}")
+        if conn.open():
+            conn.send(reply)
+
+
+# ====================================================================== inline checks
+
+_MODES = frozenset(m.value for m in AccessMode)
+
+# field -> the exact types allowed (bool is not int here); a request that does not fit
+# goes through `validate_request` for its error
+_ACCESS_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (int,), "op": (str,), "firm": (int,), "product": (int,), "mode": (str,), "feature": (int,),
+    "version": (str,), "release_date": (int,), "nonce": (bytes,), "where": (str,), "container": (str,),
+    "server": (str,), "client": (dict,), "kx": (bytes,), "keyed": (list,),
+}
+_HANDLE_TYPES: dict[str, tuple[type, ...]] = {"id": (int,), "op": (str,), "handle": (int,), "nonce": (bytes,),
+                                              "kx": (bytes,), "keyed": (list,)}
+_WHERE = frozenset(("local", "network", "local-first", "network-first"))
+
+
+def _fast_access(msg: Message) -> bool:
+    rid = msg["id"]
+    if type(rid) is not int or rid < 1 or type(msg.get("firm")) is not int or type(msg.get("product")) is not int:
+        return False
+    n = len(msg)
+    if n == 4:
+        return True
+    if n == 5:
+        mode = msg.get("mode")
+        if type(mode) is str:
+            return mode in _MODES
+    return _fits(msg, _ACCESS_TYPES, ("firm", "product"))
+
+
+def _fast_decrement(msg: Message) -> bool:
+    rid = msg["id"]
+    return len(msg) == 4 and type(rid) is int and rid >= 1 and type(msg.get("handle")) is int \
+        and type(msg.get("units")) is int
+
+
+def _fast_handle(msg: Message) -> bool:
+    rid = msg["id"]
+    if type(rid) is not int or rid < 1 or type(msg.get("handle")) is not int:
+        return False
+    return len(msg) == 3 or _fits(msg, _HANDLE_TYPES, ("handle",))
+
+
+_FAST: dict[str, Callable[[Message], bool]] = {"access": _fast_access, "release": _fast_handle, "check": _fast_handle,
+                                               "decrement": _fast_decrement}
+
+
+def _fits(msg: Message, types: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> bool:
+    for name, value in msg.items():
+        allowed = types.get(name)
+        if allowed is not None and type(value) not in allowed:
+            return False
+    for name in required:
+        if name not in msg:
+            return False
+    if msg["id"] < 1:
+        return False
+    mode = msg.get("mode")
+    if mode is not None and mode not in _MODES:
+        return False
+    where = msg.get("where")
+    return where is None or where in _WHERE
