@@ -31,6 +31,7 @@ from licentia.crypto.recipes import verify
 from licentia.model import (
     ContainerSerial,
     ErrorCode,
+    Fingerprint,
     ItemState,
     LicentiaError,
     ProductItem,
@@ -67,6 +68,24 @@ class Request:
     items: tuple[ItemSummary, ...]
     created_at: int
     environment: dict[str, Any] = field(default_factory=dict)
+
+
+def request_environment(fingerprint: Fingerprint, hostname: str | None, firm_code: int) -> dict[str, Any]:
+    """What a request says about the machine its container is on (signed with the request).
+
+    The environment kind and hypervisor, the host name (lower-cased) and the machine id
+    (systemd's /etc/machine-id) as a hash salted with the firm code: a vendor can tell "the
+    same machine" without learning the id, and two vendors cannot correlate their
+    customers' machines. Every request, file or online, carries the same fields.
+    """
+    env: dict[str, Any] = {"kind": fingerprint.environment.kind.value, "hypervisor": fingerprint.environment.hypervisor}
+    if hostname and hostname.strip():
+        env["hostname"] = hostname.strip().lower()
+    machine_id = fingerprint.by_name().get("machine-id")
+    if machine_id is not None and machine_id.value:
+        salted = b"licentia machine-id\x00" + str(firm_code).encode() + b"\x00" + machine_id.value
+        env["machine_id"] = digest(salted).hex()[:32]
+    return env
 
 
 def make_request(
