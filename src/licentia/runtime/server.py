@@ -978,6 +978,9 @@ class Runtime:
         firm, product = msg["firm"], msg["product"]
         candidates = self.containers.candidates(firm, product, msg.get("container"))
         if not candidates:
+            refused = self.cloud.refusal(firm, product, msg.get("container"))
+            if refused is not None:
+                raise refused
             where = f" in container {msg['container']}" if msg.get("container") else ""
             raise LicentiaError(ErrorCode.ENTRY_NOT_FOUND,
                                 f"no license for firm {firm}, product {product} on {self.host_name}{where}")
