@@ -147,8 +147,9 @@ def cmd_replace(args: argparse.Namespace) -> int:
     with CentralClient(args.central) as central:
         result = central.replace(args.ticket, args.lost, same_device=args.same_device, request=request)
     for r in result["replacements"]:
-        print(f"replacement {r['id']}: license {r['license']} {r['state']} by {r['decided_by']} "
-              f"({r['reason']}) at {fmt_time(r['decided_at'])}")
+        decided = f"by {r['decided_by']}" if r["decided_by"] else "(waits for the vendor)"
+        print(f"replacement {r['id']}: license {r['license']} {r['state']} {decided} "
+              f"({r['reason']}) at {fmt_time(r['decided_at'] or r['requested_at'])}")
     print(f"activate the licenses now: licentia activate {result['ticket']}"
           + (f" --container {args.container}" if args.container else ""))
     return 0
