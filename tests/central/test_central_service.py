@@ -193,12 +193,13 @@ def test_checkpoint_lapses_offline_and_sync_renews_it(central: Central) -> None:
 
 
 def test_sync_carries_signed_time_that_heals_the_clock(central: Central) -> None:
-    ticket = setup_ticket(central, template={"expires_at": T0 + 100 * DAY, "checkpoint_period": 30 * DAY})
+    ticket = setup_ticket(central, template={"expires_at": T0 + 100 * DAY})
     box = Box.new()
     activate(central, ticket, box, T0 + 10 * DAY)
     box.content = box.content.with_clock(box.content.clock.observe(T0 + 10 * DAY).observe(T0))  # clock set back
     assert box.content.clock.manipulated
     issued = central.sync(box.request(T0 + 10 * DAY), T0 + 10 * DAY)
+    assert issued.operations == [] and issued.update  # nothing to renew, but signed time to heal it
     box.apply(issued.update, T0 + 10 * DAY)
     assert not box.content.clock.manipulated
     assert box.content.clock.signed_at == T0 + 10 * DAY

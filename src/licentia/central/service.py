@@ -59,8 +59,9 @@ HELD = ("active", "returning", "revoking")  # in the container (central issued i
 BUSY = ("pending", "active", "returning")  # the license is not free for another activation
 DEFAULT_AUTO_ACTIVATE_AFTER = 86_400
 # A registered license server's sync takes a ticket up to this long before its wait ends:
-# the runtime syncs hourly by default, so every ticket is in the server within the wait.
-SYNC_GRACE = 3_600
+# the runtime syncs every hour (plus the round trip) by default, so every ticket is in the
+# server within the wait.
+SYNC_GRACE = 3_900
 _BYTES_OPTIONS = ("user_data", "protected_data", "hidden_data")
 
 
@@ -834,8 +835,9 @@ class Central:
             add({"op": "renew"})
         order = {"remove": 0, "put": 1, "unlock": 2, "lock": 3, "renew": 4}
         ops.sort(key=lambda o: order[o["op"]])
-        if not ops and purpose == "sync":
-            # Nothing to renew, deliver or revoke: no update, the counter stays where it is.
+        if not ops and purpose == "sync" and not req.clock_set_back:
+            # Nothing to renew, deliver or revoke, and no clock to heal: no update, the
+            # counter stays where it is.
             return Issued(b"", c.serial, req.update_counter, [], "none")
 
         core_ops: list[core_updates.Operation] = []

@@ -68,6 +68,7 @@ class Request:
     items: tuple[ItemSummary, ...]
     created_at: int
     environment: dict[str, Any] = field(default_factory=dict)
+    clock_set_back: bool = False  # the container saw its clock set back: it asks for signed time
 
 
 def request_environment(fingerprint: Fingerprint, hostname: str | None, firm_code: int) -> dict[str, Any]:
@@ -107,6 +108,7 @@ def make_request(
         "items": _summaries(firm),
         "created_at": now,
         "environment": environment,
+        "clock_set_back": content.clock.manipulated,
     }
     payload = _CONTAINER_PREFIX.pack(sign_public) + env.encode(body)
     return sign_artifact_with(REQUEST_MAGIC, VERSION, payload, keys.sign)
@@ -127,6 +129,7 @@ def read_request(data: bytes) -> Request:
             items=tuple(ItemSummary(int(i["item_id"]), int(i["product_code"]), _b(i["digest"])) for i in fields["items"]),
             created_at=int(fields["created_at"]),
             environment=dict(fields.get("environment") or {}),
+            clock_set_back=fields.get("clock_set_back") is True,
         )
     except (KeyError, TypeError, ValueError, LicentiaError):
         raise _invalid("request file", "its fields are malformed") from None
