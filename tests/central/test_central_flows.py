@@ -34,7 +34,7 @@ def new_container(home: Path) -> str:
     return run(home, "container", "create").stdout.strip()
 
 
-def test_replacement_on_the_same_device_the_server_host_and_the_blacklist(central: Central, tmp_path: Path) -> None:
+def test_replacement_on_the_same_device_through_the_command(central: Central, tmp_path: Path) -> None:
     now = int(time.time())
     central.create_product("ops", now, 42, "CAD Pro", {}, {
         "replace": {"allowed": False},
@@ -56,42 +56,56 @@ def test_replacement_on_the_same_device_the_server_host_and_the_blacklist(centra
         assert central.get_container(old)["blacklisted"] == "replaced"
 
         # Replacement of a lost container beyond the policy: asked twice, one request waits.
-        with CentralClient(url) as user:
-            codes, ids = [], []
-            for _ in range(2):
-                with pytest.raises(LicentiaError) as exc:
-                    user.replace(ticket, new)
-                codes.append(exc.value.code)
-                ids.append(exc.value.message.split()[1])
-        assert codes == [ErrorCode.REPLACEMENT_PENDING] * 2 and ids[0] == ids[1]
+        for _ in range(2):
+            r = run(new_home, "replace", ticket, new, *ops, code=2)
+            assert "error 1207" in r.stderr
         (pending,) = central.list_replacements("pending")
-        decided = central.approve_replacement("token:ops", now, pending["id"])
-        assert (decided["decided_by"], decided["decided_actor"]) == ("operator", "token:ops")
-        assert [r["decided_by"] for r in central.list_replacements("approved")] == ["policy", "operator"]
+        assert f"replacement {pending['id']} is beyond" in r.stderr
+    decided = central.approve_replacement("token:ops", now, pending["id"])
+    assert (decided["decided_by"], decided["decided_actor"]) == ("operator", "token:ops")
+    assert [r["decided_by"] for r in central.list_replacements("approved")] == ["policy", "operator"]
 
-        # The old container, blacklisted, tries to activate: it is locked, and told so.
-        r = run(old_home, "activate", ticket, *ops, code=2)
-        assert "error 73" in r.stderr and "blacklist" in r.stderr and "locked all items" in r.stdout
-        # Taken off the blacklist: the unlock reaches it at its next contact.
-        central.unblacklist("token:ops", now, old)
-        out = run(old_home, "sync", *ops).stdout
-        assert "unlocked all items" in out
-        assert central.get_container(old)["lock"] == "none"
-        ticket_info = central.get_ticket(ticket)
-        assert ticket_info["licenses"][0]["status"] == "available"
 
-        # A multi-user customer registered server "farhost": a request file from this host is
-        # refused like an online activation, with the same message.
-        customer = central.create_customer("sales", now, "ACME", "Kobe", "multi-user", "farhost.example.com", "10.0.0.5")
-        served = central.create_order("sales", now, [{"product_code": 42}], customer_id=customer["id"])["ticket"]
-        request = tmp_path / "request.lcrq"
-        run(new_home, "update", "request", new, "--firm-code", str(central.firm.firm_code), "-o", str(request))
+def test_the_registered_servers_host_name_on_every_path(central: Central, tmp_path: Path) -> None:
+    now = int(time.time())
+    central.create_product("ops", now, 42, "CAD Pro", {})
+    customer = central.create_customer("sales", now, "ACME", "Kobe", "multi-user", "farhost.example.com", "10.0.0.5")
+    ticket = central.create_order("sales", now, [{"product_code": 42}], customer_id=customer["id"])["ticket"]
+    home = tmp_path / "user"
+    serial = new_container(home)
+    request = tmp_path / "request.lcrq"
+    run(home, "update", "request", serial, "--firm-code", str(central.firm.firm_code), "-o", str(request))
+    message = f"registered license server 'farhost.example.com'; this request comes from '{HOST}'"
+    with live(central) as url:
         with CentralClient(url) as user, pytest.raises(LicentiaError) as exc:
-            user.activate(served, request.read_bytes(), how="offline")
-        message = f"registered license server 'farhost.example.com'; this request comes from '{HOST}'"
+            user.activate(ticket, request.read_bytes(), how="offline")  # a request file, as the portal sends it
         assert exc.value.code == ErrorCode.LICENSE_TYPE_CONFLICT and message in exc.value.message
-        assert message in run(new_home, "activate", served, *ops, code=2).stderr
+        assert message in run(home, "activate", ticket, "--central", url, code=2).stderr
     assert central.get_customer(customer["id"])["server_serial"] is None
+    assert central.get_ticket(ticket)["licenses"][0]["status"] == "available"
+
+
+def test_a_blacklisted_container_is_told_and_unlocked_when_taken_off(central: Central, tmp_path: Path) -> None:
+    now = int(time.time())
+    central.create_product("ops", now, 42, "CAD Pro", {})
+    first, second = (central.create_order("sales", now, [{"product_code": 42}])["ticket"] for _ in range(2))
+    home = tmp_path / "user"
+    serial = new_container(home)
+    with live(central) as url:
+        ops = ("--central", url)
+        run(home, "activate", first, *ops)
+        central.blacklist("token:ops", now, serial, "stolen")
+        r = run(home, "activate", second, *ops, code=2)
+        assert "error 73" in r.stderr and "blacklist" in r.stderr and "locked all items" in r.stdout
+        assert "LOCKED" in run(home, "container", "show", serial).stdout
+        assert central.get_ticket(second)["licenses"][0]["status"] == "available"
+        # Taken off the blacklist: a signed unlock reaches it at its next contact.
+        central.unblacklist("token:ops", now, serial)
+        assert central.get_container(serial)["lock"] == "unlocking"
+        assert "unlocked all items" in run(home, "sync", *ops).stdout
+        assert "LOCKED" not in run(home, "container", "show", serial).stdout
+        assert central.get_container(serial)["lock"] == "none"
+        assert "added item" in run(home, "activate", second, *ops).stdout
 
 
 def test_a_registered_server_gets_every_ticket_within_the_wait(central: Central, tmp_path: Path) -> None:
