@@ -22,6 +22,9 @@ EXE = [sys.executable, "-m", "licentia.cli.main"]
 ENV = {**os.environ, "LICENTIA_BINDING_COST": "4"}
 HOST = os.uname().nodename.lower()
 HOUR = 3600
+# The flows below run the command many times; they run on SQLite (the decisions beneath them
+# run on PostgreSQL too in test_central_service.py).
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def run(home: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
@@ -34,6 +37,7 @@ def new_container(home: Path) -> str:
     return run(home, "container", "create").stdout.strip()
 
 
+@sqlite_only
 def test_replacement_on_the_same_device_through_the_command(central: Central, tmp_path: Path) -> None:
     now = int(time.time())
     central.create_product("ops", now, 42, "CAD Pro", {}, {
@@ -85,6 +89,7 @@ def test_the_registered_servers_host_name_on_every_path(central: Central, tmp_pa
     assert central.get_ticket(ticket)["licenses"][0]["status"] == "available"
 
 
+@sqlite_only
 def test_a_blacklisted_container_is_told_and_unlocked_when_taken_off(central: Central, tmp_path: Path) -> None:
     now = int(time.time())
     central.create_product("ops", now, 42, "CAD Pro", {})
@@ -108,6 +113,7 @@ def test_a_blacklisted_container_is_told_and_unlocked_when_taken_off(central: Ce
         assert "added item" in run(home, "activate", second, *ops).stdout
 
 
+@sqlite_only
 def test_a_registered_server_gets_every_ticket_within_the_wait(central: Central, tmp_path: Path) -> None:
     clock = [int(time.time())]
     t0 = clock[0]
