@@ -6,7 +6,7 @@ import itertools
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,8 +66,9 @@ class Box:
 
 
 @contextmanager
-def live(central: Central) -> Iterator[str]:
-    config = uvicorn.Config(create_app(central), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+def live(central: Central, clock: Callable[[], int] | None = None) -> Iterator[str]:
+    """Central on a real socket (uvicorn in a thread); `clock` gives central's time."""
+    config = uvicorn.Config(create_app(central, clock=clock), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -37,7 +37,7 @@ def central(tmp_path: Path, firm: FirmKey) -> Iterator[Central]:
 
 
 def test_portal_in_headless_chromium(central: Central, tmp_path: Path) -> None:
-    central.create_product("ops", 0, 42, "CAD Pro", {"feature_map": 1})
+    central.create_product("ops", 0, 42, "CAD Pro", {"feature_map": 1}, {"replace": {"allowed": True, "max_count": 2}})
     ticket = central.create_order("sales", 0, [{"product_code": 42, "quantity": 2}, {"product_code": 42}])["ticket"]
     box = Box.new()
     request = tmp_path / "request.lcrq"
@@ -80,6 +80,12 @@ def test_portal_in_headless_chromium(central: Central, tmp_path: Path) -> None:
             browser.click("#confirm")
             browser.wait_text("#message", "confirmed")
             assert browser.text("#licenses").count("available") == 2 and box.items() == {}
+            # the container is lost: ask for its licenses back in the portal
+            central.confirm_receipt(box.apply(central.activate(ticket, box.request(), 0).update), 0)
+            browser.type("#lost-serial", box.serial)
+            browser.click("#replace")
+            assert "approved by policy" in browser.wait_text("#message", "approved by policy")
+            assert browser.text("#licenses").count("available") == 2
             # move to the cloud, then a new credential file
             browser.click("#cloud")
             assert "cloud container" in browser.wait_text("#message", "cloud container")

@@ -140,7 +140,7 @@ def test_restored_backup_flags_manipulation_and_review_resyncs(central: Central)
     assert codes(exc) == ErrorCode.MANIPULATION_DETECTED
     central.review_container("ops", T0 + 6, box.serial, "customer restored a backup")
     issued = central.sync(box.request(T0 + 7), T0 + 7)
-    central.confirm_receipt(box.apply(issued.update, T0 + 7), T0 + 7)
+    assert issued.update == b"" and issued.operations == []  # nothing to do: no update, the counter stays
     assert central.get_container(box.serial)["state"] == "ok"
     assert {lic["status"] for lic in central.get_ticket(ticket)["licenses"]} == {"available"}
     assert lic1 and lic2
@@ -199,6 +199,7 @@ def test_sync_carries_signed_time_that_heals_the_clock(central: Central) -> None
     box.content = box.content.with_clock(box.content.clock.observe(T0 + 10 * DAY).observe(T0))  # clock set back
     assert box.content.clock.manipulated
     issued = central.sync(box.request(T0 + 10 * DAY), T0 + 10 * DAY)
+    assert issued.operations == [] and issued.update  # nothing to renew, but signed time to heal it
     box.apply(issued.update, T0 + 10 * DAY)
     assert not box.content.clock.manipulated
     assert box.content.clock.signed_at == T0 + 10 * DAY
@@ -215,7 +216,7 @@ def test_replacement_within_policy_revokes_at_next_contact(central: Central) -> 
     assert len(new.items()) == 1
     # the lost container turns up and syncs: its license is removed
     issued = central.sync(lost.request(T0 + 2 * DAY), T0 + 2 * DAY)
-    assert [op["op"] for op in issued.operations] == ["remove", "renew"]
+    assert [op["op"] for op in issued.operations] == ["remove"]
     central.confirm_receipt(lost.apply(issued.update, T0 + 2 * DAY), T0 + 2 * DAY)
     assert lost.items() == {}
     # a second replacement is beyond the policy (max 1): it waits for approval
@@ -301,10 +302,9 @@ def test_automatic_activation_for_registered_server(central: Central) -> None:
     activate(central, first, server)
     later = central.create_order("sales", T0 + 100, [{"product_code": 42, "quantity": 10}], customer_id=customer["id"])
     issued = central.sync(server.request(T0 + 200), T0 + 200)
-    assert [op["op"] for op in issued.operations] == ["renew"]  # not yet due
-    central.confirm_receipt(server.apply(issued.update, T0 + 200), T0 + 200)
+    assert issued.update == b"" and issued.operations == []  # not yet due, nothing to renew
     issued = central.sync(server.request(T0 + 100 + DAY), T0 + 100 + DAY)
-    assert [op["op"] for op in issued.operations] == ["put", "renew"]
+    assert [op["op"] for op in issued.operations] == ["put"]
     central.confirm_receipt(server.apply(issued.update, T0 + 100 + DAY), T0 + 100 + DAY)
     assert central.get_ticket(later["ticket"])["licenses"][0]["status"] == "active"
 
@@ -344,7 +344,7 @@ def test_license_server_change_issues_a_new_customer_id_and_revokes_the_old(cent
     # the new server activates the new ticket; the old one loses its items at its next sync
     activate(central, fresh, Box.new(hostname="srv2"), T0 + 20)
     issued = central.sync(old_server.request(T0 + 30), T0 + 30)
-    assert [op["op"] for op in issued.operations] == ["remove", "remove", "renew"]
+    assert [op["op"] for op in issued.operations] == ["remove", "remove"]
     central.confirm_receipt(old_server.apply(issued.update, T0 + 30), T0 + 30)
     assert old_server.items() == {}
     actions = [e["action"] for e in central.audit()]
@@ -365,7 +365,7 @@ def test_license_type_change_reissues(central: Central) -> None:
     # the old update is applied late: its item is revoked at the next contact
     central.confirm_receipt(machine.apply(pending.update, T0 + 6), T0 + 6)
     issued = central.sync(machine.request(T0 + 7), T0 + 7)
-    assert [op["op"] for op in issued.operations] == ["remove", "renew"]
+    assert [op["op"] for op in issued.operations] == ["remove"]
     central.confirm_receipt(machine.apply(issued.update, T0 + 7), T0 + 7)
     activate(central, fresh, Box.new(hostname="srv9"), T0 + 8)
     with pytest.raises(LicentiaError) as exc:
@@ -383,7 +383,7 @@ def test_two_first_starts_at_once_migrate_once(db_url: str) -> None:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda db: db.migrate(), dbs))
         with dbs[0].transaction() as s:
-            assert s.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+            assert s.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
     finally:
         for db in dbs:
             db.dispose()

@@ -109,8 +109,11 @@ def test_cloud_seats_are_counted_in_central_and_a_new_credential_ends_the_old_on
     assert answer["valid"] is False and set(answer["events"]) == {"container-removed", "license-gone"}, answer
     removed = b.logged("the removal in the log", lambda e: e.get("event") == "container-removed")
     assert removed[0]["kind"] == "cloud" and removed[0]["code"] == 1210 and removed[0]["released"] == 1
+    # a program started now is told why: the credential was replaced (1210), as the status page says
     refused = Program(procs, root, env_b, **opts)
-    assert "error" in refused.first
+    assert refused.first["error"] == int(ErrorCode.CREDENTIAL_INVALID), refused.first
+    assert serial in refused.first["message"] and "replaced or revoked" in refused.first["message"]
+    assert cloud_row(b)["binding"].endswith(refused.first["message"].split(": ", 1)[1])
 
     # The new file put in place: served again.
     (homes[0] / "cloud.json").write_text(json.dumps(new))

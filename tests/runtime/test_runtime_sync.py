@@ -153,6 +153,11 @@ def test_a_ticket_for_the_registered_license_server_is_activated_without_a_user_
     (entry, *_) = rt.logged("the sync in the log", lambda e: e.get("event") == "sync" and any(
         "added item" in c for c in e["changes"]))
     assert entry["container"] == serial and entry["confirmed"]
+    # later round trips have nothing to renew (no checkpoint item): no update, the step stays
+    idle = rt.logged("a round trip with nothing to do", lambda e: e.get("event") == "sync" and e["changes"] == []
+                     and e["counter"] == entry["counter"])
+    assert idle and not any(e.get("event") == "sync" and e["counter"] > entry["counter"] for e in rt.logged(
+        "the log", lambda e: True))
 
 
 # -- the schedule ---------------------------------------------------------------------------

@@ -139,7 +139,8 @@ class Endpoint:
 
 
 def _issued(issued: Issued) -> dict[str, Any]:
-    return {"update": b64(issued.update), **issued.to_json()}
+    # A sync with nothing to renew, deliver or revoke answers no update ("update": null).
+    return {"update": b64(issued.update) if issued.update else None, **issued.to_json()}
 
 
 def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -239,11 +240,21 @@ def endpoints(central: Central) -> list[Endpoint]:
             call.actor, call.now, call.field("company", str), call.field("site", str), call.field("license_type", str),
             call.field("server_host", str, required=False), call.field("server_ip", str, required=False),
             call.field("auto_activate_after", int, required=False),
+            call.field("server_container", str, required=False),
         ), "operator", "Register a customer (single-user, or multi-user with one license server)",
             body=_obj({"company": NAME, "site": NAME, "license_type": {"type": "string", "enum": ["single-user", "multi-user"]},
                        "server_host": {"type": "string"}, "server_ip": {"type": "string"},
+                       "server_container": {"type": "string", "maxLength": 24},
                        "auto_activate_after": {"type": "integer", "minimum": 0}}, ["company", "site", "license_type"]),
             status=201),
+        Endpoint("PATCH", "/api/customers/{customer}", lambda call: c.update_customer(
+            call.actor, call.now, call.path["customer"],
+            auto_activate_after=call.field("auto_activate_after", int, required=False),
+            clear_auto_activate_after="auto_activate_after" in call.body and call.body["auto_activate_after"] is None,
+            server_container=call.field("server_container", str, required=False),
+        ), "operator", "Set the wait before automatic activation (null: the default, 24 h) or the license server's container",
+            body=_obj({"auto_activate_after": {"type": ["integer", "null"], "minimum": 0},
+                       "server_container": {"type": "string", "maxLength": 24}})),
         Endpoint("GET", "/api/customers/{customer}", lambda call: c.get_customer(call.path["customer"]), "read-only",
                  "A customer and its tickets"),
         Endpoint("POST", "/api/customers/{customer}/license-type", lambda call: c.change_license_type(

@@ -65,7 +65,8 @@ class CentralClient:
 
     def sync(self, request: bytes) -> tuple[bytes, dict[str, Any]]:
         result = self.call("POST", "/api/sync", {"request": _b64(request)})
-        return base64.b64decode(result["update"]), result
+        # b"": central had nothing to renew, deliver or revoke; the counter stays
+        return (base64.b64decode(result["update"]) if result.get("update") else b""), result
 
     def replace(self, ticket: str, old_serial: str, *, same_device: bool = False, request: bytes | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"old_serial": old_serial, "same_device": same_device}

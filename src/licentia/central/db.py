@@ -31,7 +31,10 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from licentia.model import ErrorCode, LicentiaError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -63,6 +66,9 @@ class Customer(Base):
     server_host: Mapped[str | None] = mapped_column(String(253), nullable=True)
     server_ip: Mapped[str | None] = mapped_column(String(45), nullable=True)
     server_serial: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    # multi-user: the container registered as the license server, linked (server_serial)
+    # at its first contact from the registered host name
+    server_container: Mapped[str | None] = mapped_column(String(24), nullable=True)
     auto_activate_after: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     state: Mapped[str] = mapped_column(String(20), default="active")  # active | retired
     successor_id: Mapped[str | None] = mapped_column(String(20), nullable=True)
@@ -116,7 +122,9 @@ class Container(Base):
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     blacklisted: Mapped[str | None] = mapped_column(String(20), nullable=True)  # lost|stolen|replaced
     blacklisted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    lock: Mapped[str] = mapped_column(String(20), default="none")  # none | pending | locked
+    # none | pending (a lock goes out at the next contact) | locked | unlocking (taken off
+    # the blacklist: an unlock goes out at the next contact)
+    lock: Mapped[str] = mapped_column(String(20), default="none")
     customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.id"), nullable=True)
     first_seen: Mapped[int] = mapped_column(BigInteger)
     last_contact: Mapped[int] = mapped_column(BigInteger)
@@ -174,7 +182,8 @@ class Replacement(Base):
     reason: Mapped[str] = mapped_column(Text)
     requested_at: Mapped[int] = mapped_column(BigInteger)
     decided_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)  # policy | hook | operator
+    decided_actor: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the operator's token
 
 
 class ApiToken(Base):
@@ -296,10 +305,27 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def _unusable(url: str, why: str) -> LicentiaError:
+    shown = url.split("@")[-1] if "@" in url else url  # never print a password
+    return LicentiaError(
+        ErrorCode.CENTRAL_ERROR,
+        f"cannot use the database {shown}: {why}; give --db sqlite:///FILE or postgresql://user:pw@host/db",
+    )
+
+
 class Database:
+    """The engine over `url`. A URL that names no supported database (SQLite, PostgreSQL) or
+    a database that cannot be reached is a LicentiaError (CENTRAL_ERROR) saying so."""
+
     def __init__(self, url: str) -> None:
         self.url = normalize_url(url)
-        self.engine = make_engine(self.url)
+        scheme = self.url.split(":", 1)[0].split("+", 1)[0]
+        if "://" not in self.url or scheme not in ("sqlite", "postgresql"):
+            raise _unusable(url, f"the scheme {scheme!r} is not supported (SQLite and PostgreSQL are)")
+        try:
+            self.engine = make_engine(self.url)
+        except (ArgumentError, ImportError) as exc:
+            raise _unusable(url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -307,7 +333,10 @@ class Database:
         return self.engine.dialect.name
 
     def migrate(self) -> None:
-        migrate(self.engine)
+        try:
+            migrate(self.engine)
+        except (OperationalError, InterfaceError) as exc:
+            raise _unusable(self.url, " ".join(str(exc.orig or exc).split())[:300]) from None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -97,22 +97,32 @@ _HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
 def check_host_name(name: str) -> str:
-    """A license server's host name: ASCII letters, digits and hyphens only.
+    """A license server's host name: labels of ASCII letters, digits and hyphens, separated
+    by dots (a short name like `licsrv-01` or a fully qualified one like `licsrv-01.example.com`).
 
-    Dots separate labels of a fully qualified name; each label is 1-63 characters and does
-    not start or end with a hyphen.
+    Each label has 1-63 characters and neither starts nor ends with a hyphen; the whole name
+    has at most 253 characters and no trailing dot. Returned in lower case.
     """
-    if not name or len(name) > 253:
+    if not isinstance(name, str) or not name:
+        raise LicentiaError(ErrorCode.HOST_NAME_INVALID, "a license server needs a host name")
+    if len(name) > 253:
         raise LicentiaError(
             ErrorCode.HOST_NAME_INVALID,
-            f"host name {name!r} must have 1 to 253 characters",
+            f"host name {name[:40]!r}… is too long ({len(name)} characters; at most 253)",
         )
     for label in name.split("."):
+        if len(label) > 63:
+            raise LicentiaError(
+                ErrorCode.HOST_NAME_INVALID,
+                f"host name {name!r} is refused: its part {label[:20]!r}… is too long ({len(label)} characters; "
+                "at most 63 between two dots)",
+            )
         if not _HOST_LABEL.match(label):
             raise LicentiaError(
                 ErrorCode.HOST_NAME_INVALID,
                 f"host name {name!r} is refused: host names may use only ASCII letters, digits "
-                "and hyphens (no spaces, underscores, accents or other scripts; a hyphen "
-                "neither first nor last); rename the license server and register it again",
+                "and hyphens, with dots between the parts of a fully qualified name (no spaces, "
+                "underscores, accents or other scripts; a hyphen neither first nor last in a part; "
+                "no empty part); rename the license server and register it again",
             )
     return name.lower()

@@ -56,6 +56,15 @@ PAGE = """<!doctype html>
   <label for="receipt">Receipt file</label> <input id="receipt" type="file">
   <button id="confirm" type="button">Send receipt</button>
   <p><a id="download" hidden>Download the update file</a></p>
+  <h2>Replace licenses of a lost container</h2>
+  <p>If the container that holds this ticket's licenses is lost or broken, ask for its
+  licenses back; within the product's policy they are free at once for a new activation.
+  On the same computer (a reinstalled system), tick the box and upload a request file of
+  the new container: it proves the machine is the same.</p>
+  <label for="lost-serial">Lost container</label> <input id="lost-serial" type="text" placeholder="130-…">
+  <label><input id="same-device" type="checkbox"> same computer</label>
+  <label for="replace-request">Request file of the new container</label> <input id="replace-request" type="file">
+  <button id="replace" type="button">Ask for replacement</button>
   <h2>Cloud</h2>
   <p>Licenses in the cloud stay with the vendor; a runtime uses them with a credential file.
   A new credential file replaces the old one at once.</p>
@@ -119,6 +128,15 @@ $("return").addEventListener("click", () => run(async () => {
 $("confirm").addEventListener("click", () => run(async () => {
   const r = await api("POST", "/api/receipts", { receipt: await fileB64("receipt") });
   await show(); say(`Receipt of container ${r.serial} confirmed (step ${r.counter}).`, true);
+}));
+$("replace").addEventListener("click", () => run(async () => {
+  const same = $("same-device").checked;
+  const body = { old_serial: $("lost-serial").value.trim(), same_device: same };
+  if (same) body.request = await fileB64("replace-request");
+  const r = await api("POST", `/api/tickets/${ticket}/replace`, body);
+  await show();
+  say(r.replacements.map((x) => `Replacement ${x.id}: license ${x.license} ${x.state} by ${x.decided_by || "nobody yet"}`).join("; ")
+      + ". Activate the licenses into your new container.", true);
 }));
 $("cloud").addEventListener("click", () => run(async () => {
   const r = await api("POST", `/api/tickets/${ticket}/cloud`);

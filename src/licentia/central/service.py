@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from licentia.central import ids
@@ -58,6 +58,10 @@ LICENSE_TYPES = ("single-user", "multi-user")
 HELD = ("active", "returning", "revoking")  # in the container (central issued it, the receipt came)
 BUSY = ("pending", "active", "returning")  # the license is not free for another activation
 DEFAULT_AUTO_ACTIVATE_AFTER = 86_400
+# A registered license server's sync takes a ticket up to this long before its wait ends:
+# the runtime syncs every hour (plus the round trip) by default, so every ticket is in the
+# server within the wait.
+SYNC_GRACE = 3_900
 _BYTES_OPTIONS = ("user_data", "protected_data", "hidden_data")
 
 
@@ -356,7 +360,7 @@ class Central:
     def create_customer(
         self, actor: str, now: int, company: str, site: str, license_type: str,
         server_host: str | None = None, server_ip: str | None = None,
-        auto_activate_after: int | None = None,
+        auto_activate_after: int | None = None, server_container: str | None = None,
     ) -> dict[str, Any]:
         for label, value in (("company", company), ("site", site)):
             if not isinstance(value, str) or not value.strip() or len(value) > 200:
@@ -370,28 +374,71 @@ class Central:
                 ErrorCode.INVALID_PARAMETER,
                 "a single-user customer has no license server; its licenses go to one machine",
             )
-        if auto_activate_after is not None and (
-            isinstance(auto_activate_after, bool) or not isinstance(auto_activate_after, int)
-            or not 0 <= auto_activate_after <= 10 * 365 * 86_400
-        ):
-            raise _err(ErrorCode.INVALID_PARAMETER, "auto_activate_after must be seconds, zero to ten years")
+        self._check_wait(auto_activate_after)
+        container = self._check_server_container(license_type, server_container)
         with self.db.transaction() as s:
             row = Customer(
                 id=ids.new_customer_id(), company=company.strip(), site=site.strip(),
                 license_type=license_type, server_host=server_host, server_ip=server_ip,
-                auto_activate_after=auto_activate_after, state="active", created_at=now,
+                server_container=container, auto_activate_after=auto_activate_after, state="active", created_at=now,
             )
             s.add(row)
             s.flush()
             self._audit(s, now, actor, "customer.create", row.id, company=company, site=site,
-                        license_type=license_type, server_host=server_host, server_ip=server_ip)
+                        license_type=license_type, server_host=server_host, server_ip=server_ip,
+                        server_container=container, auto_activate_after=auto_activate_after)
             return self._customer_json(row)
+
+    @staticmethod
+    def _check_wait(seconds: int | None) -> None:
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= 10 * 365 * 86_400
+        ):
+            raise _err(ErrorCode.INVALID_PARAMETER, "auto_activate_after must be seconds, zero to ten years")
+
+    @staticmethod
+    def _check_server_container(license_type: str, serial: str | None) -> str | None:
+        if serial is None:
+            return None
+        if license_type != "multi-user":
+            raise _err(ErrorCode.INVALID_PARAMETER, "only a multi-user customer registers a license server's container")
+        parsed = ContainerSerial.parse(serial)
+        if kind_of_mask(parsed.mask).value not in ("soft", "token"):
+            raise _err(ErrorCode.INVALID_PARAMETER, f"container {parsed} cannot be a license server (soft or token only)")
+        return str(parsed)
+
+    def update_customer(
+        self, actor: str, now: int, customer_id: str, *, auto_activate_after: int | None = None,
+        clear_auto_activate_after: bool = False, server_container: str | None = None,
+    ) -> dict[str, Any]:
+        """Set the wait before automatic activation, or register the license server's
+        container (linked at its first contact from the registered host name)."""
+        self._check_wait(auto_activate_after)
+        with self.db.transaction() as s:
+            c = self._customer(s, customer_id, lock=True)
+            if c.state != "active":
+                raise _err(ErrorCode.LICENSE_TYPE_CONFLICT, f"customer {c.id} was retired; use customer {c.successor_id}")
+            changes: dict[str, Any] = {}
+            if auto_activate_after is not None or clear_auto_activate_after:
+                c.auto_activate_after = changes["auto_activate_after"] = auto_activate_after
+            if server_container is not None:
+                serial = self._check_server_container(c.license_type, server_container)
+                if c.server_serial is not None and c.server_serial != serial:
+                    raise _err(
+                        ErrorCode.LICENSE_TYPE_CONFLICT,
+                        f"customer {c.id} already uses container {c.server_serial} as its license server; "
+                        "moving the server is a server change (a new customer id)",
+                    )
+                c.server_container = changes["server_container"] = serial
+            self._audit(s, now, actor, "customer.update", c.id, **changes)
+            return self._customer_json(c)
 
     @staticmethod
     def _customer_json(c: Customer) -> dict[str, Any]:
         return {
             "id": c.id, "company": c.company, "site": c.site, "license_type": c.license_type,
             "server_host": c.server_host, "server_ip": c.server_ip, "server_serial": c.server_serial,
+            "server_container": c.server_container,
             "auto_activate_after": c.auto_activate_after, "state": c.state,
             "successor_id": c.successor_id, "created_at": c.created_at,
         }
@@ -508,10 +555,15 @@ class Central:
             self._audit(s, now, actor, "order.extend" if extended else "order.create", ticket.id,
                         order=order.id, reference=reference, customer=order.customer_id,
                         licenses=[m.id for m in made])
+            lines = [self._license_json(s, lic) for lic in s.execute(
+                select(License).where(License.ticket_id == ticket.id, License.state == "open")).scalars()]
+            quantities = [lic["quantity"] for lic in lines]
             return {
                 "order": order.id, "reference": reference, "customer": order.customer_id,
                 "ticket": ticket.id, "extended": extended,
                 "licenses": [self._license_json(s, m) for m in made],
+                "total": {"licenses": len(lines),
+                          "seats": None if None in quantities else sum(quantities)},
             }
 
     # -- license type and license server changes ----------------------------------------
@@ -657,6 +709,7 @@ class Central:
                 f"the request names container {serial}, but its key is not that container's; it is refused",
             )
         c.last_contact = now
+        c.environment = jsonable(req.environment)  # what it says now (same-device checks compare it)
         if c.state == "review":
             # An operator accepted the container as it is: adopt its counter and items.
             held = self._held(s, serial)
@@ -719,9 +772,9 @@ class Central:
                     a.state, a.confirmed_at = "active", now
                 elif kind == "remove" and a.state in ("returning", "revoking"):
                     a.state, a.ended_at = ("returned" if a.state == "returning" else "revoked"), now
-            elif kind == "lock":
+            elif kind == "lock" and c.lock != "unlocking":
                 c.lock = "locked"
-            elif kind == "unlock":
+            elif kind == "unlock" and c.lock == "unlocking":
                 c.lock = "none"
         c.counter = u.counter_to
         for other in self._outstanding(s, c.serial):
@@ -774,10 +827,18 @@ class Central:
             c.lock = "pending"
         if c.lock == "pending":
             add({"op": "lock"})
+        if c.lock == "unlocking":  # taken off the blacklist: a lock still on its way is dropped
+            ops[:] = [op for op in ops if op["op"] != "lock"]
+            seen.discard(("lock", None))
+            add({"op": "unlock"})
         if renew and not c.blacklisted:
             add({"op": "renew"})
         order = {"remove": 0, "put": 1, "unlock": 2, "lock": 3, "renew": 4}
         ops.sort(key=lambda o: order[o["op"]])
+        if not ops and purpose == "sync" and not req.clock_set_back:
+            # Nothing to renew, deliver or revoke, and no clock to heal: no update, the
+            # counter stays where it is.
+            return Issued(b"", c.serial, req.update_counter, [], "none")
 
         core_ops: list[core_updates.Operation] = []
         for op in ops:
@@ -806,6 +867,13 @@ class Central:
         self._audit(s, now, "central", "update.issue", c.serial, update=row.id, purpose=purpose,
                     counter=row.counter_to, operations=ops, supersedes=[u.id for u in outstanding])
         return Issued(data, c.serial, row.counter_to, ops, purpose)
+
+    def _holds_checkpoint(self, s: Session, serial: str) -> bool:
+        for a in self._held(s, serial):
+            lic = s.get(License, a.license_id)
+            if a.state != "revoking" and lic is not None and self._item(s, lic).checkpoint_period is not None:
+                return True
+        return False
 
     def _read_request(self, request: bytes) -> core_updates.Request:
         req = core_updates.read_request(request)
@@ -883,22 +951,42 @@ class Central:
         result: Issued = self._run(body)
         return result
 
+    @staticmethod
+    def _server_host_refusal(customer: Customer, req: core_updates.Request) -> LicentiaError | None:
+        """A multi-user customer's licenses go only to its registered license server: the
+        request (file or online, signed by the container) must come from that host name."""
+        host = req.environment.get("hostname")
+        if isinstance(host, str) and customer.server_host and host.lower() == customer.server_host:
+            return None
+        came = f"this request comes from {host!r}" if isinstance(host, str) and host else (
+            "this request names no host name (write it again with this version of licentia)")
+        return _err(
+            ErrorCode.LICENSE_TYPE_CONFLICT,
+            f"customer {customer.id} registered license server {customer.server_host!r}; {came}",
+        )
+
+    def _link_server(self, s: Session, customer: Customer, c: Container, now: int, how: str) -> None:
+        customer.server_serial = c.serial
+        c.customer_id = customer.id
+        self._audit(s, now, "central", "customer.bind", customer.id, serial=c.serial,
+                    license_type=customer.license_type, how=how)
+
     def _check_customer_container(self, s: Session, customer: Customer, c: Container, req: core_updates.Request, now: int) -> None:
         """Single-user: one machine per customer id; multi-user: the registered license server."""
         if customer.state != "active":
             raise _err(ErrorCode.LICENSE_TYPE_CONFLICT, f"customer {customer.id} was retired; use customer {customer.successor_id}")
+        if customer.license_type == "multi-user":
+            refusal = self._server_host_refusal(customer, req)
+            if refusal is not None:
+                raise refusal
         if customer.server_serial is None:
-            if customer.license_type == "multi-user":
-                host = req.environment.get("hostname")
-                if isinstance(host, str) and customer.server_host and host.lower() != customer.server_host:
-                    raise _err(
-                        ErrorCode.LICENSE_TYPE_CONFLICT,
-                        f"customer {customer.id} registered license server {customer.server_host!r}; "
-                        f"this request comes from {host!r}",
-                    )
-            customer.server_serial = c.serial
-            c.customer_id = customer.id
-            self._audit(s, now, "central", "customer.bind", customer.id, serial=c.serial, license_type=customer.license_type)
+            if customer.server_container is not None and customer.server_container != c.serial:
+                raise _err(
+                    ErrorCode.LICENSE_TYPE_CONFLICT,
+                    f"customer {customer.id} registered container {customer.server_container} as its license "
+                    f"server; its licenses cannot go to container {c.serial}",
+                )
+            self._link_server(s, customer, c, now, "activation")
         elif customer.server_serial != c.serial:
             if customer.license_type == "single-user" and not self._customer_holds(s, customer, customer.server_serial):
                 # Rehosting: every license came back from the old machine, so the new one may take them.
@@ -1006,15 +1094,30 @@ class Central:
         req = self._read_request(request)
 
         def body(s: Session) -> Issued | LicentiaError:
-            # Lock order as in activation: tickets first, then the container.
-            customer = s.execute(select(Customer).where(Customer.server_serial == str(req.serial))).scalars().first()
+            # Lock order as in activation: customer and tickets first, then the container.
+            serial = str(req.serial)
+            customer = s.execute(
+                select(Customer).where(Customer.state == "active", or_(
+                    Customer.server_serial == serial,
+                    and_(Customer.server_serial.is_(None), Customer.server_container == serial),
+                )).order_by(Customer.created_at).with_for_update()
+            ).scalars().first()
+            linking = customer is not None and customer.server_serial is None
+            if linking:
+                assert customer is not None
+                refusal = self._server_host_refusal(customer, req)
+                if refusal is not None:  # not the registered host: an ordinary sync, no link
+                    self._audit(s, now, "central", "customer.link-refused", customer.id, serial=serial,
+                                reason=refusal.message)
+                    customer, linking = None, False
             due: list[License] = []
-            if customer is not None and customer.state == "active":
+            if customer is not None:
                 delay = customer.auto_activate_after if customer.auto_activate_after is not None else DEFAULT_AUTO_ACTIVATE_AFTER
                 tickets = list(
                     s.execute(
                         select(Ticket).where(Ticket.customer_id == customer.id, Ticket.state == "open",
-                                             Ticket.created_at + delay <= now).order_by(Ticket.id).with_for_update()
+                                             Ticket.created_at + delay <= now + min(delay, SYNC_GRACE))
+                        .order_by(Ticket.id).with_for_update()
                     ).scalars()
                 )
                 for t in tickets:
@@ -1024,6 +1127,9 @@ class Central:
                 return refusal
             if c.blacklisted:
                 return self._honeypot(s, c, req, now, "sync")
+            if linking:
+                assert customer is not None
+                self._link_server(s, customer, c, now, "first contact")
             new_ops: list[dict[str, Any]] = []
             for lic in due:
                 if self._busy(s, lic.id) is None:
@@ -1031,7 +1137,7 @@ class Central:
                     s.add(a)
                     s.flush()
                     new_ops.append({"op": "put", "activation": a.id, "license": lic.id})
-            issued = self._issue(s, c, req, new_ops, "sync", now, renew=True)
+            issued = self._issue(s, c, req, new_ops, "sync", now, renew=self._holds_checkpoint(s, c.serial))
             if new_ops:
                 self._audit(s, now, "central", "ticket.auto-activate", c.serial, customer=customer.id if customer else None,
                             licenses=[op["license"] for op in new_ops])
@@ -1098,8 +1204,12 @@ class Central:
             if c.blacklisted is None:
                 raise _err(ErrorCode.INVALID_PARAMETER, f"container {c.serial} is not blacklisted")
             c.blacklisted = c.blacklisted_at = None
-            c.lock = "none" if c.lock == "pending" else c.lock
-            self._audit(s, now, actor, "blacklist.remove", c.serial)
+            sent = any(op["op"] == "lock" for u in self._outstanding(s, c.serial) for op in u.operations)
+            if c.lock == "locked" or sent:
+                c.lock = "unlocking"  # the unlock goes out, signed, at the container's next contact
+            else:
+                c.lock = "none"
+            self._audit(s, now, actor, "blacklist.remove", c.serial, lock=c.lock)
             return self._container_json(s, c)
 
     def blacklist_entries(self) -> list[BlacklistEntry]:
@@ -1149,6 +1259,13 @@ class Central:
                 raise _err(ErrorCode.INVALID_PARAMETER, "the new container must not be the lost one")
             out = []
             for _, lic in rows:
+                waiting = s.execute(
+                    select(Replacement).where(Replacement.license_id == lic.id, Replacement.old_serial == old.serial,
+                                              Replacement.same_device == same_device, Replacement.state == "pending")
+                ).scalars().first()
+                if waiting is not None:
+                    out.append(self._replacement_json(waiting))  # asked again: the same request, not another
+                    continue
                 product = s.get(Product, lic.product_id)
                 assert product is not None
                 policy = parse_policy(product.policy)
@@ -1221,7 +1338,9 @@ class Central:
         return {"ticket": ids.parse_ticket(ticket), "old_serial": old_key, "replacements": results}
 
     def _approve(self, s: Session, r: Replacement, now: int, by: str, why: str = "") -> None:
-        r.state, r.decided_at, r.decided_by = "approved", now, by
+        """Approve `r`; `by` is "policy", "hook" or the operator's actor name."""
+        r.state, r.decided_at = "approved", now
+        r.decided_by, r.decided_actor = (by, None) if by in ("policy", "hook") else ("operator", by)
         a = s.execute(
             select(Activation).where(Activation.license_id == r.license_id, Activation.serial == r.old_serial,
                                      Activation.state.in_(("active", "returning")))
@@ -1253,7 +1372,7 @@ class Central:
                 raise _not_found("replacement", replacement_id)
             if r.state == "approved":
                 raise _err(ErrorCode.INVALID_PARAMETER, f"replacement {replacement_id} was already approved")
-            r.state, r.decided_at, r.decided_by = "refused", now, actor
+            r.state, r.decided_at, r.decided_by, r.decided_actor = "refused", now, "operator", actor
             if reason:
                 r.reason = reason
             self._audit(s, now, actor, "replacement.refuse", str(r.id), reason=reason)
@@ -1264,7 +1383,7 @@ class Central:
         return {
             "id": r.id, "license": r.license_id, "old_serial": r.old_serial, "same_device": r.same_device,
             "state": r.state, "reason": r.reason, "requested_at": r.requested_at,
-            "decided_at": r.decided_at, "decided_by": r.decided_by,
+            "decided_at": r.decided_at, "decided_by": r.decided_by, "decided_actor": r.decided_actor,
         }
 
     def list_replacements(self, state: str | None = None) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
     licentia activate TICKET --central URL [--container SERIAL] [--license ID ...]
     licentia return TICKET --central URL [--container SERIAL] [--license ID ...]
     licentia sync --central URL [--container SERIAL]
+    licentia replace TICKET LOST_SERIAL --central URL [--same-device [--container SERIAL]]
 
 Each opens the soft container, writes a request for the vendor's firm, sends it, applies the
 update central answers with (atomically, in the container), and sends the receipt back.
@@ -38,6 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     syn = sub.add_parser("sync", help="sync a container with central: checkpoints, signed time, pending changes")
     _args(syn)
     syn.set_defaults(handler=cmd_sync)
+
+    rep = sub.add_parser("replace", help="ask central to replace a ticket's licenses held in a lost container")
+    rep.add_argument("ticket")
+    rep.add_argument("lost", metavar="LOST_SERIAL", help="serial of the lost (or broken) container")
+    _args(rep)
+    rep.add_argument("--same-device", action="store_true",
+                     help="the new container is on the same machine (it sends its request to prove it)")
+    rep.set_defaults(handler=cmd_replace)
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -78,10 +87,12 @@ def _round_trip(args: argparse.Namespace, send: Any) -> int:
         firm_code = int(central.health()["firm_code"])
         t = now()
         content = container.observe_clock(t)
-        environment = {"kind": fp.environment.kind.value, "hypervisor": fp.environment.hypervisor,
-                       "hostname": os.uname().nodename}
+        environment = updates.request_environment(fp, os.uname().nodename, firm_code)
         request = updates.make_request(content, firm_code, t, environment)
-        update, _info = send(central, request)
+        update, info = send(central, request)
+        if not update:
+            print(f"container {container.serial}: in step with central; nothing to renew, deliver or revoke")
+            return 0
         t = now()
 
         def change(c: ContainerContent) -> tuple[ContainerContent, updates.Applied]:
@@ -99,6 +110,12 @@ def _round_trip(args: argparse.Namespace, send: Any) -> int:
             if exc.code != ErrorCode.NETWORK_FAULT:
                 raise
             print(f"the receipt could not be sent ({exc.message}); the next contact confirms it", file=sys.stderr)
+    if info.get("purpose") == "lock":
+        raise LicentiaError(
+            ErrorCode.LOCKED,
+            f"container {container.serial} is on the vendor's blacklist (reported lost or stolen): central "
+            f"gave it no license and locked its licenses of firm {firm_code}",
+        )
     return 0
 
 
@@ -112,3 +129,27 @@ def cmd_return(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     return _round_trip(args, lambda c, req: c.sync(req))
+
+
+def cmd_replace(args: argparse.Namespace) -> int:
+    from licentia.central.client import CentralClient
+    from licentia.cli.common import fmt_time, now
+    from licentia.core import updates
+
+    request = None
+    if args.same_device:
+        container, fp = _open(args)
+        with CentralClient(args.central) as central:
+            firm_code = int(central.health()["firm_code"])
+        t = now()
+        content = container.observe_clock(t)
+        request = updates.make_request(content, firm_code, t, updates.request_environment(fp, os.uname().nodename, firm_code))
+    with CentralClient(args.central) as central:
+        result = central.replace(args.ticket, args.lost, same_device=args.same_device, request=request)
+    for r in result["replacements"]:
+        decided = f"by {r['decided_by']}" if r["decided_by"] else "(waits for the vendor)"
+        print(f"replacement {r['id']}: license {r['license']} {r['state']} {decided} "
+              f"({r['reason']}) at {fmt_time(r['decided_at'] or r['requested_at'])}")
+    print(f"activate the licenses now: licentia activate {result['ticket']}"
+          + (f" --container {args.container}" if args.container else ""))
+    return 0

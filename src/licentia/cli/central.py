@@ -88,9 +88,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add.add_argument("--company", required=True)
     add.add_argument("--site", required=True)
     add.add_argument("--type", dest="license_type", choices=("single-user", "multi-user"), required=True)
-    add.add_argument("--host-name", help="multi-user: the license server's host name (ASCII letters, digits, hyphens)")
+    add.add_argument("--host-name", help="multi-user: the license server's host name (ASCII letters, digits, hyphens; "
+                     "dots between the labels of a fully qualified name)")
     add.add_argument("--ip", help="multi-user: the license server's IP address")
+    add.add_argument("--server-container", metavar="SERIAL",
+                     help="multi-user: the license server's container, linked at its first contact from --host-name")
+    add.add_argument("--auto-activate-after", metavar="DURATION",
+                     help="wait before a ticket goes to the license server by itself (e.g. 12h; default 24h)")
     add.set_defaults(handler=cmd_customer_add)
+
+    cset = cust.add_parser("set", help="set a customer's wait before automatic activation, or its server's container")
+    _client_args(cset)
+    cset.add_argument("customer")
+    cset.add_argument("--server-container", metavar="SERIAL")
+    cset.add_argument("--auto-activate-after", metavar="DURATION", help="e.g. 12h, 0s; 'default' for 24h")
+    cset.set_defaults(handler=cmd_customer_set)
 
     ct = cust.add_parser("change-type", help="change the license type (licenses are invalidated and issued anew)")
     _client_args(ct)
@@ -262,13 +274,34 @@ def cmd_product_add(args: argparse.Namespace) -> int:
     return _show(args, "POST", "/api/products", body)
 
 
+def _wait(text: str) -> int:
+    from licentia.cli.common import parse_duration
+
+    return 0 if text.strip() in ("0", "0s", "0m", "0h", "0d") else parse_duration(text)
+
+
 def cmd_customer_add(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"company": args.company, "site": args.site, "license_type": args.license_type}
     if args.host_name:
         body["server_host"] = args.host_name
     if args.ip:
         body["server_ip"] = args.ip
+    if args.server_container:
+        body["server_container"] = args.server_container
+    if args.auto_activate_after:
+        body["auto_activate_after"] = _wait(args.auto_activate_after)
     return _show(args, "POST", "/api/customers", body)
+
+
+def cmd_customer_set(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.server_container:
+        body["server_container"] = args.server_container
+    if args.auto_activate_after:
+        body["auto_activate_after"] = None if args.auto_activate_after == "default" else _wait(args.auto_activate_after)
+    if not body:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "nothing to set: give --auto-activate-after or --server-container")
+    return _show(args, "PATCH", f"/api/customers/{args.customer}", body)
 
 
 def cmd_order_add(args: argparse.Namespace) -> int:
@@ -287,5 +320,8 @@ def cmd_order_add(args: argparse.Namespace) -> int:
     if args.json:
         _print(result, True)
     else:
-        print(f"ticket {result['ticket']} ({len(result['licenses'])} license(s){', extends the order' if result['extended'] else ''})")
+        total = result["total"]
+        seats = "unlimited seats" if total["seats"] is None else f"{total['seats']} seat(s)"
+        print(f"ticket {result['ticket']}: {len(result['licenses'])} license(s) of product {args.product} added; "
+              f"total {total['licenses']} license(s), {seats}" + (" (extends the order)" if result["extended"] else ""))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,7 +53,7 @@ def _keys(container: SoftContainer | TokenContainer) -> ContainerKeys | None:
 def cmd_request(args: argparse.Namespace) -> int:
     fp = fingerprint()
     container = _open(args, parse_serial(args.serial), fp)
-    env = {"kind": fp.environment.kind.value, "hypervisor": fp.environment.hypervisor}
+    env = updates.request_environment(fp, os.uname().nodename, args.firm_code)
     t = now()
     content = container.observe_clock(t)
     data = updates.make_request(content, args.firm_code, t, env, keys=_keys(container))

@@ -31,6 +31,7 @@ from licentia.crypto.recipes import verify
 from licentia.model import (
     ContainerSerial,
     ErrorCode,
+    Fingerprint,
     ItemState,
     LicentiaError,
     ProductItem,
@@ -68,10 +69,29 @@ class Request:
     created_at: int
     environment: dict[str, Any] = field(default_factory=dict)
     retired_item_ids: tuple[int, ...] = ()  # ids of removed items, never to be given again
+    clock_set_back: bool = False  # the container saw its clock set back: it asks for signed time
 
     def next_item_id(self) -> int:
         """The id a new item of this firm gets: one above every id the container ever held."""
         return max((*(s.item_id for s in self.items), *self.retired_item_ids), default=0) + 1
+
+
+def request_environment(fingerprint: Fingerprint, hostname: str | None, firm_code: int) -> dict[str, Any]:
+    """What a request says about the machine its container is on (signed with the request).
+
+    The environment kind and hypervisor, the host name (lower-cased) and the machine id
+    (systemd's /etc/machine-id) as a hash salted with the firm code: a vendor can tell "the
+    same machine" without learning the id, and two vendors cannot correlate their
+    customers' machines. Every request, file or online, carries the same fields.
+    """
+    env: dict[str, Any] = {"kind": fingerprint.environment.kind.value, "hypervisor": fingerprint.environment.hypervisor}
+    if hostname and hostname.strip():
+        env["hostname"] = hostname.strip().lower()
+    machine_id = fingerprint.by_name().get("machine-id")
+    if machine_id is not None and machine_id.value:
+        salted = b"licentia machine-id\x00" + str(firm_code).encode() + b"\x00" + machine_id.value
+        env["machine_id"] = digest(salted).hex()[:32]
+    return env
 
 
 def make_request(
@@ -94,6 +114,7 @@ def make_request(
         "created_at": now,
         "environment": environment,
         "retired_item_ids": sorted(firm.retired) if firm else [],
+        "clock_set_back": content.clock.manipulated,
     }
     payload = _CONTAINER_PREFIX.pack(sign_public) + env.encode(body)
     return sign_artifact_with(REQUEST_MAGIC, VERSION, payload, keys.sign)
@@ -115,6 +136,7 @@ def read_request(data: bytes) -> Request:
             created_at=int(fields["created_at"]),
             environment=dict(fields.get("environment") or {}),
             retired_item_ids=tuple(int(i) for i in fields.get("retired_item_ids") or ()),
+            clock_set_back=fields.get("clock_set_back") is True,
         )
     except (KeyError, TypeError, ValueError, LicentiaError):
         raise _invalid("request file", "its fields are malformed") from None

@@ -120,7 +120,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.FORBIDDEN: "this API token's role does not allow that; ask an administrator for an operator or admin token",
     ErrorCode.TICKET_INVALID: "check the ticket as printed on your order (five groups of five characters)",
     ErrorCode.TICKET_NOT_FOUND: "check the ticket as printed on your order, or ask the vendor",
-    ErrorCode.HOST_NAME_INVALID: "use a host name of ASCII letters, digits and hyphens",
+    ErrorCode.HOST_NAME_INVALID: "use a host name of ASCII letters, digits and hyphens (dots between the parts of a fully qualified name)",
     ErrorCode.MANIPULATION_DETECTED: "the container's update history does not match the vendor's records; contact the vendor, who reviews it",
     ErrorCode.REPLACEMENT_REFUSED: "the product's replacement policy does not allow this; contact the vendor",
     ErrorCode.REPLACEMENT_PENDING: "the replacement is beyond the product's policy and waits for the vendor's approval; try again once approved",

@@ -115,6 +115,7 @@ class Source:
     served: bool = False
     items: int = 0
     licenses: dict[int, bytes] = field(default_factory=dict)  # item id -> license for this runtime's key
+    products: set[tuple[int, int]] = field(default_factory=set)  # (firm, product) it served last
 
     @property
     def serial(self) -> str | None:
@@ -328,6 +329,7 @@ class RuntimeCloud:
 
     def _serve(self, src: Source, content: ContainerContent) -> None:
         rt = self.rt
+        src.products = {(f, e.item.product_code) for f, fe in content.firms.items() for e in fe.items.values()}
         containers = rt.containers
         assert isinstance(containers, RuntimeContainers)
         serial = str(content.serial)
@@ -489,6 +491,17 @@ class RuntimeCloud:
                 rt.log.record(ev, {"reason": "cloud-seat-lost", "detail": why[:300]})
         rt._forget_later(hold.handle, "freed on the server")
         rt._seats_changed()
+
+    def refusal(self, firm: int, product: int, container: str | None) -> LicentiaError | None:
+        """Why no container offers firm/product any more, when a cloud container that did (or,
+        never served, names that firm) was refused by central: its code (1210 for a replaced
+        credential) and the status page's text, instead of "not found"."""
+        for src in self.sources:
+            if src.state not in ENDING.values() or src.code is None or (container and container != src.serial):
+                continue
+            if (firm, product) in src.products or (not src.products and src.firm_code == firm):
+                return LicentiaError(ErrorCode(src.code), f"cloud container {src.serial} ({src.state}): {src.detail}")
+        return None
 
     # -- what the status API shows --
 

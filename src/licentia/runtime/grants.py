@@ -176,6 +176,9 @@ class LocalGrants:
         firm, product = msg["firm"], msg["product"]
         candidates = rt.containers.candidates(firm, product, msg.get("container"))
         if not candidates:
+            refused = rt.cloud.refusal(firm, product, msg.get("container"))
+            if refused is not None:
+                raise refused
             where = f" in container {msg['container']}" if msg.get("container") else ""
             raise LicentiaError(ErrorCode.ENTRY_NOT_FOUND,
                                 f"no license for firm {firm}, product {product} on {rt.host_name}{where}")

@@ -249,7 +249,7 @@ class CentralSync:
         held = rt.tokens.held.get(serial) if hasattr(rt, "tokens") else None
         keys = held.container.keys if held is not None else None
         env = rt.environment
-        environment = {"kind": env.kind.value, "hypervisor": env.hypervisor, "hostname": os.uname().nodename}
+        environment = updates.request_environment(rt.fingerprint, os.uname().nodename, firm_code)
         t = int(time.time())
 
         def request_op(c: ContainerContent) -> tuple[ContainerContent, bytes]:
@@ -258,6 +258,10 @@ class CentralSync:
 
         request = await ld.writer.submit(request_op)
         answer = await loop.run_in_executor(None, http.post, "/api/sync", {"request": b64(request)})
+        if answer.get("update") is None and "counter" in answer:  # nothing to renew, deliver or revoke
+            result = {"container": serial, "firm": firm_code, "counter": answer["counter"], "changes": [], "confirmed": True}
+            self._note({"event": "sync", **result, "central": http.url})
+            return result
         try:
             update = base64.b64decode(answer["update"], validate=True)
         except (KeyError, TypeError, ValueError):
