@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -18,3 +20,16 @@ def pytest_sessionstart(session: object) -> None:
     from licentia import native
 
     native.check()
+
+
+@pytest.fixture(autouse=True)
+def cheap_soft_binding(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Soft containers made in a test bind at a low scrypt cost (tests/binding_cost.py),
+    unless the test is marked `shipped_cost`."""
+    if request.node.get_closest_marker("shipped_cost") is None:
+        from tests.binding_cost import CheapFuzzy
+
+        from licentia.containers import soft
+
+        monkeypatch.setattr(soft, "fuzzy", CheapFuzzy())
+    yield

@@ -33,7 +33,7 @@ def test_scenario_with_real_binding(scenario: Scenario, tmp_path: Path) -> None:
     matched, total = match_weight(before.properties, after.properties)
     for tolerance in Tolerance:
         secret = os.urandom(32)
-        blob = bind(secret, before.properties, tolerance.fraction, cost=COST)
+        blob = bind(secret, before.properties, tolerance.fraction, test_cost=COST)
         if scenario.expected(tolerance):
             outcome = unbind(blob, after.properties)
             assert outcome.secret == secret
@@ -42,7 +42,8 @@ def test_scenario_with_real_binding(scenario: Scenario, tmp_path: Path) -> None:
         else:
             with pytest.raises(BindingBroken) as broken:
                 unbind(blob, after.properties)
-            assert broken.value.matched_weight == matched
+            # which properties changed is not told (no per-property oracle)
+            assert broken.value.matched_weight is None and broken.value.matched == ()
             assert broken.value.needed_weight == required_weight(total, tolerance)
 
 
@@ -60,5 +61,5 @@ def test_collected_properties_are_bindable_on_this_machine() -> None:
     props: tuple[MachineProperty, ...] = fp.properties
     if sum(p.weight for p in props) == 0:
         pytest.skip("this machine shows no bindable property")
-    blob = bind(b"k" * 16, props, Tolerance.STRICT.fraction, cost=COST)
+    blob = bind(b"k" * 16, props, Tolerance.STRICT.fraction, test_cost=COST)
     assert unbind(blob, collect_fingerprint(Path("/")).properties).secret == b"k" * 16
