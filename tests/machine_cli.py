@@ -23,7 +23,6 @@ def command(machine_root: Path) -> list[str]:
 
 if __name__ == "__main__":
     import binding_cost
-
     from licentia.cli.main import main
 
     binding_cost.install()

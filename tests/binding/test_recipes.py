@@ -11,15 +11,16 @@ from licentia.binding import (
     RECIPES,
     VM_RECIPE,
     Reading,
-    apply_recipe,
     Recipe,
+    apply_recipe,
     assess_strength,
     recipe_for,
     required_weight,
 )
-from licentia.binding.recipes import is_unique, strength_bits
 from licentia.binding.collect import MAX_NICS
+from licentia.binding.recipes import is_unique, strength_bits
 from licentia.model import Environment, MachineKind, MachineProperty, Tolerance
+
 
 def test_recipe_by_environment() -> None:
     assert recipe_for(Environment()) is BARE_METAL_RECIPE

@@ -214,3 +214,32 @@ def test_sigkill_during_update_apply_leaves_old_or_new(store: ContainerStore, tm
             assert after.find(FIRM, 7) == []  # the old state
         else:
             assert firm.update_counter == 1 and len(after.find(FIRM, 7)) == 1  # the new state
+
+
+def test_a_version_1_binding_is_rewritten_in_version_2_at_the_next_write(store: ContainerStore) -> None:
+    import dataclasses
+
+    from tests.crypto.test_fuzzy import bind_v1
+
+    from licentia.containers import soft
+    from licentia.crypto import fuzzy
+    from licentia.fsutil import atomic_write
+
+    made = store.create_soft(Tolerance.MEDIUM, now())
+    bound = [p for p in store.fingerprint.properties if p.weight > 0]
+    secret = made._secret
+    old = dataclasses.replace(made.header, binding=bind_v1(secret, bound, Tolerance.MEDIUM.fraction, 4))
+    atomic_write(made.path, soft._serialize(old, made.read(), made._key))  # as an older licentia wrote it
+
+    opened = store.open(made.serial)
+    assert fuzzy.describe(opened.header.binding).version == 1
+    add_item(opened, ProductItem(product_code=5, quantity=1))
+    assert fuzzy.describe(opened.header.binding).version == 2
+    again = store.open(made.serial)
+    assert fuzzy.describe(again.header.binding).version == 2
+    assert again.read().find(FIRM, 5)
+    # a moved copy still does not open
+    with pytest.raises(LicentiaError) as caught:
+        ContainerStore(store.directory, machine(**{"machine-id": "b" * 32, "dmi-uuid": "u-2", "disk": "x"})).open(
+            made.serial)
+    assert caught.value.code == ErrorCode.REACTIVATION_REQUIRED

@@ -12,7 +12,13 @@ from licentia.binding._fs import Skipped, Tree
 from licentia.binding.collect import collect_readings
 from licentia.binding.environment import detect_environment
 from licentia.binding.match import required_weight
-from licentia.binding.recipes import Recipe, apply_recipe, assess_strength, recipe_for, strength_bits
+from licentia.binding.recipes import (
+    Recipe,
+    apply_recipe,
+    assess_strength,
+    recipe_for,
+    strength_bits,
+)
 from licentia.model import Fingerprint, Tolerance
 
 __all__ = ["MachineReport", "collect_fingerprint", "describe_machine", "inspect_machine"]
