@@ -22,14 +22,18 @@ def pytest_sessionstart(session: object) -> None:
     native.check()
 
 
-@pytest.fixture(autouse=True)
-def cheap_soft_binding(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Soft containers made in a test bind at a low scrypt cost (tests/binding_cost.py),
-    unless the test is marked `shipped_cost`."""
-    if request.node.get_closest_marker("shipped_cost") is None:
-        from tests.binding_cost import CheapFuzzy
+@pytest.fixture(scope="session", autouse=True)
+def cheap_soft_binding() -> Iterator[None]:
+    """Soft containers made in the test process bind at a low scrypt cost
+    (tests/binding_cost.py); the shipped `licentia` command, run in a subprocess, keeps
+    the shipped cost."""
+    from tests.binding_cost import CheapFuzzy
 
-        from licentia.containers import soft
+    from licentia.containers import soft
 
-        monkeypatch.setattr(soft, "fuzzy", CheapFuzzy())
-    yield
+    shipped = soft.fuzzy
+    soft.fuzzy = CheapFuzzy()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        soft.fuzzy = shipped
