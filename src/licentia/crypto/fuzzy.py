@@ -284,11 +284,13 @@ def _unbind_v2(parsed: _Parsed, current: dict[str, MachineProperty]) -> BindingO
             (record, [(record.first_x + k, plain[k * size : (k + 1) * size]) for k in range(record.weight)])
         )
     message = _commitment_message(parsed.header, [r.aad for r in parsed.records])
+    flat = [share for _, shares in present for share in shares]
+    table = shamir.ShareTable(flat)
     found = None
-    for xs, ys in _candidate_sets([s for _, s in present], info.threshold):
-        secret = shamir.secret_at_zero(xs, ys)
+    for indices in _candidate_sets([len(shares) for _, shares in present], info.threshold):
+        secret = table.secret(indices)
         if hmac.compare_digest(_commitment(secret, message), parsed.commitment):
-            found = secret, list(zip(xs, ys, strict=True))
+            found = secret, [flat[i] for i in indices]
             break
     if found is None:
         raise BindingBroken(
@@ -323,17 +325,16 @@ def _unbind_v2(parsed: _Parsed, current: dict[str, MachineProperty]) -> BindingO
     )
 
 
-def _candidate_sets(
-    groups: list[list[tuple[int, bytes]]], threshold: int
-) -> Iterator[tuple[list[int], list[bytes]]]:
+def _candidate_sets(weights: list[int], threshold: int) -> Iterator[list[int]]:
     """Every set of `threshold` shares worth trying, those that skip fewest groups first.
 
-    A group is one property's shares: right or wrong together. A set takes whole groups
-    in order and as much of its last group as it needs, so it is right exactly when
-    every group it touches is; every subset of groups carrying `threshold` shares
-    contains one such set, so trying them all decides the binding exactly.
+    Group g is one property's `weights[g]` shares, numbered on from the groups before
+    it: right or wrong together. A set takes whole groups in order and as much of its
+    last group as it needs, so it is right exactly when every group it touches is; every
+    subset of groups carrying `threshold` shares contains one such set, so trying them
+    all decides the binding exactly. Yields the shares' numbers.
     """
-    weights = [len(g) for g in groups]
+    starts = [sum(weights[:g]) for g in range(len(weights))]
     after = [sum(weights[i:]) for i in range(len(weights) + 1)]
     if after[0] < threshold:
         return
@@ -344,20 +345,14 @@ def _candidate_sets(
             return
         if have + weights[i] >= threshold:
             if skips == 0:
-                yield [*taken, i]
+                yield [*taken, *range(starts[i], starts[i] + threshold - have)]
         else:
-            yield from walk(i + 1, have + weights[i], skips, [*taken, i])
+            yield from walk(i + 1, have + weights[i], skips, [*taken, *range(starts[i], starts[i] + weights[i])])
         if skips > 0 and i + 1 < len(weights):
             yield from walk(i + 1, have, skips - 1, taken)
 
-    xs = [[x for x, _ in g] for g in groups]
-    ys = [[y for _, y in g] for g in groups]
-    for skips in range(len(groups)):
-        for taken in walk(0, 0, skips, []):
-            yield (
-                [x for g in taken for x in xs[g]][:threshold],
-                [y for g in taken for y in ys[g]][:threshold],
-            )
+    for skips in range(len(weights)):
+        yield from walk(0, 0, skips, [])
 
 
 def _unbind_v1(parsed: _Parsed, current: dict[str, MachineProperty]) -> BindingOutcome:

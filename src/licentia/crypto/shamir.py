@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-__all__ = ["MAX_SHARES", "combine", "interpolate", "secret_at_zero", "split"]
+__all__ = ["MAX_SHARES", "ShareTable", "combine", "interpolate", "secret_at_zero", "split"]
 
 MAX_SHARES = 255  # x-coordinates are the non-zero elements of GF(2^8)
 
@@ -196,3 +196,34 @@ def interpolate(shares: Sequence[tuple[int, bytes]], at: int) -> bytes:
                 basis = _mul(basis, _div(at ^ xj, xi ^ xj))
         result = _xor(result, yi.translate(_mul_table(basis)))
     return result
+
+
+
+class ShareTable:
+    """Interpolation at 0 over many subsets of one list of shares.
+
+    For a search that tries many sets (licentia.crypto.fuzzy): the log-domain differences
+    log(x_i ^ x_j) of every pair are computed once, so a subset costs its size squared in
+    additions done by C loops (`sum(map(...))`) and one table lookup per share, not
+    Python-level field arithmetic. The caller guarantees distinct x in 1..255 and values
+    of one length.
+    """
+
+    __slots__ = ("_logx", "_rows", "_ys")
+
+    def __init__(self, shares: Sequence[tuple[int, bytes]]) -> None:
+        xs = [x for x, _ in shares]
+        self._ys = [bytes(y) for _, y in shares]
+        self._logx = [_LOG[x] for x in xs]
+        # log(x_i ^ x_i) is _LOG[0] = 0, so a row may be summed over a whole subset
+        self._rows = [[_LOG[xi ^ xj] for xj in xs] for xi in xs]
+
+    def secret(self, indices: Sequence[int]) -> bytes:
+        """The value at 0 of the polynomial through the shares at `indices` (at least one)."""
+        logx, rows, ys, exp, tables = self._logx, self._rows, self._ys, _EXP, _MUL_TABLES
+        total = sum(map(logx.__getitem__, indices))
+        out = 0
+        for i in indices:
+            e = (total - logx[i] - sum(map(rows[i].__getitem__, indices))) % 255
+            out ^= int.from_bytes(ys[i].translate(tables[exp[e]]), "little")
+        return out.to_bytes(len(ys[indices[0]]), "little")
