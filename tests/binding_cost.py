@@ -20,18 +20,26 @@ TEST_COST = 4
 
 
 class CheapFuzzy:
-    """`licentia.crypto.fuzzy` with `bind` at TEST_COST."""
+    """`licentia.crypto.fuzzy` with `bind` at `cost` (TEST_COST by default)."""
+
+    def __init__(self, cost: int = TEST_COST) -> None:
+        self.cost = cost
 
     def __getattr__(self, name: str) -> Any:
         return getattr(fuzzy, name)
 
-    @staticmethod
-    def bind(secret: bytes, properties: Sequence[MachineProperty], fraction: float, **_: Any) -> bytes:
-        return fuzzy.bind(secret, properties, fraction, test_cost=TEST_COST)
+    def bind(self, secret: bytes, properties: Sequence[MachineProperty], fraction: float, **_: Any) -> bytes:
+        return fuzzy.bind(secret, properties, fraction, test_cost=self.cost)
 
 
-def install() -> None:
-    """Make this process's soft containers at TEST_COST (test processes only)."""
+def install(cost: int = TEST_COST) -> None:
+    """Make this process's soft containers at `cost` (test and benchmark processes only)."""
     from licentia.containers import soft
 
-    soft.fuzzy = CheapFuzzy()  # type: ignore[assignment]
+    soft.fuzzy = CheapFuzzy(cost)  # type: ignore[assignment]
+
+
+def uninstall() -> None:
+    from licentia.containers import soft
+
+    soft.fuzzy = fuzzy
