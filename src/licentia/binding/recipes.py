@@ -117,6 +117,7 @@ BARE_METAL_RECIPE = Recipe(
             "disk.root": 4,
             "fs.root_uuid": 2,
             "hostname": 1,
+            "tpm.ek": 4,
         }
     ),
     "mainboard, root disk and network adapters carry the identity",
@@ -148,6 +149,8 @@ VM_RECIPE = Recipe(
             # the guest's virtual devices
             "net.mac": 2,
             "disk.root": 2,
+            # a virtual TPM belongs to this VM instance
+            "tpm.ek": 4,
         }
     ),
     "the VM instance and guest identities carry the binding; the host CPU adds to it",
@@ -175,6 +178,7 @@ CONTAINER_RECIPE = Recipe(
             "net.mac": 1,
             "disk.root": 2,
             "fs.root_uuid": 1,
+            "tpm.ek": 3,
         }
     ),
     "the host's hardware as seen from inside; the container's own name weighs nothing",
