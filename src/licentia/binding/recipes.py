@@ -42,6 +42,7 @@ __all__ = [
     "Recipe",
     "apply_recipe",
     "assess_strength",
+    "cap_shared",
     "is_unique",
     "recipe_for",
     "strength_bits",
@@ -201,14 +202,23 @@ def recipe_for(environment: Environment) -> Recipe:
 def apply_recipe(readings: Iterable[Reading], recipe: Recipe) -> tuple[MachineProperty, ...]:
     """Weighted properties, in reading order; kinds the recipe does not know weigh 0.
 
-    What a machine shares with its type can never reach a threshold alone: while its
-    weight reaches the lowest tolerance's threshold, the lightest such property still
-    bound (the last of equals: sizes and names before the CPU) loses one share. With
-    nothing unique to the machine, nothing is bound.
+    What a machine shares with its type can never reach a threshold alone (`cap_shared`).
     """
-    readings = list(readings)
-    weights = [recipe.weight_of(r) for r in readings]
-    shared = [i for i, r in enumerate(readings) if r.kind not in UNIQUE_KINDS]
+    return cap_shared(
+        [MachineProperty(r.name, r.value, recipe.weight_of(r), r.stability) for r in readings]
+    )
+
+
+def cap_shared(properties: Sequence[MachineProperty]) -> tuple[MachineProperty, ...]:
+    """The same properties, with what a machine shares with its type kept under every threshold.
+
+    While the weight of the shared (not `is_unique`) properties reaches the lowest
+    tolerance's threshold, the lightest shared property still bound (the last of equals:
+    sizes and names before the CPU) loses one share. With nothing unique, nothing stays
+    bound.
+    """
+    weights = [max(p.weight, 0) for p in properties]
+    shared = [i for i, p in enumerate(properties) if not is_unique(p.name)]
     lowest = min(Tolerance, key=lambda t: t.fraction)
     while True:
         shared_weight = sum(weights[i] for i in shared)
@@ -217,7 +227,8 @@ def apply_recipe(readings: Iterable[Reading], recipe: Recipe) -> tuple[MachinePr
         lightest = min((i for i in shared if weights[i] > 0), key=lambda i: (weights[i], -i))
         weights[lightest] -= 1
     return tuple(
-        MachineProperty(r.name, r.value, w, r.stability) for r, w in zip(readings, weights, strict=True)
+        p if p.weight == w else MachineProperty(p.name, p.value, w, p.stability)
+        for p, w in zip(properties, weights, strict=True)
     )
 
 

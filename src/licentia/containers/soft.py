@@ -167,11 +167,12 @@ class SoftContainer(ContainerBase):
     kind = ContainerKind.SOFT
 
     def __init__(
-        self, path: Path, header: Header, secret: bytes, health: BindingHealth, fingerprint: Fingerprint | None = None
+        self, path: Path, header: Header, secret: bytes, health: BindingHealth, rebind: Fingerprint | None = None
     ) -> None:
         self.path = path
         self.header = header
-        self.fingerprint = fingerprint
+        # for a binding of an older format: the matching properties to bind anew at the next write
+        self._rebind = rebind
         self._secret = secret
         self._key = _state_key(secret)
         self.health = health
@@ -226,7 +227,7 @@ class SoftContainer(ContainerBase):
             tuple(p.name for p in bound), (),
         )
         opened = cls.open(path, fingerprint, now)
-        return cls(path, opened.header, secret, health, fingerprint)
+        return cls(path, opened.header, secret, health)
 
     @classmethod
     def open(cls, path: Path, fingerprint: Fingerprint, now: int | None = None) -> SoftContainer:
@@ -256,7 +257,13 @@ class SoftContainer(ContainerBase):
             outcome.matched_weight, outcome.total_weight, outcome.needed_weight,
             tuple(outcome.matched), tuple(outcome.changed + outcome.missing),
         )
-        container = cls(path, header, outcome.secret, health, fingerprint)
+        rebind = None
+        if fuzzy.describe(header.binding).version < fuzzy.VERSION:
+            from licentia.binding import cap_shared
+
+            still = [p for p in fingerprint.properties if p.name in outcome.matched and p.weight > 0]
+            rebind = dataclasses.replace(fingerprint, properties=cap_shared(still))
+        container = cls(path, header, outcome.secret, health, rebind)
         container.read()  # verifies the sealed state and every license in it
         return container
 
@@ -316,13 +323,14 @@ class SoftContainer(ContainerBase):
 
     def _current_format(self) -> Header:
         """The header to write: a binding of an older format is made anew in the current one,
-        to this machine as it was read when the container was opened (it opened, so the
-        machine is within the container's tolerance)."""
-        if fuzzy.describe(self.header.binding).version >= fuzzy.VERSION or self.fingerprint is None:
+        to the properties that still matched it when the container was opened (the same
+        values, so the binding does not move), with what the machine type shares kept
+        under every threshold (`licentia.binding.cap_shared`)."""
+        if self._rebind is None or fuzzy.describe(self.header.binding).version >= fuzzy.VERSION:
             return self.header
-        bound = [p for p in self.fingerprint.properties if p.weight > 0]
+        bound = [p for p in self._rebind.properties if p.weight > 0]
         if not bound:
-            return self.header
+            return self.header  # nothing unique still matches: keep the old binding
         binding = fuzzy.bind(self._secret, bound, self.header.tolerance.fraction)
         return dataclasses.replace(self.header, binding=binding)
 
