@@ -34,8 +34,20 @@ FIRM = 10_001
 
 
 def make_container(directory: Path, cost: int) -> SoftContainer:
+    """A container at the shipped cost, or (for comparison) at a lower one, which only the
+    tests' view of the crypto recipe reaches (tests/binding_cost.py)."""
     fp = collect_fingerprint(Path("/"), environ=os.environ)
-    c = SoftContainer.create(directory, fp, Tolerance.MEDIUM, int(time.time()), cost=cost)
+    if cost == fuzzy.DEFAULT_COST:
+        c = SoftContainer.create(directory, fp, Tolerance.MEDIUM, int(time.time()))
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests import binding_cost
+
+        binding_cost.install(cost)
+        try:
+            c = SoftContainer.create(directory, fp, Tolerance.MEDIUM, int(time.time()))
+        finally:
+            binding_cost.uninstall()
     key = new_signing_key()
 
     def change(content: ContainerContent) -> tuple[ContainerContent, None]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -18,3 +20,20 @@ def pytest_sessionstart(session: object) -> None:
     from licentia import native
 
     native.check()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_soft_binding() -> Iterator[None]:
+    """Soft containers made in the test process bind at a low scrypt cost
+    (tests/binding_cost.py); the shipped `licentia` command, run in a subprocess, keeps
+    the shipped cost."""
+    from tests.binding_cost import CheapFuzzy
+
+    from licentia.containers import soft
+
+    shipped = soft.fuzzy
+    soft.fuzzy = CheapFuzzy()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        soft.fuzzy = shipped

@@ -18,6 +18,7 @@ from tests.machines import (
     os_reinstalled,
     with_disk_nic_cpu_replaced,
     with_mainboard_replaced,
+    with_new_disk,
     with_nic_swapped,
     workstation,
 )
@@ -47,6 +48,23 @@ class Scenario:
 def _same_cpu_clone() -> Machine:
     guest = kvm_guest()
     return cloned_to_other_host(guest, other_cpu=guest.cpu)
+
+
+def _same_type(machine: Machine) -> Machine:
+    """Another machine of the same type and image: same CPU, memory, host name, firmware
+    and board models, but its own machine-id, DMI UUID and serials, MACs and disk ids:
+    what a copied container meets on a clone."""
+    changed = replace(os_reinstalled(machine), machine_id="5e1f2a3b4c5d6e7f8091a2b3c4d5e6f7")
+    if machine.dmi is not None:
+        dmi = dict(machine.dmi)
+        for key in ("product_uuid", "product_serial", "board_serial", "chassis_serial"):
+            if dmi.get(key):
+                dmi[key] = "c1" + dmi[key][2:]
+        changed = replace(changed, dmi=dmi)
+    changed = with_new_disk(changed, "CLONE0000000001")
+    for i, nic in enumerate(n for n in machine.nics if n.physical):
+        changed = with_nic_swapped(changed, nic.name, f"52:54:00:00:c1:{i:02x}")
+    return changed
 
 
 def _other_container() -> Machine:
@@ -84,7 +102,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "guest cloned to another host",
         kvm_guest,
         lambda: cloned_to_other_host(kvm_guest(), XEON),
-        OK, BROKEN, BROKEN,
+        BROKEN, BROKEN, BROKEN,
     ),
     Scenario(
         "guest moved within its host (new disk path, new MAC)",
@@ -109,13 +127,31 @@ SCENARIOS: tuple[Scenario, ...] = (
         "no DMI: disk + NIC + CPU replaced",
         no_dmi_machine,
         lambda: with_disk_nic_cpu_replaced(no_dmi_machine()),
-        OK, BROKEN, BROKEN,
+        BROKEN, BROKEN, BROKEN,
+    ),
+    Scenario(
+        "another machine of the same type (machine-id, DMI ids, MACs, disk differ)",
+        workstation,
+        lambda: _same_type(workstation()),
+        BROKEN, BROKEN, BROKEN,
+    ),
+    Scenario(
+        "guest: a clone of the same type (machine-id, VM ids, MAC, disk differ)",
+        kvm_guest,
+        lambda: _same_type(kvm_guest()),
+        BROKEN, BROKEN, BROKEN,
+    ),
+    Scenario(
+        "no DMI: a clone of the same type (machine-id, MACs, disk differ)",
+        no_dmi_machine,
+        lambda: _same_type(no_dmi_machine()),
+        BROKEN, BROKEN, BROKEN,
     ),
     Scenario(
         "container: another container on the same host (limit)",
         docker_container,
         _other_container,
-        OK, OK, OK,
+        OK, OK, BROKEN,
     ),
 )
 

@@ -424,3 +424,32 @@ def test_amd_signature(make_tree: MakeTree) -> None:
     got = values(read_cpu(Tree(make_tree(replace(workstation(), cpu=cpu)))))
     assert got["cpu.signature"] == b"25/33/0"
     assert got["cpu.microcode"] == b"0xa201016"
+
+
+PUBEK = """Algorithm: 00 0C 00 00
+Encscheme: 00 03
+Sigscheme: 00 01
+Parameters: 00 00 08 00 00 00 00 02 00 00 00 00
+Modulus length: 256
+Modulus:
+""" + "\n".join(" ".join(f"{(i * 16 + j) * 7 % 251:02X}" for j in range(16)) for i in range(16)) + "\n"
+
+
+@pytest.mark.parametrize("where", ["sys/class/tpm/tpm0/device/pubek", "sys/class/tpm/tpm0/pubek"])
+def test_a_tpm_1_2_endorsement_key_is_read_and_carries_weight(tmp_path: Path, where: str) -> None:
+    from licentia.binding.collect import read_tpm
+    from licentia.binding.recipes import BARE_METAL_RECIPE, apply_recipe, is_unique
+
+    root = build(workstation(), tmp_path / "m")
+    (root / where).parent.mkdir(parents=True, exist_ok=True)
+    (root / where).write_text(PUBEK)
+    (reading,) = read_tpm(Tree(root))
+    assert reading.name == "tpm.ek" and len(reading.value) == 512 and reading.value == reading.value.lower()
+    assert is_unique("tpm.ek")
+    props = {p.name: p.weight for p in apply_recipe(collect_readings(root), BARE_METAL_RECIPE)}
+    assert props["tpm.ek"] == BARE_METAL_RECIPE.weights["tpm.ek"] > 0
+    # no key, a placeholder, or no TPM: no reading
+    (root / where).write_text(PUBEK.split("Modulus:")[0] + "Modulus:\n" + "00 " * 256)
+    assert read_tpm(Tree(root)) == []
+    (root / where).unlink()
+    assert read_tpm(Tree(root)) == []

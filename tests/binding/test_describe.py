@@ -20,7 +20,8 @@ def test_describe_is_json_and_hides_values(make_tree: MakeTree) -> None:
     assert json.loads(text) == info
     fp = collect_fingerprint(root, environ={})
     for prop in fp.properties:
-        assert prop.value.decode() not in text, prop.name
+        if len(prop.value) > 3:  # not a number that may stand anywhere in the JSON
+            assert prop.value.decode() not in text, prop.name
     assert info["environment"] == {
         "kind": "bare metal",
         "hypervisor": None,
@@ -31,8 +32,11 @@ def test_describe_is_json_and_hides_values(make_tree: MakeTree) -> None:
     assert info["recipe"] == "bare-metal"
     assert info["level"] == "strong"
     assert info["strength"].startswith("strong:")
-    assert info["total_weight"] == 32
-    assert info["needed_weight"] == {"loose": 13, "medium": 21, "strict": 28}
+    assert info["total_weight"] == 31
+    assert info["needed_weight"] == {"loose": 13, "medium": 21, "strict": 27}
+    # the cheapest unique properties to guess beyond the machine type: a DMI serial (20
+    # bits) at loose; more serials, the DMI UUID, NICs and the disk further up
+    assert info["strength_bits"] == {"loose": 20, "medium": 76, "strict": 164}
     names = [p["name"] for p in info["properties"]]
     assert names == [p.name for p in fp.properties]
     for entry in info["properties"]:

@@ -19,7 +19,7 @@ from licentia.central.service import Central
 from licentia.model import ErrorCode, LicentiaError
 
 EXE = [sys.executable, "-m", "licentia.cli.main"]
-ENV = {**os.environ, "LICENTIA_BINDING_COST": "4"}
+ENV = dict(os.environ)
 HOST = os.uname().nodename.lower()
 HOUR = 3600
 # The flows below run the command many times; they run on SQLite (the decisions beneath them

@@ -90,7 +90,7 @@ def test_vendor_and_user_story_through_the_command(tmp_path: Path) -> None:
     (on the default SQLite database; the PostgreSQL path is the same code behind --db)."""
     exe = [sys.executable, "-m", "licentia.cli.main"]
     home, user_home = tmp_path / "vendor-home", tmp_path / "user-home"
-    env = {**os.environ, "LICENTIA_BINDING_COST": "4"}
+    env = dict(os.environ)
     passfile = tmp_path / "pass"
     passfile.write_text("correct horse battery\n")
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from tests.machine_cli import command
 from tests.machines import build, with_disk_nic_cpu_replaced, workstation
 
 from licentia.binding import collect_fingerprint
@@ -25,11 +25,11 @@ FIRM = "10001"
 class Cli:
     def __init__(self, home: Path, machine_root: Path) -> None:
         self.home = home
-        self.env = dict(os.environ, LICENTIA_HOME=str(home), LICENTIA_MACHINE_ROOT=str(machine_root),
-                        LICENTIA_BINDING_COST="4")
+        self.machine_root = machine_root
+        self.env = dict(os.environ, LICENTIA_HOME=str(home))
 
     def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "licentia.cli.main", *args], env=self.env,
+        proc = subprocess.run([*command(self.machine_root), *args], env=self.env,
                               capture_output=True, text=True, timeout=120)
         if ok:
             assert proc.returncode == 0, proc.stderr
@@ -97,7 +97,7 @@ def test_clock_set_back_is_reported(tour: tuple[Cli, str, Path]) -> None:
     cli, serial, _ = tour
     # The container once saw a time two days ahead of the system clock: as if the clock
     # had been set back by two days since.
-    fp = collect_fingerprint(Path(cli.env["LICENTIA_MACHINE_ROOT"]), environ={})
+    fp = collect_fingerprint(cli.machine_root, environ={})
     path = next((cli.home / "containers").glob("*.lcsc"))
     SoftContainer.open(path, fp).observe_clock(int(time.time()) + 2 * 86400)
     out = cli.run("container", "show", serial).stdout

@@ -34,7 +34,6 @@ from licentia.model import (
 
 FIRM = 10_001
 FIRM_KEY = new_signing_key()
-COST = 4  # scrypt cost for tests; the default is far slower on purpose
 
 
 def machine(**values: str) -> Fingerprint:
@@ -67,7 +66,7 @@ def store(tmp_path: Path) -> ContainerStore:
 
 
 def test_create_open_and_use(store: ContainerStore) -> None:
-    c = store.create_soft(Tolerance.MEDIUM, now(), cost=COST)
+    c = store.create_soft(Tolerance.MEDIUM, now())
     assert c.serial.mask == 130
     add_item(c, ProductItem(product_code=7, units=3))
     again = store.open(c.serial)
@@ -78,7 +77,7 @@ def test_create_open_and_use(store: ContainerStore) -> None:
 
 
 def test_copied_to_another_machine_is_broken_at_medium(store: ContainerStore, tmp_path: Path) -> None:
-    c = store.create_soft(Tolerance.MEDIUM, now(), cost=COST)
+    c = store.create_soft(Tolerance.MEDIUM, now())
     other = ContainerStore(store.directory, machine(**{"machine-id": "b" * 32, "dmi-uuid": "u-2", "disk": "x", "hostname": "h2"}))
     with pytest.raises(LicentiaError) as e:
         other.open(c.serial)
@@ -88,14 +87,14 @@ def test_copied_to_another_machine_is_broken_at_medium(store: ContainerStore, tm
 
 
 def test_one_changed_property_still_opens_at_medium(store: ContainerStore) -> None:
-    c = store.create_soft(Tolerance.MEDIUM, now(), cost=COST)
+    c = store.create_soft(Tolerance.MEDIUM, now())
     changed = ContainerStore(store.directory, machine(**{"nic:eth0": "02:00:00:00:00:99"}))
     opened = changed.open(c.serial)
     assert "nic:eth0" in opened.health.missing
 
 
 def test_every_flipped_byte_is_invalid_or_broken_never_opened(store: ContainerStore) -> None:
-    c = store.create_soft(Tolerance.MEDIUM, now(), cost=COST)
+    c = store.create_soft(Tolerance.MEDIUM, now())
     add_item(c, ProductItem(product_code=7))
     data = c.path.read_bytes()
     rng = random.Random(1)
@@ -111,7 +110,7 @@ def test_every_flipped_byte_is_invalid_or_broken_never_opened(store: ContainerSt
 
 
 def test_clock_set_back_is_detected_and_reported(store: ContainerStore) -> None:
-    c = store.create_soft(Tolerance.MEDIUM, now(), cost=COST)
+    c = store.create_soft(Tolerance.MEDIUM, now())
     add_item(c, ProductItem(product_code=7, expires_at=now() + 10 * 86400))
     future = now() + 86400
     c.observe_clock(future)
@@ -122,7 +121,7 @@ def test_clock_set_back_is_detected_and_reported(store: ContainerStore) -> None:
 
 
 def test_truncated_and_foreign_files_are_invalid(store: ContainerStore) -> None:
-    c = store.create_soft(Tolerance.MEDIUM, now(), cost=COST)
+    c = store.create_soft(Tolerance.MEDIUM, now())
     data = c.path.read_bytes()
     c.path.write_bytes(data[:-1])
     assert store.inspect(c.path, now()).status is ContainerStatus.INVALID
@@ -176,7 +175,7 @@ def _props(fp: Fingerprint) -> list[list[object]]:
 
 @pytest.mark.slow
 def test_sigkill_during_unit_decrements_leaves_a_whole_state(store: ContainerStore, tmp_path: Path) -> None:
-    c = store.create_soft(Tolerance.MEDIUM, now(), cost=COST)
+    c = store.create_soft(Tolerance.MEDIUM, now())
     add_item(c, ProductItem(product_code=7, units=1_000_000))
     rng = random.Random(7)
     last = 1_000_000
@@ -200,7 +199,7 @@ def test_sigkill_during_unit_decrements_leaves_a_whole_state(store: ContainerSto
 def test_sigkill_during_update_apply_leaves_old_or_new(store: ContainerStore, tmp_path: Path) -> None:
     rng = random.Random(11)
     for i in range(8):
-        c = store.create_soft(Tolerance.MEDIUM, now(), cost=COST)
+        c = store.create_soft(Tolerance.MEDIUM, now())
         content = c.read()
         request = U.read_request(U.make_request(content, FIRM, now(), {}))
         update = tmp_path / f"u{i}.lcup"
@@ -215,3 +214,37 @@ def test_sigkill_during_update_apply_leaves_old_or_new(store: ContainerStore, tm
             assert after.find(FIRM, 7) == []  # the old state
         else:
             assert firm.update_counter == 1 and len(after.find(FIRM, 7)) == 1  # the new state
+
+
+def test_a_version_1_binding_is_rewritten_in_version_2_at_the_next_write(store: ContainerStore) -> None:
+    import dataclasses
+
+    from tests.crypto.test_fuzzy import bind_v1
+
+    from licentia.containers import soft
+    from licentia.crypto import fuzzy
+    from licentia.fsutil import atomic_write
+
+    made = store.create_soft(Tolerance.MEDIUM, now())
+    bound = [p for p in store.fingerprint.properties if p.weight > 0]
+    secret = made._secret
+    old = dataclasses.replace(made.header, binding=bind_v1(secret, bound, Tolerance.MEDIUM.fraction, 4))
+    atomic_write(made.path, soft._serialize(old, made.read(), made._key))  # as an older licentia wrote it
+
+    # opened on the same machine with its host name changed (within the tolerance)
+    renamed = ContainerStore(store.directory, machine(hostname="host2"))
+    opened = renamed.open(made.serial)
+    assert fuzzy.describe(opened.header.binding).version == 1
+    add_item(opened, ProductItem(product_code=5, quantity=1))
+    info = fuzzy.describe(opened.header.binding)
+    assert info.version == 2 and info.cost == 4  # the tests' cost (tests/binding_cost.py)
+    # bound anew to what still matched, never to the new host name
+    assert "hostname" not in info.names and "machine-id" in info.names
+    again = renamed.open(made.serial)
+    assert fuzzy.describe(again.header.binding).version == 2
+    assert again.read().find(FIRM, 5)
+    # a moved copy still does not open
+    with pytest.raises(LicentiaError) as caught:
+        ContainerStore(store.directory, machine(**{"machine-id": "b" * 32, "dmi-uuid": "u-2", "disk": "x"})).open(
+            made.serial)
+    assert caught.value.code == ErrorCode.REACTIVATION_REQUIRED

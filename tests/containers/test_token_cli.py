@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pkcs11 import TokenFlag
+from tests.machine_cli import command
 from tests.machines import build, workstation
 
 from licentia.containers import token as tk
@@ -28,10 +28,10 @@ def token_store() -> Iterator[TokenStore]:
 
 class Cli:
     def __init__(self, store: TokenStore, home: Path, machine_root: Path) -> None:
+        self.machine_root = machine_root
         self.env = {
             **store.env,
             "LICENTIA_HOME": str(home),
-            "LICENTIA_MACHINE_ROOT": str(machine_root),
             tk.LOCK_DIR_ENV: str(store.directory / "locks"),
         }
         for name in ("LICENTIA_PKCS11_MODULE", "LICENTIA_PIN", "LICENTIA_PIN_FILE"):
@@ -39,7 +39,7 @@ class Cli:
 
     def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "licentia.cli.main", *args],
+            [*command(self.machine_root), *args],
             env=self.env, capture_output=True, text=True, timeout=120,
         )
         if ok:

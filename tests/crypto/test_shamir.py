@@ -182,3 +182,23 @@ def test_split_refuses_non_int_parameters() -> None:
 def test_combine_refuses_bad_shares(shares: list[tuple[int, bytes]]) -> None:
     with pytest.raises(ValueError):
         combine(shares)
+
+
+@given(
+    st.integers(1, 40),
+    st.data(),
+    st.binary(min_size=1, max_size=33),
+)
+def test_a_share_table_interpolates_any_subset_as_combine_does(count: int, data: st.DataObject, secret: bytes) -> None:
+    from licentia.crypto.shamir import ShareTable, interpolate
+
+    threshold = data.draw(st.integers(1, count))
+    shares = split(secret, threshold, count)
+    table = ShareTable(shares)
+    subset = data.draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=count, unique=True))
+    chosen = [shares[i] for i in subset]
+    assert table.secret(subset) == combine(chosen) == interpolate(chosen, 0)
+    if len(subset) >= threshold:
+        assert table.secret(subset) == secret
+        x = data.draw(st.integers(1, count))
+        assert interpolate(chosen, x) == shares[x - 1][1]

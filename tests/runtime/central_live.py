@@ -26,9 +26,7 @@ EXE = [sys.executable, "-m", "licentia.cli.main"]
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LICENTIA_")}
-    env["LICENTIA_BINDING_COST"] = "4"
-    return env
+    return {k: v for k, v in os.environ.items() if not k.startswith("LICENTIA_")}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.machine_cli import command as machine_command
 from tests.machines import build, kvm_guest, workstation
 
 from licentia.binding import collect_fingerprint
@@ -31,7 +32,6 @@ from licentia.model import ProductItem, Tolerance
 from licentia.vendor.keystore import FirmInfo, export_public
 
 FIRM = 10_001
-COST = 4
 WAIT = 20.0  # the longest any single wait in these tests may take
 
 
@@ -58,7 +58,7 @@ def make_home(home: Path, machine_root: Path, vendor: Vendor, items: list[Produc
     fp = collect_fingerprint(machine_root, environ={})
     store = ContainerStore(home / "containers", fp)
     now = int(time.time())
-    container = store.create_soft(Tolerance.MEDIUM, now, cost=COST)
+    container = store.create_soft(Tolerance.MEDIUM, now)
     put_items(container, vendor, items)
     return str(container.serial)
 
@@ -93,9 +93,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT, interva
         time.sleep(interval)
 
 
-def base_env(machine_root: Path, **extra: str) -> dict[str, str]:
+def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LICENTIA_")}
-    env.update(LICENTIA_MACHINE_ROOT=str(machine_root), LICENTIA_BINDING_COST=str(COST), PYTHONUNBUFFERED="1")
+    env.update(PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
 
@@ -118,11 +118,11 @@ class Runtime:
         status_file = self.home / "runtime.json"
         if status_file.exists():
             status_file.unlink()
-        args = [sys.executable, "-m", "licentia.cli.main", "--home", str(self.home), "runtime", "serve",
+        args = [*machine_command(self.machine_root), "--home", str(self.home), "runtime", "serve",
                 "--local-port", "0", "--http-port", "0", "--reap-interval", "0.2", "--log-flush-interval", "0.02",
                 "--snapshot-delay", "0.05", *self.flags]
         self.log = open(self.home.parent / f"{self.home.name}.serve.log", "ab")  # noqa: SIM115
-        self.proc = self.procs.spawn(args, env=base_env(self.machine_root, **self.env), stdout=self.log, stderr=self.log)
+        self.proc = self.procs.spawn(args, env=base_env(**self.env), stdout=self.log, stderr=self.log)
         proc = self.proc
 
         def ready() -> dict[str, Any] | None:
@@ -223,7 +223,7 @@ class Program:
     """A protected program in a subprocess: takes a license, then obeys lines on stdin."""
 
     def __init__(self, procs: Procs, machine_root: Path, env: dict[str, str], **options: Any) -> None:
-        self.proc = procs.spawn([sys.executable, "-c", PROGRAM, json.dumps(options)], env=base_env(machine_root, **env),
+        self.proc = procs.spawn([sys.executable, "-c", PROGRAM, json.dumps(options)], env=base_env(**env),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.first = self.read()
 

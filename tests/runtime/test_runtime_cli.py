@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.machine_cli import command
 from tests.runtime.harness import base_env
 
 
 def run(root: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "licentia.cli.main", "--home", str(home), *args],
-                          env=base_env(root), capture_output=True, text=True, timeout=120)
+    return subprocess.run([*command(root), "--home", str(home), *args],
+                          env=base_env(), capture_output=True, text=True, timeout=120)
 
 
 def test_demo_sets_up_once_and_is_idempotent(tmp_path: Path, root: Path) -> None:

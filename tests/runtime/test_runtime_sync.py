@@ -40,7 +40,7 @@ def central(tmp_path: Path, procs: Procs, keystore: Keystore) -> Iterator[LiveCe
 
 def soft_home(home: Path, root: Path) -> str:
     fp = collect_fingerprint(root, environ={})
-    return str(ContainerStore(home / "containers", fp).create_soft(Tolerance.MEDIUM, int(time.time()), cost=4).serial)
+    return str(ContainerStore(home / "containers", fp).create_soft(Tolerance.MEDIUM, int(time.time())).serial)
 
 
 def activate(home: Path, root: Path, serial: str, url: str, ticket: str) -> None:

@@ -33,13 +33,14 @@ from licentia.binding.recipes import (
     Recipe,
     apply_recipe,
     assess_strength,
+    cap_shared,
     recipe_for,
 )
 
 __all__ = [
     "BARE_METAL_RECIPE", "CONTAINER_RECIPE", "RECIPES", "SESSION_ID_VARIABLE",
     "SESSION_VARIABLE", "VM_RECIPE", "MachineReport", "Reading", "Recipe", "apply_recipe",
-    "assess_strength", "binding_holds", "collect_fingerprint", "collect_readings",
+    "assess_strength", "binding_holds", "cap_shared", "collect_fingerprint", "collect_readings",
     "describe_machine", "detect_container", "detect_environment", "detect_hypervisor",
     "detect_session", "inspect_machine", "is_placeholder", "match_weight", "recipe_for",
     "required_weight",

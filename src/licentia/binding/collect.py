@@ -546,6 +546,35 @@ def read_memory(tree: Tree) -> list[Reading]:
     ]
 
 
+# -- TPM --------------------------------------------------------------------------------------
+
+_PUBEK = ("/sys/class/tpm/tpm0/pubek", "/sys/class/tpm/tpm0/device/pubek", "/sys/class/misc/tpm0/device/pubek")
+
+
+def read_tpm(tree: Tree) -> list[Reading]:
+    """A TPM 1.2's endorsement key, as the kernel shows it (`pubek`: the modulus in hex).
+
+    A TPM 2.0 does not show its endorsement key as a file (it takes a TPM command), so no
+    reading comes from one yet.
+    """
+    for path in _PUBEK:
+        text = tree.read_text(path)
+        if text is None:
+            continue
+        _, found, modulus = text.partition("Modulus:")
+        digits = "".join(re.findall(r"[0-9A-Fa-f]{2}", modulus.split("\n\n")[0])).lower() if found else ""
+        if len(digits) >= 64 and not is_placeholder(digits):
+            return [
+                Reading(
+                    "tpm.ek",
+                    "tpm.ek",
+                    digits.encode(),
+                    "the TPM's endorsement key; changes only with the TPM (the mainboard)",
+                )
+            ]
+    return []
+
+
 # -- all ----------------------------------------------------------------------------------
 
 COLLECTORS: tuple[Callable[[Tree], list[Reading]], ...] = (
@@ -556,6 +585,7 @@ COLLECTORS: tuple[Callable[[Tree], list[Reading]], ...] = (
     read_root_disk,
     read_hostname,
     read_memory,
+    read_tpm,
 )
 
 

@@ -12,7 +12,13 @@ from licentia.binding._fs import Skipped, Tree
 from licentia.binding.collect import collect_readings
 from licentia.binding.environment import detect_environment
 from licentia.binding.match import required_weight
-from licentia.binding.recipes import Recipe, apply_recipe, assess_strength, recipe_for
+from licentia.binding.recipes import (
+    Recipe,
+    apply_recipe,
+    assess_strength,
+    recipe_for,
+    strength_bits,
+)
 from licentia.model import Fingerprint, Tolerance
 
 __all__ = ["MachineReport", "collect_fingerprint", "describe_machine", "inspect_machine"]
@@ -63,7 +69,8 @@ def describe_machine(
 
     Lists every property by name, weight, stability and a short hash of its value (to
     compare two machines or two moments; never the value itself), the environment, the
-    recipe, the strength, and the weight each tolerance needs.
+    recipe, the strength, the weight each tolerance needs and the binding's strength in
+    bits of an attacker's guessing per tolerance (`strength_bits`).
     """
     report = inspect_machine(root, environ=environ)
     fp = report.fingerprint
@@ -82,6 +89,8 @@ def describe_machine(
         "level": fp.strength.partition(":")[0],
         "total_weight": total,
         "needed_weight": {t.value: required_weight(total, t) for t in Tolerance},
+        # bits an attacker who knows the machine type must guess to open a copy elsewhere
+        "strength_bits": {t.value: strength_bits(fp.properties, t) for t in Tolerance},
         "properties": [
             {
                 "name": p.name,

@@ -14,6 +14,12 @@ Pure: no I/O.
   new MAC) keeps the binding even at `strict`.
 * container: DMI and CPU are the host's; the container's own hostname is its (changing)
   container id and weighs nothing; machine-id comes from the image and weighs little.
+
+Whatever the recipe, what is unique to one machine (machine-id, DMI UUID and serials,
+MAC addresses, the root disk's id, the root filesystem's UUID, a TPM's endorsement key)
+must carry part of every threshold: `apply_recipe` lowers the weight of what a machine
+shares with every other of its type (CPU, memory, host name, board and firmware models)
+until it cannot reach the lowest tolerance's threshold alone.
 """
 
 from __future__ import annotations
@@ -23,18 +29,54 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from licentia.binding.collect import Reading
-from licentia.model import Environment, MachineKind, MachineProperty
+from licentia.binding.match import required_weight
+from licentia.model import Environment, MachineKind, MachineProperty, Tolerance
 
 __all__ = [
     "BARE_METAL_RECIPE",
     "CONTAINER_RECIPE",
+    "GUESS_BITS",
     "RECIPES",
+    "UNIQUE_KINDS",
     "VM_RECIPE",
     "Recipe",
     "apply_recipe",
     "assess_strength",
+    "cap_shared",
+    "is_unique",
     "recipe_for",
+    "strength_bits",
 ]
+
+# What one machine has and another of the same type does not.
+UNIQUE_KINDS = frozenset({
+    "machine-id", "dmi.product_uuid", "dmi.board_serial", "dmi.product_serial", "dmi.chassis_serial",
+    "net.mac", "disk.root", "fs.root_uuid", "tpm.ek",
+})
+
+# How many bits an attacker who holds a copied container must guess for each unique
+# property (a conservative estimate, docs/binding.md); what is shared by a machine type
+# counts 0: the attacker is assumed to know the type.
+GUESS_BITS = MappingProxyType({
+    "machine-id": 128,
+    "fs.root_uuid": 122,
+    "tpm.ek": 128,
+    "dmi.product_uuid": 32,
+    "dmi.board_serial": 20,
+    "dmi.product_serial": 20,
+    "dmi.chassis_serial": 20,
+    "net.mac": 24,
+    "disk.root": 24,
+})
+
+
+def _kind_of(name: str) -> str:
+    return "net.mac" if name.startswith("net.mac.") else name
+
+
+def is_unique(name: str) -> bool:
+    """True for a property that is unique to one machine (its name or its kind)."""
+    return _kind_of(name) in UNIQUE_KINDS
 
 
 @dataclass(frozen=True)
@@ -76,6 +118,7 @@ BARE_METAL_RECIPE = Recipe(
             "disk.root": 4,
             "fs.root_uuid": 2,
             "hostname": 1,
+            "tpm.ek": 4,
         }
     ),
     "mainboard, root disk and network adapters carry the identity",
@@ -91,7 +134,7 @@ VM_RECIPE = Recipe(
             "cpu.flags": 3,
             "cpu.microcode": 1,
             # this VM instance, as the hypervisor defines it
-            "dmi.product_uuid": 3,
+            "dmi.product_uuid": 4,
             "dmi.product_serial": 1,
             "dmi.board_serial": 1,
             "dmi.chassis_serial": 0,
@@ -99,17 +142,19 @@ VM_RECIPE = Recipe(
             "dmi.system": 1,
             "dmi.bios": 1,
             # the guest image
-            "machine-id": 3,
+            "machine-id": 4,
             "fs.root_uuid": 3,
             "hostname": 2,
             "memory": 1,
             "cpu.count": 1,
             # the guest's virtual devices
-            "net.mac": 1,
-            "disk.root": 1,
+            "net.mac": 2,
+            "disk.root": 2,
+            # a virtual TPM belongs to this VM instance
+            "tpm.ek": 4,
         }
     ),
-    "host CPU and the VM instance identity weigh most; the guest's virtual NIC and disk least",
+    "the VM instance and guest identities carry the binding; the host CPU adds to it",
 )
 
 CONTAINER_RECIPE = Recipe(
@@ -134,6 +179,7 @@ CONTAINER_RECIPE = Recipe(
             "net.mac": 1,
             "disk.root": 2,
             "fs.root_uuid": 1,
+            "tpm.ek": 3,
         }
     ),
     "the host's hardware as seen from inside; the container's own name weighs nothing",
@@ -154,10 +200,66 @@ def recipe_for(environment: Environment) -> Recipe:
 
 
 def apply_recipe(readings: Iterable[Reading], recipe: Recipe) -> tuple[MachineProperty, ...]:
-    """Weighted properties, in reading order; kinds the recipe does not know weigh 0."""
-    return tuple(
-        MachineProperty(r.name, r.value, recipe.weight_of(r), r.stability) for r in readings
+    """Weighted properties, in reading order; kinds the recipe does not know weigh 0.
+
+    What a machine shares with its type can never reach a threshold alone (`cap_shared`).
+    """
+    return cap_shared(
+        [MachineProperty(r.name, r.value, recipe.weight_of(r), r.stability) for r in readings]
     )
+
+
+def cap_shared(properties: Sequence[MachineProperty]) -> tuple[MachineProperty, ...]:
+    """The same properties, with what a machine shares with its type kept under every threshold.
+
+    While the weight of the shared (not `is_unique`) properties reaches the lowest
+    tolerance's threshold, the lightest shared property still bound (the last of equals:
+    sizes and names before the CPU) loses one share. With nothing unique, nothing stays
+    bound.
+    """
+    weights = [max(p.weight, 0) for p in properties]
+    shared = [i for i, p in enumerate(properties) if not is_unique(p.name)]
+    lowest = min(Tolerance, key=lambda t: t.fraction)
+    while True:
+        shared_weight = sum(weights[i] for i in shared)
+        if shared_weight == 0 or shared_weight < required_weight(sum(weights), lowest):
+            break
+        lightest = min((i for i in shared if weights[i] > 0), key=lambda i: (weights[i], -i))
+        weights[lightest] -= 1
+    return tuple(
+        p if p.weight == w else MachineProperty(p.name, p.value, w, p.stability)
+        for p, w in zip(properties, weights, strict=True)
+    )
+
+
+def strength_bits(properties: Sequence[MachineProperty], tolerance: Tolerance) -> int:
+    """Bits an attacker must guess to open a copy of a binding of `properties` elsewhere.
+
+    The attacker knows everything a machine shares with its type (it weighs toward the
+    threshold for free) and must guess the cheapest set of unique properties that makes
+    up the rest: the least sum of GUESS_BITS over such sets. 0 when shared properties
+    alone would do (never, for a fingerprint `apply_recipe` weighed).
+    """
+    bound = [p for p in properties if p.weight > 0]
+    total = sum(p.weight for p in bound)
+    if total == 0:
+        return 0
+    needed = required_weight(total, tolerance) - sum(p.weight for p in bound if not is_unique(p.name))
+    if needed <= 0:
+        return 0
+    # least bits to collect at least `needed` weight: a 0/1 knapsack over the unique ones
+    best = [0] + [-1] * needed
+    for p in bound:
+        if not is_unique(p.name):
+            continue
+        bits = GUESS_BITS.get(_kind_of(p.name), 0)
+        for have in range(needed, -1, -1):
+            if best[have] < 0:
+                continue
+            to = min(needed, have + p.weight)
+            if best[to] < 0 or best[have] + bits < best[to]:
+                best[to] = best[have] + bits
+    return max(best[needed], 0)
 
 
 # -- strength -----------------------------------------------------------------------------

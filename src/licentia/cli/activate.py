@@ -60,7 +60,7 @@ def _open(args: argparse.Namespace) -> Any:
     from licentia.containers import ContainerStore
     from licentia.containers.soft import list_paths, read_header
 
-    fp = fingerprint()
+    fp = fingerprint(args)
     store = ContainerStore(containers_dir(args), fp)
     if args.container:
         serial = parse_serial(args.container)

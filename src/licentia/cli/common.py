@@ -22,20 +22,20 @@ def now() -> int:
     return int(time.time())
 
 
-def machine_root() -> Path:
-    """The root the machine is read from; tests point it at synthetic machine trees."""
-    return Path(os.environ.get("LICENTIA_MACHINE_ROOT", "/"))
+def machine_root(args: argparse.Namespace) -> Path:
+    """The root the machine is read from: "/" for the `licentia` command.
+
+    Only a caller of `licentia.cli.main.main(argv, machine_root=...)` (the tests, on
+    synthetic machine trees) reads another; nothing in the environment changes it.
+    """
+    root = getattr(args, "machine_root", None)
+    return root if isinstance(root, Path) else Path("/")
 
 
-def fingerprint() -> Fingerprint:
+def fingerprint(args: argparse.Namespace) -> Fingerprint:
     from licentia.binding import collect_fingerprint
 
-    return collect_fingerprint(machine_root(), environ=os.environ)
-
-
-def binding_cost() -> int | None:
-    value = os.environ.get("LICENTIA_BINDING_COST")
-    return int(value) if value else None
+    return collect_fingerprint(machine_root(args), environ=os.environ)
 
 
 def containers_dir(args: argparse.Namespace) -> Path:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from licentia.cli.common import (
-    binding_cost,
     containers_dir,
     fingerprint,
     fmt_duration,
@@ -83,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def store(args: argparse.Namespace) -> ContainerStore:
     return ContainerStore(
         containers_dir(args),
-        fingerprint(),
+        fingerprint(args),
         token_module=getattr(args, "module", None),
         token_pin=token_pin(args, required=False),
     )
@@ -117,8 +116,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.slot is not None or args.label or args.pin_file:
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--slot, --label and --pin-file go with --token")
     tolerance = Tolerance.parse(args.binding)
-    fp = fingerprint()
-    container = store(args).create_soft(tolerance, now(), cost=binding_cost())
+    fp = fingerprint(args)
+    container = store(args).create_soft(tolerance, now())
     print(container.serial)
     print(
         f"soft container {container.serial} bound to this machine ({tolerance.value} tolerance; "
@@ -133,7 +132,7 @@ def _create_token(args: argparse.Namespace) -> int:
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, "name the token with --slot N or --label L")
     pin = token_pin(args, required=True)
     assert pin is not None
-    st = ContainerStore(containers_dir(args), fingerprint(), token_module=args.module)
+    st = ContainerStore(containers_dir(args), fingerprint(args), token_module=args.module)
     container = st.create_token(
         module=args.module, label=args.label, slot=args.slot, pin=pin, now=now(),
         pin_file=Path(args.pin_file) if args.pin_file else None,

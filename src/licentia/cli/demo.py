@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from licentia.cli.common import binding_cost, fingerprint, machine_root
+from licentia.cli.common import fingerprint, machine_root
 from licentia.model import ErrorCode, LicentiaError, ProductItem, Tolerance
 
 DEMO_FIRM = 10001
@@ -37,7 +37,7 @@ def demo_home(args: argparse.Namespace) -> Path:
     return Path(data) / "licentia" / "demo"
 
 
-def set_up(home: Path) -> dict[str, Any]:
+def set_up(home: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Make (or find) the demo keystore, container and license in `home`."""
     from licentia.containers import ContainerStore
     from licentia.core import updates
@@ -66,11 +66,11 @@ def set_up(home: Path) -> dict[str, Any]:
         made.append(f"firm public key {public_file}")
 
     now = int(time.time())
-    store = ContainerStore(home / "containers", fingerprint())
+    store = ContainerStore(home / "containers", fingerprint(args))
     found = [r for r in store.inspect_all(now) if r.container is not None]
     container = found[0].container if found else None
     if container is None:
-        container = store.create_soft(Tolerance.MEDIUM, now, cost=binding_cost())
+        container = store.create_soft(Tolerance.MEDIUM, now)
         made.append(f"soft container {container.serial} bound to this machine")
     content = container.read()
     if not content.find(DEMO_FIRM, DEMO_PRODUCT):
@@ -92,7 +92,7 @@ def set_up(home: Path) -> dict[str, Any]:
 def cmd_demo(args: argparse.Namespace) -> int:
     home = demo_home(args)
     try:
-        facts = set_up(home)
+        facts = set_up(home, args)
     except LicentiaError as exc:
         if exc.code is ErrorCode.WRONG_PASSPHRASE:
             raise LicentiaError(exc.code, f"{exc.message} (the demo home {home} was made by someone else?)") from None
@@ -127,5 +127,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\nCtrl-C stops the runtime.")
         sys.stdout.flush()
 
-    serve(home, cfg, machine_root=machine_root(), environ=os.environ, on_ready=ready)
+    serve(home, cfg, machine_root=machine_root(args), environ=os.environ, on_ready=ready)
     return 0

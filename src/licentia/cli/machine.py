@@ -18,5 +18,5 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_show(args: argparse.Namespace) -> int:
     from licentia.binding import describe_machine
 
-    print_json(describe_machine(machine_root(), os.environ))
+    print_json(describe_machine(machine_root(args), os.environ))
     return 0

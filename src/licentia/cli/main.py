@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from licentia.model import LicentiaError
 
@@ -53,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, machine_root: Path = Path("/")) -> int:
+    """Run the command `argv`; `machine_root` is where the machine is read (tests only)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.machine_root = Path(machine_root)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("  " + "; ".join(parts), file=sys.stderr)
         sys.stderr.flush()
 
-    serve(home, cfg, machine_root=machine_root(), environ=os.environ, on_ready=ready)
+    serve(home, cfg, machine_root=machine_root(args), environ=os.environ, on_ready=ready)
     return 0
 
 

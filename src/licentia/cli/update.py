@@ -51,7 +51,7 @@ def _keys(container: SoftContainer | TokenContainer) -> ContainerKeys | None:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    fp = fingerprint()
+    fp = fingerprint(args)
     container = _open(args, parse_serial(args.serial), fp)
     env = updates.request_environment(fp, os.uname().nodename, args.firm_code)
     t = now()
@@ -68,7 +68,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     data = read_file(args.file, "update file")
     header = updates.peek_update(data)
-    fp = fingerprint()
+    fp = fingerprint(args)
     container = _open(args, header.serial, fp)
     t = now()
 

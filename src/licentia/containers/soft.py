@@ -22,6 +22,7 @@ file, change the content, write it back atomically (temp file, fsync, rename, fs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 from collections.abc import Callable, Iterator
@@ -165,9 +166,13 @@ class SoftContainer(ContainerBase):
 
     kind = ContainerKind.SOFT
 
-    def __init__(self, path: Path, header: Header, secret: bytes, health: BindingHealth) -> None:
+    def __init__(
+        self, path: Path, header: Header, secret: bytes, health: BindingHealth, rebind: Fingerprint | None = None
+    ) -> None:
         self.path = path
         self.header = header
+        # for a binding of an older format: the matching properties to bind anew at the next write
+        self._rebind = rebind
         self._secret = secret
         self._key = _state_key(secret)
         self.health = health
@@ -193,7 +198,6 @@ class SoftContainer(ContainerBase):
         tolerance: Tolerance,
         now: int,
         *,
-        cost: int = fuzzy.DEFAULT_COST,
         serial: ContainerSerial | None = None,
     ) -> SoftContainer:
         bound = [p for p in fingerprint.properties if p.weight > 0]
@@ -205,7 +209,7 @@ class SoftContainer(ContainerBase):
         if serial is None:
             serial = ContainerSerial(DEFAULT_MASK[ContainerKind.SOFT], int.from_bytes(random_bytes(4), "big"))
         secret = new_key()
-        binding = fuzzy.bind(secret, bound, tolerance.fraction, cost=cost)
+        binding = fuzzy.bind(secret, bound, tolerance.fraction)  # the shipped cost, never lower
         sign_key, box_key = new_signing_key(), new_box_key()
         content = ContainerContent(serial, now, sign_key, box_key)
         content = content.with_clock(content.clock.observe(now))
@@ -236,11 +240,16 @@ class SoftContainer(ContainerBase):
         try:
             outcome = fuzzy.unbind(header.binding, list(fingerprint.properties))
         except fuzzy.BindingBroken as exc:
+            if exc.matched_weight is None:  # which properties changed cannot be known
+                detail = (f"the {exc.present_weight} of {exc.total_weight} shares present here do not rebuild "
+                          f"its key, {exc.needed_weight} matching are needed; "
+                          f"missing: {', '.join(exc.missing) or 'none'}")
+            else:
+                detail = (f"matching weight {exc.matched_weight} of {exc.total_weight}, {exc.needed_weight} needed; "
+                          f"changed or missing: {', '.join(exc.changed + exc.missing) or 'none'}")
             raise LicentiaError(
                 ErrorCode.REACTIVATION_REQUIRED,
-                f"container {header.serial} is broken: it no longer matches this machine "
-                f"(matching weight {exc.matched_weight} of {exc.total_weight}, {exc.needed_weight} needed; "
-                f"changed or missing: {', '.join(exc.changed + exc.missing) or 'none'})",
+                f"container {header.serial} is broken: it no longer matches this machine ({detail})",
             ) from None
         except fuzzy.MalformedBinding:
             raise LicentiaError(ErrorCode.LICENSE_INVALID, f"container {header.serial} is invalid: its binding is damaged") from None
@@ -248,7 +257,13 @@ class SoftContainer(ContainerBase):
             outcome.matched_weight, outcome.total_weight, outcome.needed_weight,
             tuple(outcome.matched), tuple(outcome.changed + outcome.missing),
         )
-        container = cls(path, header, outcome.secret, health)
+        rebind = None
+        if fuzzy.describe(header.binding).version < fuzzy.VERSION:
+            from licentia.binding import cap_shared
+
+            still = [p for p in fingerprint.properties if p.name in outcome.matched and p.weight > 0]
+            rebind = dataclasses.replace(fingerprint, properties=cap_shared(still))
+        container = cls(path, header, outcome.secret, health, rebind)
         container.read()  # verifies the sealed state and every license in it
         return container
 
@@ -276,9 +291,9 @@ class SoftContainer(ContainerBase):
         return content
 
     def _load(self, header: Header) -> ContainerContent:
-        if (header.serial, header.sign_public, header.binding) != (
-            self.header.serial, self.header.sign_public, self.header.binding,
-        ):
+        # The binding may have been rewritten (a newer format) by another process: the
+        # state still opens only under this container's secret, which its AAD names.
+        if (header.serial, header.sign_public) != (self.header.serial, self.header.sign_public):
             raise LicentiaError(ErrorCode.LICENSE_INVALID, f"container file {self.path} was replaced by another container")
         try:
             raw = unseal(self._key, header.sealed_state, _state_aad(header))
@@ -299,12 +314,25 @@ class SoftContainer(ContainerBase):
             content = self._current()
             new_content, result = change(content)
             if new_content is not content:
-                data = _serialize(self.header, new_content, self._key)
+                data = _serialize(self._current_format(), new_content, self._key)
                 self._seen = None  # should the write fail, the next read opens the file afresh
                 atomic_write(self.path, data)
                 self.header = parse_header(data)
                 self._seen = (data, new_content)
             return result
+
+    def _current_format(self) -> Header:
+        """The header to write: a binding of an older format is made anew in the current one,
+        to the properties that still matched it when the container was opened (the same
+        values, so the binding does not move), with what the machine type shares kept
+        under every threshold (`licentia.binding.cap_shared`)."""
+        if self._rebind is None or fuzzy.describe(self.header.binding).version >= fuzzy.VERSION:
+            return self.header
+        bound = [p for p in self._rebind.properties if p.weight > 0]
+        if not bound:
+            return self.header  # nothing unique still matches: keep the old binding
+        binding = fuzzy.bind(self._secret, bound, self.header.tolerance.fraction)
+        return dataclasses.replace(self.header, binding=binding)
 
     def describe(self) -> dict[str, Any]:
         return {"serial": str(self.serial), "kind": self.kind.value, "path": str(self.path),

@@ -83,10 +83,9 @@ class ContainerStore:
         self.token_module = token_module
         self.token_pin = token_pin
 
-    def create_soft(self, tolerance: Tolerance, now: int, *, cost: int | None = None) -> SoftContainer:
-        if cost is None:
-            return SoftContainer.create(self.directory, self.fingerprint, tolerance, now)
-        return SoftContainer.create(self.directory, self.fingerprint, tolerance, now, cost=cost)
+    def create_soft(self, tolerance: Tolerance, now: int) -> SoftContainer:
+        """A new soft container bound to this store's machine, at the shipped binding cost."""
+        return SoftContainer.create(self.directory, self.fingerprint, tolerance, now)
 
     def path_of(self, serial: ContainerSerial) -> Path:
         return container_path(self.directory, serial)

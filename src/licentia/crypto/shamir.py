@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-__all__ = ["MAX_SHARES", "combine", "split"]
+__all__ = ["MAX_SHARES", "ShareTable", "combine", "interpolate", "secret_at_zero", "split"]
 
 MAX_SHARES = 255  # x-coordinates are the non-zero elements of GF(2^8)
 
@@ -67,6 +67,9 @@ def _div(a: int, b: int) -> int:
 def _mul_table(c: int) -> bytes:
     """The 256-byte translation table for multiplying every byte by the constant `c`."""
     return bytes(_mul(c, v) for v in range(256))
+
+
+_MUL_TABLES = tuple(_mul_table(c) for c in range(256))
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -126,6 +129,28 @@ def combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
     Raises ValueError on no shares, an x outside 1..255, a repeated x, or shares of
     different lengths.
     """
+    xs, ys = _checked(shares)
+    return secret_at_zero(xs, ys)
+
+
+def secret_at_zero(xs: Sequence[int], ys: Sequence[bytes]) -> bytes:
+    """`combine` without its checks, for a caller that made the shares itself: distinct x
+    in 1..255 and values of one length, in two parallel sequences (at least one)."""
+    # In the log domain: L_i(0) = prod_j x_j / (x_i * prod_{j != i} (x_i ^ x_j)), so
+    # log L_i(0) = sum log x_j - log x_i - sum_{j != i} log(x_i ^ x_j), mod 255.
+    log = _LOG
+    logs = [log[x] for x in xs]
+    total = sum(logs)
+    tables = _MUL_TABLES
+    exp = _EXP
+    out = 0
+    for xi, yi, li in zip(xs, ys, logs, strict=True):
+        d = sum([log[xi ^ xj] for xj in xs if xj != xi])
+        out ^= int.from_bytes(yi.translate(tables[exp[(total - li - d) % 255]]), "little")
+    return out.to_bytes(len(ys[0]), "little")
+
+
+def _checked(shares: Sequence[tuple[int, bytes]]) -> tuple[list[int], list[bytes]]:
     if isinstance(shares, str | bytes) or len(shares) == 0:
         raise ValueError("combine needs at least one share")
     xs: list[int] = []
@@ -145,12 +170,60 @@ def combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
     length = len(ys[0])
     if any(len(y) != length for y in ys):
         raise ValueError("shares have different lengths")
+    return xs, ys
+
+
+def interpolate(shares: Sequence[tuple[int, bytes]], at: int) -> bytes:
+    """The value at `at` (0..255) of the polynomials through `shares`; at 0 that is the secret.
+
+    With `threshold` shares of one split, the value at x is that split's share x, so a
+    caller can tell which other shares lie on the same polynomials. Refuses what
+    `combine` refuses.
+    """
+    if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= MAX_SHARES:
+        raise ValueError(f"the point to interpolate at must be an int between 0 and {MAX_SHARES}")
+    xs, ys = _checked(shares)
+    length = len(ys[0])
+    for xi, yi in zip(xs, ys, strict=True):
+        if xi == at:
+            return yi
     result = bytes(length)
     for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
-        # Lagrange basis at 0: prod over j != i of x_j / (x_j - x_i); minus is xor here.
+        # Lagrange basis at `at`: prod over j != i of (at - x_j) / (x_i - x_j); minus is xor.
         basis = 1
         for j, xj in enumerate(xs):
             if j != i:
-                basis = _mul(basis, _div(xj, xj ^ xi))
+                basis = _mul(basis, _div(at ^ xj, xi ^ xj))
         result = _xor(result, yi.translate(_mul_table(basis)))
     return result
+
+
+
+class ShareTable:
+    """Interpolation at 0 over many subsets of one list of shares.
+
+    For a search that tries many sets (licentia.crypto.fuzzy): the log-domain differences
+    log(x_i ^ x_j) of every pair are computed once, so a subset costs its size squared in
+    additions done by C loops (`sum(map(...))`) and one table lookup per share, not
+    Python-level field arithmetic. The caller guarantees distinct x in 1..255 and values
+    of one length.
+    """
+
+    __slots__ = ("_logx", "_rows", "_ys")
+
+    def __init__(self, shares: Sequence[tuple[int, bytes]]) -> None:
+        xs = [x for x, _ in shares]
+        self._ys = [bytes(y) for _, y in shares]
+        self._logx = [_LOG[x] for x in xs]
+        # log(x_i ^ x_i) is _LOG[0] = 0, so a row may be summed over a whole subset
+        self._rows = [[_LOG[xi ^ xj] for xj in xs] for xi in xs]
+
+    def secret(self, indices: Sequence[int]) -> bytes:
+        """The value at 0 of the polynomial through the shares at `indices` (at least one)."""
+        logx, rows, ys, exp, tables = self._logx, self._rows, self._ys, _EXP, _MUL_TABLES
+        total = sum(map(logx.__getitem__, indices))
+        out = 0
+        for i in indices:
+            e = (total - logx[i] - sum(map(rows[i].__getitem__, indices))) % 255
+            out ^= int.from_bytes(ys[i].translate(tables[exp[e]]), "little")
+        return out.to_bytes(len(ys[indices[0]]), "little")

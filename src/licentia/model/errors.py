@@ -112,6 +112,7 @@ class ErrorCode(IntEnum):
     CREDENTIAL_INVALID = 1210
     BLACKLIST_INVALID = 1211
     CENTRAL_ERROR = 1212
+    CONTAINER_BLACKLISTED = 1213
 
 
 # What a user should do next, per code. Kept short: a line on a terminal.
@@ -129,6 +130,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.CREDENTIAL_INVALID: "the credential file was replaced or revoked; download a new one from the portal",
     ErrorCode.BLACKLIST_INVALID: "the blacklist file is damaged or not signed by this firm; take it from the vendor's release",
     ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",
+    ErrorCode.CONTAINER_BLACKLISTED: "the vendor listed this container as lost or stolen; contact the vendor",
     ErrorCode.FEATURE_MAP_INCOMPATIBLE: "the license does not include this feature; ask the vendor for an upgrade",
     ErrorCode.UNITS_USED_UP: "all units are spent; buy more units from the vendor",
     ErrorCode.NOT_ENOUGH_UNITS: "fewer units remain than requested; buy more units from the vendor",

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     from licentia.model import ProductItem
+    from licentia.sdk.blacklist import ShippedBlacklist
     from licentia.sdk.verify import FirmKey, Verified
 
     EventCallback = Callable[["License | Any", "Event", str], None]
@@ -176,6 +177,20 @@ def firm_key_for(verify: bool, firm_key: FirmKey | None, firm_code: int) -> byte
             "pass firm_key= (the file from `licentia vendor export-public`), or verify=False to try without",
         )
     return load_firm_key(firm_key, firm_code)
+
+
+def blacklisted(shipped: ShippedBlacklist, delay_days: int, key: bytes | None, firm_key: FirmKey | None,
+                firm_code: int, verified: Verified | None, reply: dict[str, Any]) -> None:
+    """Refuse (1213) a license held in a container of the firm's shipped blacklist."""
+    from licentia.sdk.blacklist import refuse_if_listed
+
+    if key is None:
+        if firm_key is None:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "a blacklist is checked with the firm key",
+                                "pass firm_key= with blacklist=")
+        key = load_firm_key(firm_key, firm_code)
+    serial = verified.serial if verified is not None else str(reply.get("container", ""))
+    refuse_if_listed(shipped, key, firm_code, serial, delay_days)
 
 
 def access_fields(product_code: int, firm_code: int, mode: str, feature: int, version: str | None,
@@ -556,9 +571,15 @@ def access(
     container: str | None = None,
     on_event: EventCallback | None = None,
     watch_interval: float = 10.0,
+    blacklist: ShippedBlacklist | None = None,
+    blacklist_delay_days: int = 0,
 ) -> License:
     """Take a license: returns a `License` (a context manager) or raises `LicentiaError`
-    with a stable code (212: all seats taken, 200: no such license, 35: expired, …)."""
+    with a stable code (212: all seats taken, 200: no such license, 35: expired, …).
+
+    `blacklist`: the firm's signed blacklist (its bytes or file) shipped with the
+    program; a container on it is refused with 1213, after `blacklist_delay_days`
+    (licentia.sdk.blacklist)."""
     check_args(firm_code, product_code, mode, where)
     key = firm_key_for(verify, firm_key, firm_code)
     nonce = os.urandom(NONCE_SIZE) if key is not None else None
@@ -569,13 +590,15 @@ def access(
     else:
         link, (reply, keys) = _try_targets(lambda lk: lk.prove_request("access", **fields))
     verified: Verified | None = None
-    if key is not None and nonce is not None:
-        try:
+    try:
+        if key is not None and nonce is not None:
             verified = verify_grant(key, firm_code, product_code, nonce, reply, keys)
-        except LicentiaError:
-            import contextlib  # a refusal is not on the start path
+        if blacklist is not None:
+            blacklisted(blacklist, blacklist_delay_days, key, firm_key, firm_code, verified, reply)
+    except LicentiaError:
+        import contextlib  # a refusal is not on the start path
 
-            with contextlib.suppress(LicentiaError):
-                link.request("release", handle=reply.get("handle"))
-            raise
+        with contextlib.suppress(LicentiaError):
+            link.request("release", handle=reply.get("handle"))
+        raise
     return License(link, firm_code, product_code, mode, reply, verified, on_event, watch_interval)

@@ -13,7 +13,7 @@ import os
 import weakref
 
 from licentia.model.errors import ErrorCode, LicentiaError
-from licentia.sdk.access import Event, Held, access_fields, check_args, firm_key_for
+from licentia.sdk.access import Event, Held, access_fields, blacklisted, check_args, firm_key_for
 from licentia.sdk.connect import Target, hello_client, targets, tls_context
 from licentia.sdk.proof import NONCE_SIZE
 from licentia.sdk.verify import ProofKeys, verify_grant
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from licentia.sdk.access import EventCallback
+    from licentia.sdk.blacklist import ShippedBlacklist
     from licentia.sdk.verify import FirmKey, Verified
 
 _RECONNECT = frozenset({ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME})
@@ -239,8 +240,12 @@ def access_async(
     container: str | None = None,
     on_event: EventCallback | None = None,
     watch_interval: float = 10.0,
+    blacklist: ShippedBlacklist | None = None,
+    blacklist_delay_days: int = 0,
 ) -> _Pending:
-    """Take a license (asyncio): `lic = await access_async(...)` or `async with access_async(...) as lic:`."""
+    """Take a license (asyncio): `lic = await access_async(...)` or `async with access_async(...) as lic:`.
+
+    `blacklist`, `blacklist_delay_days`: as for `licentia.access`."""
     check_args(firm_code, product_code, mode, where)
     key = firm_key_for(verify, firm_key, firm_code)
 
@@ -262,13 +267,15 @@ def access_async(
                 best = best or exc
                 continue
             verified: Verified | None = None
-            if key is not None and nonce is not None:
-                try:
+            try:
+                if key is not None and nonce is not None:
                     verified = verify_grant(key, firm_code, product_code, nonce, reply, keys)
-                except LicentiaError:
-                    with contextlib.suppress(LicentiaError):
-                        await link.request("release", handle=reply.get("handle"))
-                    raise
+                if blacklist is not None:
+                    blacklisted(blacklist, blacklist_delay_days, key, firm_key, firm_code, verified, reply)
+            except LicentiaError:
+                with contextlib.suppress(LicentiaError):
+                    await link.request("release", handle=reply.get("handle"))
+                raise
             return AsyncLicense(link, firm_code, product_code, mode, reply, verified, on_event, watch_interval)
         raise best or LicentiaError(ErrorCode.NO_LOCAL_RUNTIME, "no licentia runtime was found")
 

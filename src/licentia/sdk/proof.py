@@ -67,15 +67,11 @@ def proof_key_info(program_kx: bytes, runtime_kx: bytes, serial: str) -> bytes:
     return PROOF_KEY_DOMAIN + program_kx + runtime_kx + serial.encode()
 
 
-def machine_root() -> str:
-    return os.environ.get("LICENTIA_MACHINE_ROOT", "/")
-
-
 def station_host_id(root: str | os.PathLike[str] | None = None) -> str:
     """A stable, non-revealing name for this machine: a digest of its machine id (or host name)."""
     import hashlib
 
-    base = machine_root() if root is None else os.fspath(root)
+    base = "/" if root is None else os.fspath(root)
     raw = b""
     for rel in ("etc/machine-id", "var/lib/dbus/machine-id"):
         try:
