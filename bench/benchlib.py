@@ -8,6 +8,7 @@ and all traffic goes to 127.0.0.1.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -177,6 +178,13 @@ class BenchHome:
     firm_key_file: Path
 
 
+def machine_fingerprint() -> Any:
+    """This machine's fingerprint, as the shipped `licentia` command reads it."""
+    from licentia.binding import collect_fingerprint
+
+    return collect_fingerprint(Path("/"), environ=os.environ)
+
+
 def make_home(path: Path) -> BenchHome:
     """The demo home (`licentia demo --no-serve`: vendor keystore, container bound to this
     machine) plus the benchmark's licenses, signed with the demo vendor's key."""
@@ -188,12 +196,11 @@ def make_home(path: Path) -> BenchHome:
 
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("LICENTIA_")}
     try:
-        facts = set_up(path)
-        from licentia.cli.common import fingerprint
+        facts = set_up(path, argparse.Namespace())
         from licentia.containers import ContainerStore
         from licentia.model import ContainerSerial
 
-        store = ContainerStore(path / "containers", fingerprint())
+        store = ContainerStore(path / "containers", machine_fingerprint())
         container = store.open(ContainerSerial.parse(facts["serial"]))
     finally:
         os.environ.update(saved)

@@ -59,13 +59,12 @@ def run_in_process(home: B.BenchHome, *, seconds: float, conc: int = CONC) -> di
 
 
 def _in_process(home: Path, seconds: float, conc: int) -> dict[str, dict[str, Any]]:
-    from licentia.cli.common import fingerprint
     from licentia.cli.demo import DEMO_FIRM
     from licentia.containers import ContainerStore
     from licentia.runtime.commit import ContainerWriter
     from licentia.runtime.licenses import decrement_op
 
-    store = ContainerStore(home / "containers", fingerprint())
+    store = ContainerStore(home / "containers", B.machine_fingerprint())
     records = [r for r in store.inspect_all(int(time.time())) if r.container is not None]
     container = records[0].container
     item_id = container.read().find(DEMO_FIRM, B.UNITS_PRODUCT)[0].item_id

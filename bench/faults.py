@@ -80,7 +80,6 @@ PROGRAM = textwrap.dedent("""
 
 
 def add_fault_license(home: B.BenchHome) -> None:
-    from licentia.cli.common import fingerprint
     from licentia.containers import ContainerStore
     from licentia.core import updates
     from licentia.core.content import ContainerContent
@@ -89,7 +88,7 @@ def add_fault_license(home: B.BenchHome) -> None:
 
     passphrase = (home.path / "demo-passphrase").read_text().strip()
     keys = load_keystore(home.path / "vendor" / f"firm-{home.firm}.keystore", passphrase)
-    container = ContainerStore(home.path / "containers", fingerprint()).open(ContainerSerial.parse(home.serial))
+    container = ContainerStore(home.path / "containers", B.machine_fingerprint()).open(ContainerSerial.parse(home.serial))
     now = int(time.time())
 
     def change(c: ContainerContent) -> tuple[ContainerContent, Any]:
