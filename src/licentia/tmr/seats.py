@@ -81,7 +81,14 @@ class StationShare:
 
 
 def _parse_endpoint(text: str) -> tuple[str, int]:
-    host, sep, port = text.strip().rpartition(":")
+    """HOST:PORT or an etcd client URL http://HOST:PORT."""
+    text = text.strip()
+    if text.startswith("https://"):
+        raise LicentiaError(
+            ErrorCode.INVALID_PARAMETER, f"etcd endpoint {text!r}: TLS to etcd is not supported yet; use http://"
+        )
+    text = text.removeprefix("http://").rstrip("/")
+    host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"etcd endpoint {text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
