@@ -119,6 +119,9 @@ class SeatStore:
         self._p = prefix.encode()
         # client id -> lease id: a cache only; etcd's c/<client> key is the truth
         self._leases: dict[str, int] = {}
+        # grants whose transaction went unanswered when the quorum was lost: they may be
+        # applied once it returns, holding a seat no program knows of; released then
+        self._orphans: dict[int, bytes] = {}
 
     # -- lifetime ------------------------------------------------------------
 
@@ -221,9 +224,11 @@ class SeatStore:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, "a TMR seat holder is a network client")
         if mode is AccessMode.EXCLUSIVE:
             raise LicentiaError(ErrorCode.WRONG_ACCESS_MODE, f"{key}: TMR items are not used exclusively")
+        if mode is AccessMode.PER_ACCESS and quantity is not None and quantity > 0:
+            return await self._access_slot(key, quantity, station, holder, client_id, session, now)
         item = self._item_prefix(key)
         ckey = self._p + b"c/" + _enc(client_id)
-        handle = secrets.randbits(HANDLE_BITS) | 1
+        handle = secrets.randbits(HANDLE_BITS - 1) | 1
 
         async def attempt(c: aetcd.Client) -> Grant:
             t = c.transactions
@@ -246,7 +251,7 @@ class SeatStore:
             if new_seat:
                 slot = _pick_slot(slots, quantity, handle)
                 compare.append(t.create(item + b"s/" + slot) == 0)
-                puts.append(t.put(item + b"s/" + slot, b"%d" % handle, lease=lease_id))
+                puts.append(t.put(item + b"s/" + slot, b"%d %s" % (handle, _enc(client_id)), lease=lease_id))
             if mode is AccessMode.PER_STATION:
                 if share is None:
                     compare.append(t.create(share_key) == 0)
@@ -261,11 +266,13 @@ class SeatStore:
                 share_key if mode is AccessMode.PER_STATION else None,
             ])
             puts.append(t.put(hkey, record, lease=lease_id))
+            unsure[handle] = record
             ok, resp = await c.transaction(
                 compare=compare,
                 success=[*puts, t.get(item + b"s/", _range_end(item + b"s/"))],
                 failure=[t.get(hkey), t.get(ckey)],
             )
+            del unsure[handle]
             if not ok:
                 mine, client = resp
                 if mine and mine[0][0] == record:
@@ -280,7 +287,67 @@ class SeatStore:
             used = len(resp[-1])
             return Grant(Session(handle, key, mode, station, holder, now), new_seat, used)
 
-        return await self._run(attempt)
+        unsure: dict[int, bytes] = {}
+        return await self._run(attempt, unsure)
+
+    async def _access_slot(
+        self, key: ItemKey, quantity: int, station: Station, holder: Holder, client_id: str,
+        session: SessionKind, now: float,
+    ) -> Grant:
+        """A per-access grant of a counted item: one transaction taking a random slot.
+
+        The slot's `create_revision == 0` is the capacity check: a slot below the quantity
+        is free or it is not. Only when the slot was taken does the store look at which
+        are, and ask `admit` again with that count (212 when all are)."""
+        mode = AccessMode.PER_ACCESS
+        item = self._item_prefix(key)
+        sprefix = item + b"s/"
+        ckey = self._p + b"c/" + _enc(client_id)
+        taken: set[bytes] = set()  # the slots the last refused try saw taken
+        pending: tuple[bytes, int] | None = None  # a try whose answer may be lost
+
+        async def attempt(c: aetcd.Client) -> Grant:
+            nonlocal pending, taken
+            t = c.transactions
+            lease_id = await self._lease_of(c, client_id, ckey)
+            admit(key=key, quantity=quantity, mode=mode, station=station, holder=holder, local=False,
+                  session=session, now=now, used=len(taken), station_use=None)
+            if pending is None:
+                index = _free_index(taken, quantity)
+                pending = (b"%06d" % index, _slot_handle(index))
+            slot, handle = pending
+            hkey = self._p + b"h/%d" % handle
+            tag = b"%d %s" % (handle, _enc(client_id))
+            record = _pack([
+                RECORD_VERSION, list(key), mode.value, list(station),
+                [client_id, holder.program, holder.user, holder.host], now, slot, None,
+            ])
+            lease_hex = b"%x" % lease_id
+            unsure[handle] = record
+            ok, resp = await c.transaction(
+                compare=[t.create(sprefix + slot) == 0, t.create(hkey) == 0, t.value(ckey) == lease_hex],
+                success=[t.put(sprefix + slot, tag, lease=lease_id), t.put(hkey, record, lease=lease_id),
+                         t.get(sprefix, _range_end(sprefix))],
+                failure=[t.get(ckey), t.get(sprefix, _range_end(sprefix))],
+            )
+            del unsure[handle]
+            session_ = Session(handle, key, mode, station, holder, now)
+            if ok:
+                return Grant(session_, True, len(resp[-1]))
+            client, slots = resp
+            if any(value == tag for value, _meta in slots):  # an earlier try took it
+                return Grant(session_, True, len(slots))
+            pending = None
+            if not client:
+                self._leases.pop(client_id, None)
+                raise _lease_gone(client_id)
+            if client[0][0] != lease_hex:
+                self._leases.pop(client_id, None)
+            taken = {meta.key[len(sprefix):] for _value, meta in slots}
+            raise _Retry
+
+        unsure: dict[int, bytes] = {}
+        return await self._run(attempt, unsure)
 
     async def release(self, handle: int, now: float, *, holder: Holder | None = None) -> Release:
         """Release `handle` (106 when it is not held: released already, or its client's
@@ -291,7 +358,10 @@ class SeatStore:
         async def attempt(c: aetcd.Client) -> Release:
             nonlocal tried
             t = c.transactions
-            got = await c.get(hkey)
+            # a local read is enough: the transaction compares the handle's revision
+            got = await c.get(hkey, serializable=not tried)
+            if got is None and not tried:
+                got = await c.get(hkey)
             if got is None:
                 if tried:  # our earlier try was applied, its answer lost
                     return Release(_unknown_session(handle), ReleaseReason.PROGRAM, True, -1, now)
@@ -319,6 +389,8 @@ class SeatStore:
                         freed = slot is not None
             if freed and slot is not None:
                 ops.append(t.delete(item + b"s/" + slot.encode()))
+                if share_key is None:  # the slot is this handle's own
+                    compare.append(t.value(item + b"s/" + slot.encode()) == b"%d %s" % (handle, _enc(sess.holder.client_id or "")))
             tried = True
             ok, resp = await c.transaction(
                 compare=compare, success=[*ops, t.get(item + b"s/", _range_end(item + b"s/"))], failure=[]
@@ -424,10 +496,12 @@ class SeatStore:
             lease_id = self._leases[client_id] = int(got.value, 16)
         return lease_id
 
-    async def _run(self, attempt: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+    async def _run(self, attempt: Callable[[aetcd.Client], Awaitable[T]], unsure: dict[int, bytes] | None = None) -> T:
         """Run `attempt` on a member until it answers: a member that fails or times out
         hands over to the next; contention re-reads. After `op_timeout` without a
-        quorum, 130."""
+        quorum, 130. `unsure` holds the grants `attempt` sent and got no answer for."""
+        if self._orphans:
+            await self._release_orphans()
         deadline = time.monotonic() + self._op_timeout
         last: Exception | None = None
         contention = 0
@@ -453,12 +527,27 @@ class SeatStore:
                 last = exc
                 self._current = (self._current + 1) % len(self._clients)
             if time.monotonic() >= deadline:
+                if unsure:
+                    self._orphans.update(unsure)
                 names = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
                 raise LicentiaError(
                     ErrorCode.REDUNDANCY_SERVER_MISSING,
                     f"no quorum of the TMR seat store ({names}) answered within {self._op_timeout:g} s: {last}",
                 )
             await asyncio.sleep(0.05)
+
+    async def _release_orphans(self) -> None:
+        """Release the grants that were sent while the quorum was lost and applied after."""
+        client = self._clients[self._current]
+        for handle in list(self._orphans):
+            try:
+                got = await client.get(self._p + b"h/%d" % handle)
+            except aetcd.exceptions.ClientError:
+                return  # still no quorum: keep them for the next operation
+            record = self._orphans.pop(handle, None)
+            if record is not None and got is not None and got.value == record:
+                with contextlib.suppress(LicentiaError):
+                    await self.release(handle, time.time())
 
 
 # --------------------------------------------------------------------------- encoding
@@ -489,6 +578,23 @@ def _unpack(data: bytes) -> Any:
 
 def _range_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def _slot_handle(index: int) -> int:
+    """A handle that owns slot `index`: bit 52 set, 20 random bits, the index below them."""
+    return (1 << (HANDLE_BITS - 1)) | (secrets.randbits(20) << 32) | index
+
+
+def _free_index(taken: set[bytes], quantity: int) -> int:
+    """A random slot index below `quantity` not in `taken` (the caller asked `admit`)."""
+    for _ in range(16):
+        i = secrets.randbelow(quantity)
+        if b"%06d" % i not in taken:
+            return i
+    free = [i for i in range(quantity) if b"%06d" % i not in taken]
+    if not free:
+        raise _Retry
+    return free[secrets.randbelow(len(free))]
 
 
 def _pick_slot(taken: set[bytes], quantity: int | None, handle: int) -> bytes:
