@@ -29,8 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import benchlib as B  # noqa: E402
-from tests.tmr.etcd import EtcdCluster  # noqa: E402
+from tests.tmr.etcd import EtcdCluster
+
+import benchlib as B
 
 
 async def _closed_loop(conc: int, pair: Any, warmup: float, window: float) -> dict[str, Any]:
