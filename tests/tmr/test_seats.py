@@ -77,7 +77,11 @@ def test_concurrent_grants_from_two_front_ends_never_exceed_the_quantity(etcd_cl
                 await a.release(handles[0], 2001.0)
             assert err.value.code is ErrorCode.INVALID_HANDLE
             for h in handles[1:]:
-                await a.release(h, 2002.0)
+                # only the client that holds a handle releases it, whichever front end granted it
+                with pytest.raises(LicentiaError) as foreign:
+                    await a.release(h, 2002.0, holder=holder("not-the-holder"))
+                assert foreign.value.code is ErrorCode.INVALID_HANDLE
+                await (a if h % 2 else b).release(h, 2002.0)
             assert await a.used(KEY) == 0
 
     run(main())

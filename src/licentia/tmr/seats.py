@@ -62,6 +62,7 @@ __all__ = ["DEFAULT_PREFIX", "RECORD_VERSION", "SeatStore", "StationShare"]
 
 DEFAULT_PREFIX = "/licentia/tmr/v1/"
 RECORD_VERSION = 1
+GRANTED_CACHE = 1 << 20  # handles a store remembers it granted (a cache)
 HANDLE_BITS = 53  # handles fit an IEEE double (JSON, WebAdmin) and are never 0
 
 T = TypeVar("T")
@@ -98,7 +99,12 @@ class SeatStore:
     """Seats, handles and unit counters of TMR items in an etcd cluster.
 
     One per front end process; safe to share between the tasks of one event loop. Any
-    number of stores (front ends) may work on the same cluster at once."""
+    number of stores (front ends) may work on the same cluster at once.
+
+    `endpoints` are the members' client addresses (HOST:PORT or http://HOST:PORT); a member
+    that fails or stays silent for `call_timeout` hands over to the next. With `count`, every
+    grant and release also reads the item's seats in use (`Grant.used`, `Release.used`);
+    without, they say -1 and a pair costs two small transactions and one local read."""
 
     def __init__(
         self,
@@ -107,6 +113,7 @@ class SeatStore:
         prefix: str = DEFAULT_PREFIX,
         call_timeout: float = 2.0,
         op_timeout: float = 8.0,
+        count: bool = True,
     ) -> None:
         if not endpoints:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, "name at least one etcd endpoint")
@@ -116,12 +123,16 @@ class SeatStore:
         ]
         self._current = 0
         self._op_timeout = op_timeout
+        self._count = count
         self._p = prefix.encode()
         # client id -> lease id: a cache only; etcd's c/<client> key is the truth
         self._leases: dict[str, int] = {}
         # grants whose transaction went unanswered when the quorum was lost: they may be
         # applied once it returns, holding a seat no program knows of; released then
         self._orphans: dict[int, bytes] = {}
+        # handle -> (its session, slot key, slot value) of the per-access grants made here: a
+        # cache that spares a release its read; etcd's compare decides, a miss reads
+        self._granted: dict[int, tuple[Session, bytes, bytes]] = {}
 
     # -- lifetime ------------------------------------------------------------
 
@@ -269,7 +280,7 @@ class SeatStore:
             unsure[handle] = record
             ok, resp = await c.transaction(
                 compare=compare,
-                success=[*puts, t.get(item + b"s/", _range_end(item + b"s/"))],
+                success=[*puts, *self._counting(t, item + b"s/")],
                 failure=[t.get(hkey), t.get(ckey)],
             )
             del unsure[handle]
@@ -284,8 +295,7 @@ class SeatStore:
                 if client[0][0] != b"%x" % lease_id:
                     self._leases.pop(client_id, None)
                 raise _Retry
-            used = len(resp[-1])
-            return Grant(Session(handle, key, mode, station, holder, now), new_seat, used)
+            return Grant(Session(handle, key, mode, station, holder, now), new_seat, self._used(resp))
 
         unsure: dict[int, bytes] = {}
         return await self._run(attempt, unsure)
@@ -305,9 +315,10 @@ class SeatStore:
         ckey = self._p + b"c/" + _enc(client_id)
         taken: set[bytes] = set()  # the slots the last refused try saw taken
         pending: tuple[bytes, int] | None = None  # a try whose answer may be lost
+        collisions = 0
 
         async def attempt(c: aetcd.Client) -> Grant:
-            nonlocal pending, taken
+            nonlocal pending, taken, collisions
             t = c.transactions
             lease_id = await self._lease_of(c, client_id, ckey)
             admit(key=key, quantity=quantity, mode=mode, station=station, holder=holder, local=False,
@@ -324,26 +335,34 @@ class SeatStore:
             ])
             lease_hex = b"%x" % lease_id
             unsure[handle] = record
+            # after a few collisions, the refusal also reads which slots are taken
+            survey = [t.get(sprefix, _range_end(sprefix))] if collisions >= 3 else []
             ok, resp = await c.transaction(
                 compare=[t.create(sprefix + slot) == 0, t.create(hkey) == 0, t.value(ckey) == lease_hex],
                 success=[t.put(sprefix + slot, tag, lease=lease_id), t.put(hkey, record, lease=lease_id),
-                         t.get(sprefix, _range_end(sprefix))],
-                failure=[t.get(ckey), t.get(sprefix, _range_end(sprefix))],
+                         *self._counting(t, sprefix)],
+                failure=[t.get(ckey), t.get(sprefix + slot), *survey],
             )
             del unsure[handle]
             session_ = Session(handle, key, mode, station, holder, now)
             if ok:
-                return Grant(session_, True, len(resp[-1]))
-            client, slots = resp
-            if any(value == tag for value, _meta in slots):  # an earlier try took it
-                return Grant(session_, True, len(slots))
+                self._remember(handle, session_, sprefix + slot, tag)
+                return Grant(session_, True, self._used(resp))
+            client, mine = resp[0], resp[1]
+            if mine and mine[0][0] == tag:  # an earlier try, its answer lost, took it
+                self._remember(handle, session_, sprefix + slot, tag)
+                return Grant(session_, True, -1)
             pending = None
             if not client:
                 self._leases.pop(client_id, None)
                 raise _lease_gone(client_id)
             if client[0][0] != lease_hex:
                 self._leases.pop(client_id, None)
-            taken = {meta.key[len(sprefix):] for _value, meta in slots}
+            collisions += 1
+            if survey:
+                taken = {meta.key[len(sprefix):] for _value, meta in resp[2]}
+            else:
+                taken.add(slot)
             raise _Retry
 
         unsure: dict[int, bytes] = {}
@@ -353,6 +372,22 @@ class SeatStore:
         """Release `handle` (106 when it is not held: released already, or its client's
         lease ran out). With `holder`, only that client's handle."""
         hkey = self._p + b"h/%d" % handle
+        known = self._granted.pop(handle, None)
+        if known is not None and (holder is None or known[0].holder.client_id == holder.client_id):
+            sess_, skey, tag = known
+
+            async def direct(c: aetcd.Client) -> Release | None:
+                t = c.transactions
+                ok, resp = await c.transaction(
+                    compare=[t.value(skey) == tag, t.version(hkey) > 0],
+                    success=[t.delete(skey), t.delete(hkey), *self._counting(t, skey[: skey.rindex(b"/") + 1])],
+                    failure=[],
+                )
+                return Release(sess_, ReleaseReason.PROGRAM, True, self._used(resp), now) if ok else None
+
+            done = await self._run(direct)
+            if done is not None:
+                return done
         tried = False
 
         async def attempt(c: aetcd.Client) -> Release:
@@ -393,12 +428,12 @@ class SeatStore:
                     compare.append(t.value(item + b"s/" + slot.encode()) == b"%d %s" % (handle, _enc(sess.holder.client_id or "")))
             tried = True
             ok, resp = await c.transaction(
-                compare=compare, success=[*ops, t.get(item + b"s/", _range_end(item + b"s/"))], failure=[]
+                compare=compare, success=[*ops, *self._counting(t, item + b"s/")], failure=[]
             )
             if not ok:
                 tried = False
                 raise _Retry
-            return Release(sess, ReleaseReason.PROGRAM, freed, len(resp[-1]), now)
+            return Release(sess, ReleaseReason.PROGRAM, freed, self._used(resp), now)
 
         return await self._run(attempt)
 
@@ -483,6 +518,18 @@ class SeatStore:
         return await self._run(attempt)
 
     # -- internals ---------------------------------------------------------------
+
+    def _remember(self, handle: int, sess: Session, skey: bytes, tag: bytes) -> None:
+        if len(self._granted) >= GRANTED_CACHE:
+            del self._granted[next(iter(self._granted))]
+        self._granted[handle] = (sess, skey, tag)
+
+    def _counting(self, t: Any, sprefix: bytes) -> list[Any]:
+        """The read that counts an item's seats after a change, when the store counts."""
+        return [t.get(sprefix, _range_end(sprefix))] if self._count else []
+
+    def _used(self, resp: list[Any]) -> int:
+        return len(resp[-1]) if self._count else -1
 
     def _item_prefix(self, key: ItemKey) -> bytes:
         return self._p + b"i/%s/%d/%d/%d/" % (_enc(key.container), key.firm_code, key.product_code, key.item_id)
