@@ -13,12 +13,14 @@ side), continue and restart one member at a time:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -32,6 +34,12 @@ READY_SECONDS = 30.0  # how long a cluster may take to elect a leader on a loade
 def etcd_binary() -> str | None:
     """The etcd server binary, or None when etcd-server is not installed."""
     return shutil.which("etcd")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies, so no member outlives its test."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _free_ports(n: int) -> list[int]:
@@ -97,7 +105,8 @@ class EtcdCluster:
         log = open(self.dir / f"{self.names[i]}.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self.procs[i] = subprocess.Popen(
-                self._args(i), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self._args(i), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
@@ -180,6 +189,7 @@ class EtcdCluster:
 
 
 def _main() -> None:  # pragma: no cover - a manual aid: python -m tests.tmr.etcd
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with EtcdCluster() as c:
         print(",".join(c.endpoints), flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -296,7 +296,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{s.help} (default {str(s.default).lower()})")
         elif s.kind is list:
-            parser.add_argument(flag, dest=s.name, action="append", default=None, metavar="FILE",
+            parser.add_argument(flag, dest=s.name, action="append", default=None,
+                                metavar="URL" if s.name == "tmr_etcd" else "FILE",
                                 help=f"{s.help} (default none)")
         else:
             parser.add_argument(flag, dest=s.name, type=s.kind, default=None, metavar=s.kind.__name__.upper(),

@@ -6,11 +6,12 @@ once and either can die. Every grant, release and decrement is one etcd transact
 The decisions are the core's (`licentia.core.seats.admit`, `licentia.core.evaluate.decrement`);
 this module reads what they need, asks them, and stores the answer.
 
-Keys (all under `prefix`, default `/licentia/tmr/v1/`):
+Keys (all under `prefix`, default `/licentia/tmr/v1/`; values are msgpack records with a
+version, or decimal text):
 
-    c/<client>                      the client runtime's lease id; on that lease
-    h/<handle>                      one granted handle (msgpack record); on its client's lease
-    i/<item>/s/<slot>               a taken seat; on its holder's lease
+    c/<client>                      the client runtime's lease id (hex); on that lease
+    h/<handle>                      one granted handle: item, mode, station, holder, slot
+    i/<item>/s/<slot>               a taken seat: "<handle> <client>"; on the holder's lease
     i/<item>/p/<station>/<lease>    per-station share: [slot, handles]; on the client's lease
     i/<item>/u                      units remaining (decimal); no lease
     d/<client>/<request>            a decrement's receipt (units remaining after); client's lease
@@ -21,12 +22,20 @@ and the quantity is never exceeded. Every key a client holds is attached to that
 etcd lease, refreshed by its keep-alives: when a client runtime dies, etcd deletes its
 handles and seats when the lease's time runs out, whichever front end it used.
 
+A per-access grant of a counted item is one transaction on a random slot (its handle names
+the slot); its release, through the front end that granted it, is one transaction comparing
+the slot's holder; elsewhere it first reads the handle. Per-station and uncounted grants
+read the item's seats first. A quantity lowered by an update takes effect as the seats above
+it are released.
+
 Per-station handles of one station share one seat per client lease: two client runtimes
 claiming the same station each take one (never more seats than the quantity, only fewer
 shared). Exclusive access is not offered by TMR items (223).
 
 When fewer than two members answer, every operation fails with error 130
-(`REDUNDANCY_SERVER_MISSING`) after `op_timeout` seconds, changing nothing.
+(`REDUNDANCY_SERVER_MISSING`) after `op_timeout` seconds. A grant whose transaction was sent
+but not answered may still be applied when the quorum returns; the store releases such
+grants at its next operation, so no seat stays held by a handle no program was given.
 """
 
 from __future__ import annotations
