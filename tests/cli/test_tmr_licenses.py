@@ -25,11 +25,20 @@ def test_vendor_issue_tmr_makes_three_identical_constituents_with_consecutive_id
     cli, first, tmp = tour
     serials = [first] + [cli.run("container", "create", "--binding", "medium").stdout.strip() for _ in range(2)]
     pp = ["--passphrase-file", str(tmp / "passphrase")]
+    requests = _requests(cli, tmp, serials, "a")
+    ids_file = cli.home / "vendor" / f"firm-{FIRM}.tmr-ids"
+
+    # what is not three containers is refused, and spends no TMR id
+    two = cli.run("vendor", "issue", *requests[:2], "--tmr", "--product", "9", *pp, "-o", "x", "-o", "y", ok=False)
+    assert two.returncode == 2 and "three request files" in two.stderr
+    same = cli.run("vendor", "issue", requests[0], requests[0], requests[1], "--tmr", "--product", "9", *pp,
+                   "-o", str(tmp / "1"), "-o", str(tmp / "2"), "-o", str(tmp / "3"), ok=False)
+    assert same.returncode == 2 and "must be three containers" in same.stderr
+    assert not (tmp / "1").exists() and not ids_file.exists()
 
     outs = [str(tmp / f"a{i}.lcup") for i in range(3)]
-    issued = cli.run("vendor", "issue", *_requests(cli, tmp, serials, "a"), "--tmr", "--product", "9",
-                     "--quantity", "10", "--units", "500", "--hidden-data", "sealed once", *pp,
-                     *[a for o in outs for a in ("-o", o)])
+    issued = cli.run("vendor", "issue", *requests, "--tmr", "--product", "9", "--quantity", "10", "--units", "500",
+                     "--hidden-data", "sealed once", *pp, *[a for o in outs for a in ("-o", o)])
     assert "TMR license 1: firm 10001, product 9, three constituents" in issued.stdout
     for out in outs:
         assert "(product 9)" in cli.run("update", "apply", out).stdout
@@ -39,32 +48,19 @@ def test_vendor_issue_tmr_makes_three_identical_constituents_with_consecutive_id
         shown = json.loads(cli.run("container", "show", serial, "--json").stdout)
         [item] = [i for i in shown["items"] if i["product_code"] == 9]
         items.append(item)
-        text = cli.run("container", "show", serial).stdout
-        assert "TMR license 1 (one of three constituents)" in text
-        # an ordinary runtime does not serve a constituent on its own
-        assert "error 130" in text
     # identical in every option the vendor signed (the item id is each container's own)
-    signed = [{k: v for k, v in i.items() if k not in ("item_id",)} for i in items]
+    signed = [{k: v for k, v in i.items() if k != "item_id"} for i in items]
     assert signed[0] == signed[1] == signed[2] and signed[0]["tmr_id"] == 1
+    # an ordinary runtime or container does not serve a constituent on its own
+    assert all(i["error"] == 130 for i in items)
+    text = cli.run("container", "show", serials[1]).stdout
+    assert "TMR license 1 (one of three constituents)" in text and "error 130" in text
 
     # the next TMR license of the firm takes the next id
     outs2 = [str(tmp / f"b{i}.lcup") for i in range(3)]
-    again = cli.run("vendor", "issue", *_requests(cli, tmp, serials, "b"), "--tmr", "--product", "11", *pp,
+    again = cli.run("vendor", "issue", *requests, "--tmr", "--product", "11", *pp,
                     *[a for o in outs2 for a in ("-o", o)])
     assert "TMR license 2:" in again.stdout
-    ids = json.loads((cli.home / "vendor" / f"firm-{FIRM}.tmr-ids").read_text())
-    assert ids == {"format": "licentia-tmr-ids", "version": 1, "firm_code": int(FIRM), "last": 2}
-
-
-def test_vendor_issue_tmr_refuses_what_is_not_three_containers(tour: tuple[Cli, str, Path]) -> None:
-    cli, first, tmp = tour
-    pp = ["--passphrase-file", str(tmp / "passphrase")]
-    two = _requests(cli, tmp, [first, first], "t")
-    refused = cli.run("vendor", "issue", *two, "--tmr", "--product", "9", *pp, "-o", "x", "-o", "y", ok=False)
-    assert refused.returncode == 2 and "three request files" in refused.stderr
-    same = _requests(cli, tmp, [first, first, first], "s")
-    refused = cli.run("vendor", "issue", *same, "--tmr", "--product", "9", *pp,
-                      "-o", str(tmp / "1"), "-o", str(tmp / "2"), "-o", str(tmp / "3"), ok=False)
-    assert refused.returncode == 2 and "must be three containers" in refused.stderr
-    assert not (tmp / "1").exists()
-    assert not (cli.home / "vendor" / f"firm-{FIRM}.tmr-ids").exists()  # no id spent on a refusal
+    assert json.loads(ids_file.read_text()) == {
+        "format": "licentia-tmr-ids", "version": 1, "firm_code": int(FIRM), "last": 2,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -222,5 +223,57 @@ def test_one_member_down_changes_nothing_two_down_is_130(faulty_etcd_cluster: Et
             assert await poll(serves)
             await s.release(g.handle, 5.0)
             assert await s.used(KEY) == 0
+
+    run(main())
+
+
+def test_random_concurrent_work_from_two_front_ends_keeps_the_count(etcd_cluster: EtcdCluster) -> None:
+    """Random grants (all three modes) and releases from two stores at once: after every
+    round, the seats in etcd are what the handles held imply, and never above the quantity."""
+    quantity = 4
+    rng = random.Random(1406)
+
+    async def main() -> None:
+        p = prefix()
+        async with SeatStore(etcd_cluster.endpoints, prefix=p) as a, SeatStore(etcd_cluster.endpoints, prefix=p) as b:
+            clients = ["c0", "c1", "c2"]
+            for c in clients:
+                await a.open_client(c, 30)
+            held: dict[int, tuple[AccessMode, Station, str]] = {}
+
+            async def grant(store: SeatStore, mode: AccessMode, st: Station, c: str) -> None:
+                try:
+                    g = await store.access(key=KEY, quantity=quantity, mode=mode, station=st, holder=holder(c), now=1.0)
+                except SeatRefused as exc:
+                    assert exc.code is ErrorCode.NO_MORE_LICENSES
+                    return
+                held[g.handle] = (mode, st, c)
+
+            async def release(store: SeatStore, handle: int) -> None:
+                await store.release(handle, 2.0, holder=holder(held[handle][2]))
+                del held[handle]
+
+            for _round in range(12):
+                ops = []
+                chosen: set[int] = set()
+                for _ in range(8):
+                    store = rng.choice([a, b])
+                    if held and rng.random() < 0.4:
+                        h = rng.choice(sorted(held))
+                        if h not in chosen:
+                            chosen.add(h)
+                            ops.append(release(store, h))
+                        continue
+                    mode = rng.choice([AccessMode.PER_ACCESS, AccessMode.PER_STATION, AccessMode.NONE])
+                    ops.append(grant(store, mode, Station(rng.choice(["s1", "s2"])), rng.choice(clients)))
+                await asyncio.gather(*ops)
+                implied = sum(1 for m, _s, _c in held.values() if m is AccessMode.PER_ACCESS)
+                implied += len({(s, c) for m, s, c in held.values() if m is AccessMode.PER_STATION})
+                used = await b.used(KEY)
+                assert used == implied <= quantity
+                assert sorted(s.handle for s in await a.sessions()) == sorted(held)
+            for h in sorted(held):
+                await release(a, h)
+            assert await a.used(KEY) == 0
 
     run(main())
