@@ -259,7 +259,6 @@ class StationCounts(Protocol):
 
 
 def admit(
-    *,
     key: ItemKey,
     quantity: int | None,
     mode: AccessMode,
@@ -391,10 +390,7 @@ class SeatTable:
         else:
             used = item.seats
             use = item.stations.get(station)
-        new_seat = admit(
-            key=key, quantity=quantity, mode=mode, station=station, holder=holder, local=local,
-            session=session, now=now, used=used, station_use=use,
-        )
+        new_seat = admit(key, quantity, mode, station, holder, local, session, now, used, use)
         if holder.client_id is not None:
             self._last_seen[holder.client_id] = now
         handle = self._next_handle
