@@ -14,7 +14,7 @@ system:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -e '.[runtime,token,central,dev]'
+	@$(BIN)/python -m pip install -q -e '.[runtime,token,central,tmr,dev]'
 	@touch $(STAMP)
 
 # the license path compiled with mypyc (pure Python when no compiler is at hand)

@@ -154,3 +154,15 @@ def test_status_of_reports_valid_until() -> None:
     item = ProductItem(product_code=1, expires_at=T0 + 500, usage_period=100)
     state = begin_use(item, ItemState.initial(item, T0), T0)
     assert status_of(item, state, CLOCK, T0).valid_until == T0 + 100
+
+
+def test_a_tmr_constituent_is_refused_outside_a_tmr_upstream() -> None:
+    # one of three constituents copied into an ordinary container is not a license of its own
+    item = ProductItem(product_code=1, quantity=5, tmr_id=7)
+    v = judge(item)
+    assert v.error is ErrorCode.REDUNDANCY_SERVER_MISSING and "TMR license 7" in v.reason
+    state = ItemState.initial(item, T0)
+    assert evaluate(item, state, ItemRequest(), CLOCK, T0, tmr_upstream=True).ok
+    # its own validity still comes first
+    expired = ProductItem(product_code=1, tmr_id=7, expires_at=T0 - 1)
+    assert evaluate(expired, ItemState(), ItemRequest(), CLOCK, T0, tmr_upstream=True).error is ErrorCode.EXPIRED

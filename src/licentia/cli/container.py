@@ -266,6 +266,8 @@ def _print_item(row: dict[str, Any]) -> None:
         opts.append(f"checkpoint every {fmt_duration(row['checkpoint_period'])}")
     if not row["vm_allowed"]:
         opts.append("no virtual machines")
+    if row["tmr_id"] is not None:
+        opts.append(f"TMR license {row['tmr_id']} (one of three constituents)")
     if row["locked"]:
         opts.append("LOCKED")
     print("    " + "; ".join(opts))

@@ -28,6 +28,7 @@ GROUPS = (
     "licentia.cli.central",
     "licentia.cli.activate",
     "licentia.cli.vault",
+    "licentia.cli.tmr",
     "licentia.cli.demo",
 )
 

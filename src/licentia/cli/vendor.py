@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,11 +20,13 @@ from licentia.crypto import seal_hidden_data
 from licentia.fsutil import atomic_write
 from licentia.model import ErrorCode, LicentiaError, ProductItem, VersionRange
 from licentia.vendor.keystore import (
+    FirmKeys,
     create_keystore,
     export_public,
     load_keystore,
     read_keystore_info,
 )
+from licentia.vendor.tmrids import next_tmr_id, tmr_ids_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -45,9 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     exp.add_argument("-o", "--output", help="file to write (default: standard output)")
     exp.set_defaults(handler=cmd_export_public)
 
-    issue = vs.add_parser("issue", help="write an update file for the container of a request file")
-    issue.add_argument("request", help="request file from `licentia update request`")
-    issue.add_argument("-o", "--output", required=True, help="update file to write")
+    issue = vs.add_parser(
+        "issue",
+        help="write an update file for the container of a request file (three, for a TMR license)",
+    )
+    issue.add_argument(
+        "request", nargs="+",
+        help="request file from `licentia update request`; with --tmr, the three constituent containers'",
+    )
+    issue.add_argument(
+        "-o", "--output", required=True, action="append",
+        help="update file to write; with --tmr, three (-o A -o B -o C, in the order of the requests)",
+    )
     issue.add_argument("--product", type=int, help="product code of the item to add or change")
     issue.add_argument("--item-id", type=int, help="item to change (default: a new item)")
     issue.add_argument("--remove", type=int, metavar="ITEM_ID", action="append", default=[], help="remove this item")
@@ -67,7 +79,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     issue.add_argument("--hidden-data", default="", help="data only the vendor's key can read (text)")
     issue.add_argument("--checkpoint", help="checkpoint period, e.g. 30d: lapses unless renewed")
     issue.add_argument("--borrow-max", type=int, default=0)
-    issue.add_argument("--tmr-id", type=int)
+    issue.add_argument(
+        "--tmr", action="store_true",
+        help="a TMR license: the same item for three constituent containers, under the firm's next TMR id",
+    )
+    issue.add_argument(
+        "--tmr-id", type=int,
+        help="the TMR id of an existing TMR license (to change it, or to re-issue a constituent)",
+    )
     issue.add_argument("--deny-vm", action="store_true", help="refuse the item in virtual machines")
     issue.add_argument("--disabled", action="store_true", help="issue the item disabled")
     _keystore_args(issue)
@@ -124,13 +143,80 @@ def cmd_export_public(args: argparse.Namespace) -> int:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
-    request = updates.read_request(read_file(args.request, "request file"))
+    if args.tmr:
+        return _issue_tmr(args)
+    if len(args.request) != 1 or len(args.output) != 1:
+        raise LicentiaError(
+            ErrorCode.INVALID_PARAMETER,
+            "one request file and one -o output, or --tmr with three of each",
+        )
+    request = updates.read_request(read_file(args.request[0], "request file"))
+    keys = _keys_for(args, request)
+    ops = _operations(args, request, keys.private_key, keys.firm_code, args.tmr_id)
+    data = updates.issue_update(request, keys.firm_code, keys.private_key, ops, now())
+    atomic_write(Path(args.output[0]), data, mode=0o644)
+    print(f"update for container {request.serial}, firm {keys.firm_code}, step {request.update_counter + 1}: {args.output[0]}")
+    return 0
+
+
+def _issue_tmr(args: argparse.Namespace) -> int:
+    """One TMR license: the same item, under one TMR id, for three constituent containers."""
+    if len(args.request) != 3 or len(args.output) != 3:
+        raise LicentiaError(
+            ErrorCode.INVALID_PARAMETER,
+            f"--tmr needs three request files and three -o outputs (got {len(args.request)} and {len(args.output)})",
+        )
+    if args.product is None:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--tmr needs --product with the item's options")
+    if args.remove or args.lock or args.unlock:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--tmr issues one item; remove or lock in separate updates")
+    if str(args.quantity).strip() == "0":
+        raise LicentiaError(
+            ErrorCode.INVALID_PARAMETER, "a TMR license serves a network; quantity 0 (local only) does not fit"
+        )
+    requests = [updates.read_request(read_file(r, "request file")) for r in args.request]
+    firms = {r.firm_code for r in requests}
+    if len(firms) != 1:
+        raise LicentiaError(ErrorCode.UPDATE_WRONG_FIRM, f"the three requests name different firms: {sorted(firms)}")
+    serials = [str(r.serial) for r in requests]
+    if len(set(serials)) != 3:
+        raise LicentiaError(
+            ErrorCode.INVALID_PARAMETER, f"the three constituents must be three containers, not {', '.join(serials)}"
+        )
+    if len({str(Path(o).resolve()) for o in args.output}) != 3:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "name three different -o outputs")
+    path = keystore_path(args, None if args.keystore else requests[0].firm_code)
+    keys = _keys_for(args, requests[0])
+    # one item for all three (sealed hidden data included), checked before a TMR id is taken
+    item = _item_from_args(args, keys.private_key, keys.firm_code, tmr_id=None)
+    tmr_id = args.tmr_id if args.tmr_id is not None else next_tmr_id(tmr_ids_path(path, keys.firm_code), keys.firm_code)
+    item = dataclasses.replace(item, tmr_id=tmr_id)
+    at = now()
+    files = []
+    for request in requests:
+        item_id = args.item_id if args.item_id is not None else request.next_item_id()
+        files.append(updates.issue_update(request, keys.firm_code, keys.private_key, [updates.PutItem(item_id, item)], at))
+    for output, data in zip(args.output, files, strict=True):
+        atomic_write(Path(output), data, mode=0o644)
+    print(f"TMR license {tmr_id}: firm {keys.firm_code}, product {args.product}, three constituents")
+    for request, output in zip(requests, args.output, strict=True):
+        print(f"  container {request.serial}, step {request.update_counter + 1}: {output}")
+    return 0
+
+
+def _keys_for(args: argparse.Namespace, request: updates.Request) -> FirmKeys:
     keys = load_keystore(keystore_path(args, None if args.keystore else request.firm_code), read_passphrase(args))
     if keys.firm_code != request.firm_code:
         raise LicentiaError(
             ErrorCode.UPDATE_WRONG_FIRM,
             f"the request asks for firm {request.firm_code} but the keystore is firm {keys.firm_code}",
         )
+    return keys
+
+
+def _operations(
+    args: argparse.Namespace, request: updates.Request, firm_private: bytes, firm_code: int, tmr_id: int | None
+) -> list[updates.Operation]:
     ops: list[updates.Operation] = [updates.RemoveItem(i) for i in args.remove]
     if args.lock:
         ops.append(updates.LockFirm())
@@ -140,18 +226,17 @@ def cmd_issue(args: argparse.Namespace) -> int:
         item_id = args.item_id
         if item_id is None:
             item_id = request.next_item_id()
-        ops.append(updates.PutItem(item_id, _item_from_args(args, keys.private_key, keys.firm_code)))
+        ops.append(updates.PutItem(item_id, _item_from_args(args, firm_private, firm_code, tmr_id=tmr_id)))
     elif args.item_id is not None:
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--item-id needs --product with the item's new options")
     if not ops:
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, "nothing to issue: give --product, --remove, --lock or --unlock")
-    data = updates.issue_update(request, keys.firm_code, keys.private_key, ops, now())
-    atomic_write(Path(args.output), data, mode=0o644)
-    print(f"update for container {request.serial}, firm {keys.firm_code}, step {request.update_counter + 1}: {args.output}")
-    return 0
+    return ops
 
 
-def _item_from_args(args: argparse.Namespace, firm_private: bytes, firm_code: int) -> ProductItem:
+def _item_from_args(
+    args: argparse.Namespace, firm_private: bytes, firm_code: int, *, tmr_id: int | None
+) -> ProductItem:
     q = str(args.quantity).strip().lower()
     if q == "unlimited":
         quantity: int | None = None
@@ -180,7 +265,7 @@ def _item_from_args(args: argparse.Namespace, firm_private: bytes, firm_code: in
         text=args.text,
         protected_data=args.protected_data.encode(),
         hidden_data=hidden,
-        tmr_id=args.tmr_id,
+        tmr_id=tmr_id,
         borrow_max=args.borrow_max,
         checkpoint_period=parse_duration(args.checkpoint) if args.checkpoint else None,
         vm_allowed=not args.deny_vm,

@@ -44,8 +44,15 @@ def evaluate(
     request: ItemRequest,
     clock: VirtualClock,
     now: int,
+    *,
+    tmr_upstream: bool = False,
 ) -> Verdict:
-    """Judge the item for `request` at system time `now` under the container's clock."""
+    """Judge the item for `request` at system time `now` under the container's clock.
+
+    An item with a TMR id is one of three constituents of a TMR license: it is served only
+    by an upstream server of a TMR system (`tmr_upstream=True`) to its front ends; anywhere
+    else it is refused with 130, so one constituent copied into an ordinary container is
+    not a license of its own."""
     until = valid_until(item, state)
 
     def refuse(status: ItemStatus, code: ErrorCode, reason: str) -> Verdict:
@@ -92,6 +99,13 @@ def evaluate(
     if state.units_remaining is not None and state.units_remaining <= 0:
         return refuse(ItemStatus.USED_UP, ErrorCode.UNITS_USED_UP, "no units remain")
     # From here on the item itself is valid; what follows judges the request against it.
+    if item.tmr_id is not None and not tmr_upstream:
+        return Verdict(
+            ItemStatus.VALID,
+            ErrorCode.REDUNDANCY_SERVER_MISSING,
+            f"this is one constituent of TMR license {item.tmr_id}; it is served only through a TMR front end",
+            until,
+        )
     if request.feature_code & item.feature_map != request.feature_code:
         return Verdict(
             ItemStatus.VALID,

@@ -29,7 +29,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from licentia.model import AccessMode, ErrorCode, LicentiaError, SessionKind
 
@@ -244,6 +244,82 @@ def check_client_timeout(seconds: object) -> float:
     return float(seconds)
 
 
+# --------------------------------------------------------------------------- the decision
+
+
+class StationCounts(Protocol):
+    """Handles of one item on one station, by mode: what `admit` reads of a station."""
+
+    @property
+    def per_access(self) -> int: ...
+    @property
+    def per_station(self) -> int: ...
+    @property
+    def exclusive(self) -> int: ...
+
+
+def admit(
+    key: ItemKey,
+    quantity: int | None,
+    mode: AccessMode,
+    station: Station,
+    holder: Holder,
+    local: bool,
+    session: SessionKind,
+    now: float,
+    used: int,
+    station_use: StationCounts | None,
+) -> bool:
+    """May `holder` on `station` get a handle on `key`, and does it take a new seat?
+
+    `used` is the item's seats in use, `station_use` the station's handles of the item
+    (None: none). Returns whether the grant takes a seat; raises `SeatRefused` (212, 213,
+    1006, 1007) or a `LicentiaError` (105, 223). Pure: every seat store (this module's
+    `SeatTable`, the TMR front end's etcd store) asks it and only stores the answer."""
+    use = station_use
+    if quantity is not None and quantity < 1:
+        if quantity != 0 or isinstance(quantity, bool):
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"license quantity {quantity!r} is not valid")
+        if not local:
+            raise _refuse(
+                ErrorCode.LOCAL_ONLY,
+                f"{key} is a local-only license (quantity 0) and the program is not on its machine",
+                key, mode, station, holder, used, now,
+            )
+        if session is SessionKind.TERMINAL_SERVER:
+            raise _refuse(
+                ErrorCode.TERMINAL_SESSION_DENIED,
+                f"{key} is a local-only license (quantity 0); terminal-server session {station} may not use it",
+                key, mode, station, holder, used, now,
+            )
+        quantity = None  # local use is not counted
+
+    if mode is _PER_ACCESS:
+        if use is not None and use.exclusive:
+            raise _exclusive_conflict(key, mode, station, holder, used, now, True)
+        new_seat = True
+    elif mode is _PER_STATION:
+        if use is not None and use.exclusive:
+            raise _exclusive_conflict(key, mode, station, holder, used, now, True)
+        new_seat = use is None or use.per_station == 0
+    elif mode is _EXCLUSIVE:
+        if use is not None and (use.exclusive or use.per_access or use.per_station):
+            raise _exclusive_conflict(key, mode, station, holder, used, now, bool(use.exclusive))
+        new_seat = True
+    elif mode is _NONE:
+        new_seat = False
+    else:
+        raise LicentiaError(ErrorCode.WRONG_ACCESS_MODE, f"access mode {mode!r} is unknown")
+
+    if new_seat and quantity is not None and used >= quantity:
+        raise _refuse(
+            ErrorCode.NO_MORE_LICENSES,
+            f"all {quantity} seat{'s' if quantity != 1 else ''} of {key} are in use",
+            key, mode, station, holder, used, now,
+        )
+    return new_seat
+
+
 # --------------------------------------------------------------------------- table
 
 
@@ -314,47 +390,7 @@ class SeatTable:
         else:
             used = item.seats
             use = item.stations.get(station)
-
-        if quantity is not None and quantity < 1:
-            if quantity != 0 or isinstance(quantity, bool):
-                raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"license quantity {quantity!r} is not valid")
-            if not local:
-                raise _refuse(
-                    ErrorCode.LOCAL_ONLY,
-                    f"{key} is a local-only license (quantity 0) and the program is not on its machine",
-                    key, mode, station, holder, used, now,
-                )
-            if session is SessionKind.TERMINAL_SERVER:
-                raise _refuse(
-                    ErrorCode.TERMINAL_SESSION_DENIED,
-                    f"{key} is a local-only license (quantity 0); terminal-server session {station} may not use it",
-                    key, mode, station, holder, used, now,
-                )
-            quantity = None  # local use is not counted
-
-        if mode is _PER_ACCESS:
-            if use is not None and use.exclusive:
-                raise _exclusive_conflict(key, mode, station, holder, used, now, True)
-            new_seat = True
-        elif mode is _PER_STATION:
-            if use is not None and use.exclusive:
-                raise _exclusive_conflict(key, mode, station, holder, used, now, True)
-            new_seat = use is None or use.per_station == 0
-        elif mode is _EXCLUSIVE:
-            if use is not None and (use.exclusive or use.per_access or use.per_station):
-                raise _exclusive_conflict(key, mode, station, holder, used, now, bool(use.exclusive))
-            new_seat = True
-        elif mode is _NONE:
-            new_seat = False
-        else:
-            raise LicentiaError(ErrorCode.WRONG_ACCESS_MODE, f"access mode {mode!r} is unknown")
-
-        if new_seat and quantity is not None and used >= quantity:
-            raise _refuse(
-                ErrorCode.NO_MORE_LICENSES,
-                f"all {quantity} seat{'s' if quantity != 1 else ''} of {key} are in use",
-                key, mode, station, holder, used, now,
-            )
+        new_seat = admit(key, quantity, mode, station, holder, local, session, now, used, use)
         if holder.client_id is not None:
             self._last_seen[holder.client_id] = now
         handle = self._next_handle

@@ -36,6 +36,7 @@ class ErrorCode(IntEnum):
     INVALID_HANDLE = 106
     SECURITY_PROBLEM = 109
     NO_LOCAL_RUNTIME = 110
+    REDUNDANCY_SERVER_MISSING = 130  # a TMR item with fewer than two of its three constituents
 
     # command execution (200-239)
     ENTRY_NOT_FOUND = 200
@@ -162,6 +163,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.LOCAL_ONLY: "this license is for the machine that holds it; it cannot be used over the network",
     ErrorCode.TERMINAL_SESSION_DENIED: "this single-user license cannot be used from a terminal-server session",
     ErrorCode.SERVER_NOT_FOUND: "no license server answered; check `licentia server list` and the network",
+    ErrorCode.REDUNDANCY_SERVER_MISSING: "fewer than two of the three TMR members answer; bring one back (see docs/tmr.md) and try again",
     ErrorCode.NO_LOCAL_RUNTIME: "start the runtime with `licentia runtime serve` (or `make run`)",
     ErrorCode.SECURITY_PROBLEM: "an answer failed verification; the runtime or server may have been replaced",
     ErrorCode.CHECKPOINT_LAPSED: "the checkpoint license was not renewed in time; connect to the vendor to renew it",

@@ -117,6 +117,13 @@ SETTINGS: tuple[Setting, ...] = (
             "half their period remains)"),
     Setting("central_timeout", "central", "timeout", float, 30.0,
             "seconds to wait for central to answer"),
+    Setting("tmr_role", "tmr", "role", str, "",
+            "\"upstream\": this runtime holds one constituent container of a TMR system (docs/tmr.md); "
+            "empty: an ordinary runtime, which serves no TMR constituent"),
+    Setting("tmr_etcd", "tmr", "etcd", list, (),
+            "client URLs of the TMR system's etcd members (the seat store), e.g. http://10.0.0.11:2379"),
+    Setting("tmr_front_end_ca", "tmr", "front_end_ca", str, "",
+            "CA certificate (PEM) that signed the TMR front ends' client certificates"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -163,6 +170,9 @@ class RuntimeConfig:
     central_url: str = ""
     central_interval: float = 3600.0
     central_timeout: float = 30.0
+    tmr_role: str = ""
+    tmr_etcd: tuple[str, ...] = ()
+    tmr_front_end_ca: str = ""
 
     def check(self) -> RuntimeConfig:
         """Refuse settings that cannot work, with what to change."""
@@ -196,6 +206,14 @@ class RuntimeConfig:
             _bad(f"cloud lease {self.cloud_lease} s is out of range; use 30 to 3600 seconds")
         if self.central_url and not self.central_url.startswith(("http://", "https://")):
             _bad(f"central url {self.central_url!r} must start with http:// or https://")
+        if self.tmr_role not in ("", "upstream"):
+            _bad(f"[tmr] role {self.tmr_role!r} is unknown; use \"upstream\" or leave it empty")
+        if self.tmr_role == "upstream" and (len(self.tmr_etcd) != 3 or not self.tmr_front_end_ca):
+            _bad("a TMR upstream needs [tmr] etcd (the three members' URLs) and [tmr] front_end_ca; "
+                 "`licentia tmr init` writes them")
+        for url in self.tmr_etcd:
+            if not url.startswith(("http://", "https://")):
+                _bad(f"[tmr] etcd URL {url!r} must start with http:// or https://")
         return self
 
     def keepalive_for(self, server_timeout: float) -> float:
@@ -278,7 +296,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{s.help} (default {str(s.default).lower()})")
         elif s.kind is list:
-            parser.add_argument(flag, dest=s.name, action="append", default=None, metavar="FILE",
+            parser.add_argument(flag, dest=s.name, action="append", default=None,
+                                metavar="URL" if s.name == "tmr_etcd" else "FILE",
                                 help=f"{s.help} (default none)")
         else:
             parser.add_argument(flag, dest=s.name, type=s.kind, default=None, metavar=s.kind.__name__.upper(),

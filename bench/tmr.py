@@ -1,0 +1,151 @@
+"""The TMR seat store against its floor: bare etcd transactions (aetcd) and the same
+acquire+release pairs through `licentia.tmr.seats`, on a real 3-member etcd cluster on
+loopback (tests/tmr/etcd.py), at 10 and 100 concurrent clients.
+
+- floor: each client has a lease; a pair is one transaction taking a random slot key among Q
+  (`create_revision == 0` → put with the lease; another slot on a collision) and one delete.
+- store: each client opens its lease with `SeatStore.open_client`; a pair is
+  `SeatStore.access` (per-access, quantity Q) and `SeatStore.release`: what a TMR front end
+  does for a program's access and release; once as is (`count=False`), once with every
+  change also counting the item's seats in use (`count=True`).
+
+Q is twice the concurrency, so a pair rarely waits for a seat. All clients run in this one
+asyncio process (one gRPC channel per client side), closed loop, one pair in flight each.
+The TMR front end itself (its protocol, TLS, the upstreams) is not built yet; its figure
+against this floor will be measured when it is.
+
+Run alone: .venv/bin/python bench/tmr.py [--conc 10,100] [--window 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.tmr.etcd import EtcdCluster
+
+import benchlib as B
+
+
+async def _closed_loop(conc: int, pair: Any, warmup: float, window: float) -> dict[str, Any]:
+    """Run `pair(i)` in `conc` loops; count pairs and their latencies inside the window."""
+    start = time.monotonic() + warmup
+    end = start + window
+    lat: list[float] = []
+    count = 0
+
+    async def worker(i: int) -> None:
+        nonlocal count
+        while True:
+            t0 = time.monotonic()
+            if t0 >= end:
+                return
+            await pair(i)
+            t1 = time.monotonic()
+            if t0 >= start and t1 <= end:
+                count += 1
+                lat.append(t1 - t0)
+
+    await asyncio.gather(*(worker(i) for i in range(conc)))
+    lat.sort()
+    return {
+        "pairs_s": round(count / window, 1),
+        "p50_ms": round(1000 * statistics.median(lat), 2) if lat else None,
+        "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 2) if lat else None,
+    }
+
+
+async def bare(endpoints: list[str], conc: int, warmup: float, window: float) -> dict[str, Any]:
+    import aetcd
+
+    host, port = endpoints[0].rsplit(":", 1)
+    client = aetcd.Client(host=host, port=int(port), timeout=5)
+    q = 2 * conc
+    prefix = f"/bench/bare/{conc}/".encode()
+    leases = [await client.lease(60) for _ in range(conc)]
+    t = client.transactions
+
+    async def pair(i: int) -> None:
+        while True:
+            key = prefix + b"%06d" % random.randrange(q)
+            ok, _ = await client.transaction(
+                compare=[t.create(key) == 0], success=[t.put(key, b"%d" % i, lease=leases[i].id)], failure=[]
+            )
+            if ok:
+                break
+        await client.delete(key)
+
+    try:
+        return await _closed_loop(conc, pair, warmup, window)
+    finally:
+        for lease in leases:
+            await client.revoke_lease(lease.id)
+        await client.close()
+
+
+async def store(endpoints: list[str], conc: int, warmup: float, window: float, count: bool) -> dict[str, Any]:
+    from licentia.core.seats import Holder, ItemKey, Station
+    from licentia.model import AccessMode
+    from licentia.tmr.seats import SeatStore
+
+    key = ItemKey("131-1000001", 10001, 1)
+    q = 2 * conc
+    async with SeatStore(endpoints, prefix=f"/bench/store/{conc}/{count}/", count=count) as s:
+        holders = [Holder.network(f"client-{i}", program="bench") for i in range(conc)]
+        stations = [Station(f"host-{i}") for i in range(conc)]
+        for h in holders:
+            assert h.client_id is not None
+            await s.open_client(h.client_id, 60)
+
+        async def pair(i: int) -> None:
+            g = await s.access(key=key, quantity=q, mode=AccessMode.PER_ACCESS, station=stations[i],
+                               holder=holders[i], now=time.time())
+            await s.release(g.handle, time.time())
+
+        try:
+            return await _closed_loop(conc, pair, warmup, window)
+        finally:
+            for h in holders:
+                assert h.client_id is not None
+                await s.close_client(h.client_id)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conc", default="10,100", help="concurrent clients, comma-separated")
+    parser.add_argument("--window", type=float, default=5.0, help="measured seconds per figure")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    args = parser.parse_args()
+    concs = [int(c) for c in args.conc.split(",")]
+    rows = []
+    doc: dict[str, Any] = {"versions": B.versions(), "window_s": args.window, "results": []}
+    with EtcdCluster() as cluster:
+        for conc in concs:
+            floor = asyncio.run(bare(cluster.endpoints, conc, args.warmup, args.window))
+            rows.append([conc, "bare aetcd (floor)", floor["pairs_s"], floor["p50_ms"], floor["p99_ms"], "1.00"])
+            result: dict[str, Any] = {"conc": conc, "bare_aetcd": floor}
+            for count in (False, True):
+                ours = asyncio.run(store(cluster.endpoints, conc, args.warmup, args.window, count))
+                ratio = ours["pairs_s"] / floor["pairs_s"] if floor["pairs_s"] else 0.0
+                name = "seat store, counting" if count else "seat store"
+                result[name] = {**ours, "ratio": round(ratio, 2)}
+                rows.append([conc, name, ours["pairs_s"], ours["p50_ms"], ours["p99_ms"], f"{ratio:.2f}"])
+            doc["results"].append(result)
+    print("TMR seats: acquire+release pairs/s on a 3-member etcd cluster (loopback, this machine)")
+    print(B.table(["clients", "path", "pairs/s", "p50 ms", "p99 ms", "/ floor"], rows,
+                  right=[True, False, True, True, True, True]))
+    path = B.write_results("tmr", doc)
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

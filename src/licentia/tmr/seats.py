@@ -1,0 +1,692 @@
+"""Seats and unit counters of TMR items, kept in etcd.
+
+A TMR front end holds nothing of its own that matters: who holds which seat and how many
+units remain live in a 3-member etcd cluster (quorum 2), so two front ends can serve at
+once and either can die. Every grant, release and decrement is one etcd transaction.
+The decisions are the core's (`licentia.core.seats.admit`, `licentia.core.evaluate.decrement`);
+this module reads what they need, asks them, and stores the answer.
+
+Keys (all under `prefix`, default `/licentia/tmr/v1/`; values are msgpack records with a
+version, or decimal text):
+
+    c/<client>                      the client runtime's lease id (hex); on that lease
+    h/<handle>                      one granted handle: item, mode, station, holder, slot
+    i/<item>/s/<slot>               a taken seat: "<handle> <client>"; on the holder's lease
+    i/<item>/p/<station>/<lease>    per-station share: [slot, handles]; on the client's lease
+    i/<item>/u                      units remaining (decimal); no lease
+    d/<client>/<request>            a decrement's receipt (units remaining after); client's lease
+
+A seat is a slot key `0 … quantity-1` taken by a transaction that compares its
+`create_revision == 0`, so two front ends granting at once can never take one slot twice
+and the quantity is never exceeded. Every key a client holds is attached to that client's
+etcd lease, refreshed by its keep-alives: when a client runtime dies, etcd deletes its
+handles and seats when the lease's time runs out, whichever front end it used.
+
+A per-access grant of a counted item is one transaction on a random slot (its handle names
+the slot); its release, through the front end that granted it, is one transaction comparing
+the slot's holder; elsewhere it first reads the handle. Per-station and uncounted grants
+read the item's seats first. A quantity lowered by an update takes effect as the seats above
+it are released.
+
+Per-station handles of one station share one seat per client lease: two client runtimes
+claiming the same station each take one (never more seats than the quantity, only fewer
+shared). Exclusive access is not offered by TMR items (223).
+
+When fewer than two members answer, every operation fails with error 130
+(`REDUNDANCY_SERVER_MISSING`) after `op_timeout` seconds. A grant whose transaction was sent
+but not answered may still be applied when the quorum returns; the store releases such
+grants at its next operation, so no seat stays held by a handle no program was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aetcd
+import aetcd.exceptions
+import msgpack
+
+from licentia.core.evaluate import decrement as core_decrement
+from licentia.core.seats import (
+    Grant,
+    Holder,
+    ItemKey,
+    Release,
+    ReleaseReason,
+    Session,
+    Station,
+    admit,
+    check_client_timeout,
+)
+from licentia.model import AccessMode, ErrorCode, ItemState, LicentiaError, ProductItem, SessionKind
+
+__all__ = ["DEFAULT_PREFIX", "RECORD_VERSION", "SeatStore", "StationShare"]
+
+DEFAULT_PREFIX = "/licentia/tmr/v1/"
+RECORD_VERSION = 1
+GRANTED_CACHE = 1 << 20  # handles a store remembers it granted (a cache)
+HANDLE_BITS = 53  # handles fit an IEEE double (JSON, WebAdmin) and are never 0
+
+T = TypeVar("T")
+
+
+class _Retry(Exception):
+    """A compare failed because someone else changed the keys first: read again."""
+
+
+@dataclass(frozen=True, slots=True)
+class StationShare:
+    """A station's per-station handles of an item: what `admit` reads of it."""
+
+    per_station: int
+    per_access: int = 0
+    exclusive: int = 0
+
+
+def _parse_endpoint(text: str) -> tuple[str, int]:
+    """HOST:PORT or an etcd client URL http://HOST:PORT."""
+    text = text.strip()
+    if text.startswith("https://"):
+        raise LicentiaError(
+            ErrorCode.INVALID_PARAMETER, f"etcd endpoint {text!r}: TLS to etcd is not supported yet; use http://"
+        )
+    text = text.removeprefix("http://").rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"etcd endpoint {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class SeatStore:
+    """Seats, handles and unit counters of TMR items in an etcd cluster.
+
+    One per front end process; safe to share between the tasks of one event loop. Any
+    number of stores (front ends) may work on the same cluster at once.
+
+    `endpoints` are the members' client addresses (HOST:PORT or http://HOST:PORT); a member
+    that fails or stays silent for `call_timeout` hands over to the next. With `count`, every
+    grant and release also reads the item's seats in use (`Grant.used`, `Release.used`);
+    without, they say -1 and a pair costs two small transactions and one local read."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        call_timeout: float = 2.0,
+        op_timeout: float = 8.0,
+        count: bool = True,
+    ) -> None:
+        if not endpoints:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "name at least one etcd endpoint")
+        self._endpoints = [_parse_endpoint(e) for e in endpoints]
+        self._clients = [
+            aetcd.Client(host=h, port=p, timeout=call_timeout) for h, p in self._endpoints
+        ]
+        self._current = 0
+        self._op_timeout = op_timeout
+        self._count = count
+        self._p = prefix.encode()
+        # client id -> lease id: a cache only; etcd's c/<client> key is the truth
+        self._leases: dict[str, int] = {}
+        # grants whose transaction went unanswered when the quorum was lost: they may be
+        # applied once it returns, holding a seat no program knows of; released then
+        self._orphans: dict[int, bytes] = {}
+        # handle -> (its session, slot key, slot value) of the per-access grants made here: a
+        # cache that spares a release its read; etcd's compare decides, a miss reads
+        self._granted: dict[int, tuple[Session, bytes, bytes]] = {}
+
+    # -- lifetime ------------------------------------------------------------
+
+    async def close(self) -> None:
+        for c in self._clients:
+            with contextlib.suppress(Exception):
+                await c.close()
+
+    async def __aenter__(self) -> SeatStore:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- client runtimes (leases) ---------------------------------------------
+
+    async def open_client(self, client_id: str, timeout: float) -> int:
+        """The lease of client runtime `client_id`, made with `timeout` seconds to live
+        if it has none. Idempotent: a second front end gets the same lease."""
+        ttl = max(1, round(check_client_timeout(timeout)))
+        key = self._p + b"c/" + _enc(client_id)
+
+        async def attempt(c: aetcd.Client) -> int:
+            lease = await c.lease(ttl)
+            t = c.transactions
+            ok, resp = await c.transaction(
+                compare=[t.create(key) == 0],
+                success=[t.put(key, b"%x" % lease.id, lease=lease.id)],
+                failure=[t.get(key)],
+            )
+            if ok:
+                return int(lease.id)
+            await c.revoke_lease(lease.id)
+            if not resp or not resp[0]:
+                raise _Retry
+            existing = int(resp[0][0][0], 16)
+            await c.refresh_lease(existing)
+            return existing
+
+        lease_id = await self._run(attempt)
+        self._leases[client_id] = lease_id
+        return lease_id
+
+    async def keep_alive(self, client_id: str) -> bool:
+        """Refresh `client_id`'s lease (call on each of its keep-alives). False when the
+        client has no lease any more: its seats are gone and it must access again."""
+        key = self._p + b"c/" + _enc(client_id)
+
+        async def attempt(c: aetcd.Client) -> bool:
+            lease_id = self._leases.get(client_id)
+            if lease_id is None:
+                got = await c.get(key)
+                if got is None:
+                    return False
+                lease_id = int(got.value, 16)
+            reply = await c.refresh_lease(lease_id)
+            if reply is None or reply.TTL <= 0:
+                self._leases.pop(client_id, None)
+                return False
+            self._leases[client_id] = lease_id
+            return True
+
+        return await self._run(attempt)
+
+    async def close_client(self, client_id: str) -> None:
+        """The client runtime leaves: revoke its lease, freeing all its seats now."""
+        key = self._p + b"c/" + _enc(client_id)
+
+        async def attempt(c: aetcd.Client) -> None:
+            got = await c.get(key)
+            if got is not None:
+                with contextlib.suppress(aetcd.exceptions.ClientError):
+                    await c.revoke_lease(int(got.value, 16))
+
+        self._leases.pop(client_id, None)
+        await self._run(attempt)
+
+    # -- seats -----------------------------------------------------------------
+
+    async def access(
+        self,
+        *,
+        key: ItemKey,
+        quantity: int | None,
+        mode: AccessMode,
+        station: Station,
+        holder: Holder,
+        session: SessionKind = SessionKind.LOCAL,
+        now: float,
+    ) -> Grant:
+        """Grant a handle on TMR item `key` to a network client that has a lease
+        (`open_client`), or raise the core's refusal (`SeatRefused`: 212, 1006, …).
+
+        A TMR front end serves programs over the network, so the program is never on
+        the container's machine (quantity 0 is refused with 1006)."""
+        client_id = holder.client_id
+        if client_id is None:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "a TMR seat holder is a network client")
+        if mode is AccessMode.EXCLUSIVE:
+            raise LicentiaError(ErrorCode.WRONG_ACCESS_MODE, f"{key}: TMR items are not used exclusively")
+        if mode is AccessMode.PER_ACCESS and quantity is not None and quantity > 0:
+            return await self._access_slot(key, quantity, station, holder, client_id, session, now)
+        item = self._item_prefix(key)
+        ckey = self._p + b"c/" + _enc(client_id)
+        handle = secrets.randbits(HANDLE_BITS - 1) | 1
+
+        async def attempt(c: aetcd.Client) -> Grant:
+            t = c.transactions
+            lease_id = await self._lease_of(c, client_id, ckey)
+            hkey = self._p + b"h/%d" % handle
+            share_key = item + b"p/" + _enc_station(station) + b"/%x" % lease_id
+            taken = await c.get_prefix(item + b"s/", keys_only=True)
+            slots = {kv.key[len(item) + 2:] for kv in taken}
+            share = None
+            if mode is AccessMode.PER_STATION:
+                share = await c.get(share_key)
+            new_seat = admit(
+                key=key, quantity=quantity, mode=mode, station=station, holder=holder, local=False,
+                session=session, now=now, used=len(slots),
+                station_use=None if share is None else StationShare(per_station=1),
+            )
+            compare = [t.create(hkey) == 0, t.value(ckey) == b"%x" % lease_id]
+            puts = []
+            slot = None
+            if new_seat:
+                slot = _pick_slot(slots, quantity, handle)
+                compare.append(t.create(item + b"s/" + slot) == 0)
+                puts.append(t.put(item + b"s/" + slot, b"%d %s" % (handle, _enc(client_id)), lease=lease_id))
+            if mode is AccessMode.PER_STATION:
+                if share is None:
+                    compare.append(t.create(share_key) == 0)
+                    puts.append(t.put(share_key, _pack([slot, 1]), lease=lease_id))
+                else:
+                    slot, count = _unpack(share.value)
+                    compare.append(t.mod(share_key) == share.mod_revision)
+                    puts.append(t.put(share_key, _pack([slot, count + 1]), lease=lease_id))
+            record = _pack([
+                RECORD_VERSION, list(key), mode.value, list(station),
+                [client_id, holder.program, holder.user, holder.host], now, slot,
+                share_key if mode is AccessMode.PER_STATION else None,
+            ])
+            puts.append(t.put(hkey, record, lease=lease_id))
+            unsure[handle] = record
+            ok, resp = await c.transaction(
+                compare=compare,
+                success=[*puts, *self._counting(t, item + b"s/")],
+                failure=[t.get(hkey), t.get(ckey)],
+            )
+            del unsure[handle]
+            if not ok:
+                mine, client = resp
+                if mine and mine[0][0] == record:
+                    used = len(await c.get_prefix(item + b"s/", keys_only=True))
+                    return Grant(Session(handle, key, mode, station, holder, now), new_seat, used)
+                if not client:
+                    self._leases.pop(client_id, None)
+                    raise _lease_gone(client_id)
+                if client[0][0] != b"%x" % lease_id:
+                    self._leases.pop(client_id, None)
+                raise _Retry
+            return Grant(Session(handle, key, mode, station, holder, now), new_seat, self._used(resp))
+
+        unsure: dict[int, bytes] = {}
+        return await self._run(attempt, unsure)
+
+    async def _access_slot(
+        self, key: ItemKey, quantity: int, station: Station, holder: Holder, client_id: str,
+        session: SessionKind, now: float,
+    ) -> Grant:
+        """A per-access grant of a counted item: one transaction taking a random slot.
+
+        The slot's `create_revision == 0` is the capacity check: a slot below the quantity
+        is free or it is not. Only when the slot was taken does the store look at which
+        are, and ask `admit` again with that count (212 when all are)."""
+        mode = AccessMode.PER_ACCESS
+        item = self._item_prefix(key)
+        sprefix = item + b"s/"
+        ckey = self._p + b"c/" + _enc(client_id)
+        taken: set[bytes] = set()  # the slots the last refused try saw taken
+        pending: tuple[bytes, int] | None = None  # a try whose answer may be lost
+        collisions = 0
+
+        async def attempt(c: aetcd.Client) -> Grant:
+            nonlocal pending, taken, collisions
+            t = c.transactions
+            lease_id = await self._lease_of(c, client_id, ckey)
+            admit(key=key, quantity=quantity, mode=mode, station=station, holder=holder, local=False,
+                  session=session, now=now, used=len(taken), station_use=None)
+            if pending is None:
+                index = _free_index(taken, quantity)
+                pending = (b"%06d" % index, _slot_handle(index))
+            slot, handle = pending
+            hkey = self._p + b"h/%d" % handle
+            tag = b"%d %s" % (handle, _enc(client_id))
+            record = _pack([
+                RECORD_VERSION, list(key), mode.value, list(station),
+                [client_id, holder.program, holder.user, holder.host], now, slot, None,
+            ])
+            lease_hex = b"%x" % lease_id
+            unsure[handle] = record
+            # after a few collisions, the refusal also reads which slots are taken
+            survey = [t.get(sprefix, _range_end(sprefix))] if collisions >= 3 else []
+            ok, resp = await c.transaction(
+                compare=[t.create(sprefix + slot) == 0, t.create(hkey) == 0, t.value(ckey) == lease_hex],
+                success=[t.put(sprefix + slot, tag, lease=lease_id), t.put(hkey, record, lease=lease_id),
+                         *self._counting(t, sprefix)],
+                failure=[t.get(ckey), t.get(sprefix + slot), *survey],
+            )
+            del unsure[handle]
+            session_ = Session(handle, key, mode, station, holder, now)
+            if ok:
+                self._remember(handle, session_, sprefix + slot, tag)
+                return Grant(session_, True, self._used(resp))
+            client, mine = resp[0], resp[1]
+            if mine and mine[0][0] == tag:  # an earlier try, its answer lost, took it
+                self._remember(handle, session_, sprefix + slot, tag)
+                return Grant(session_, True, -1)
+            pending = None
+            if not client:
+                self._leases.pop(client_id, None)
+                raise _lease_gone(client_id)
+            if client[0][0] != lease_hex:
+                self._leases.pop(client_id, None)
+            collisions += 1
+            if survey:
+                taken = {meta.key[len(sprefix):] for _value, meta in resp[2]}
+            else:
+                taken.add(slot)
+            raise _Retry
+
+        unsure: dict[int, bytes] = {}
+        return await self._run(attempt, unsure)
+
+    async def release(self, handle: int, now: float, *, holder: Holder | None = None) -> Release:
+        """Release `handle` (106 when it is not held: released already, or its client's
+        lease ran out). With `holder`, only that client's handle."""
+        hkey = self._p + b"h/%d" % handle
+        known = self._granted.pop(handle, None)
+        if known is not None and (holder is None or known[0].holder.client_id == holder.client_id):
+            sess_, skey, tag = known
+
+            async def direct(c: aetcd.Client) -> Release | None:
+                t = c.transactions
+                ok, resp = await c.transaction(
+                    compare=[t.value(skey) == tag, t.version(hkey) > 0],
+                    success=[t.delete(skey), t.delete(hkey), *self._counting(t, skey[: skey.rindex(b"/") + 1])],
+                    failure=[],
+                )
+                return Release(sess_, ReleaseReason.PROGRAM, True, self._used(resp), now) if ok else None
+
+            done = await self._run(direct)
+            if done is not None:
+                return done
+        tried = False
+
+        async def attempt(c: aetcd.Client) -> Release:
+            nonlocal tried
+            t = c.transactions
+            # a local read is enough: the transaction compares the handle's revision
+            got = await c.get(hkey, serializable=not tried)
+            if got is None and not tried:
+                got = await c.get(hkey)
+            if got is None:
+                if tried:  # our earlier try was applied, its answer lost
+                    return Release(_unknown_session(handle), ReleaseReason.PROGRAM, True, -1, now)
+                raise LicentiaError(
+                    ErrorCode.INVALID_HANDLE, f"handle {handle} is not held (released already, or never granted)"
+                )
+            sess, slot, share_key = _session_from_record(handle, got.value)
+            if holder is not None and sess.holder.client_id != holder.client_id:
+                raise LicentiaError(ErrorCode.INVALID_HANDLE, f"handle {handle} is not held by this client")
+            item = self._item_prefix(sess.key)
+            compare = [t.mod(hkey) == got.mod_revision]
+            ops = [t.delete(hkey)]
+            freed = slot is not None
+            if share_key is not None:
+                share = await c.get(share_key)
+                if share is not None:
+                    s_slot, count = _unpack(share.value)
+                    compare.append(t.mod(share_key) == share.mod_revision)
+                    if count > 1:
+                        freed = False
+                        ops.append(t.put(share_key, _pack([s_slot, count - 1]), lease=got.lease))
+                    else:
+                        ops.append(t.delete(share_key))
+                        slot = s_slot
+                        freed = slot is not None
+            if freed and slot is not None:
+                ops.append(t.delete(item + b"s/" + slot.encode()))
+                if share_key is None:  # the slot is this handle's own
+                    compare.append(t.value(item + b"s/" + slot.encode()) == b"%d %s" % (handle, _enc(sess.holder.client_id or "")))
+            tried = True
+            ok, resp = await c.transaction(
+                compare=compare, success=[*ops, *self._counting(t, item + b"s/")], failure=[]
+            )
+            if not ok:
+                tried = False
+                raise _Retry
+            return Release(sess, ReleaseReason.PROGRAM, freed, self._used(resp), now)
+
+        return await self._run(attempt)
+
+    async def used(self, key: ItemKey) -> int:
+        """Seats of `key` in use (a linearizable read)."""
+        prefix = self._item_prefix(key) + b"s/"
+
+        async def attempt(c: aetcd.Client) -> int:
+            return len(await c.get_prefix(prefix, keys_only=True))
+
+        return await self._run(attempt)
+
+    async def sessions(self) -> list[Session]:
+        """Every handle held through any front end, oldest first."""
+        prefix = self._p + b"h/"
+
+        async def attempt(c: aetcd.Client) -> list[Session]:
+            out = []
+            for kv in await c.get_prefix(prefix):
+                handle = int(kv.key[len(prefix):])
+                out.append(_session_from_record(handle, kv.value)[0])
+            return sorted(out, key=lambda s: (s.since, s.handle))
+
+        return await self._run(attempt)
+
+    # -- unit counters -----------------------------------------------------------
+
+    async def units(self, key: ItemKey, item: ProductItem) -> int | None:
+        """Units remaining of `key`; the first call puts the item's initial counter."""
+        initial = item.units
+        if initial is None:
+            return None
+        ukey = self._item_prefix(key) + b"u"
+
+        async def attempt(c: aetcd.Client) -> int:
+            t = c.transactions
+            _ok, resp = await c.transaction(
+                compare=[t.create(ukey) == 0],
+                success=[t.put(ukey, b"%d" % initial), t.get(ukey)],
+                failure=[t.get(ukey)],
+            )
+            return int(resp[-1][0][0])
+
+        return await self._run(attempt)
+
+    async def decrement(
+        self, key: ItemKey, item: ProductItem, units: int, *, client_id: str, request_id: str
+    ) -> int:
+        """Spend `units` of `key` and return what remains (32, 1011 when too few).
+
+        `request_id` names this decrement for `client_id`: a retry with the same id
+        (a lost answer, another front end) is answered from its receipt, never spent
+        twice. The receipt lives as long as the client's lease."""
+        if await self.units(key, item) is None:
+            core_decrement(item, ItemState(), units)  # raises: no unit counter
+        ukey = self._item_prefix(key) + b"u"
+        ckey = self._p + b"c/" + _enc(client_id)
+        rkey = self._p + b"d/" + _enc(client_id) + b"/" + _enc(request_id)
+
+        async def attempt(c: aetcd.Client) -> int:
+            t = c.transactions
+            lease_id = await self._lease_of(c, client_id, ckey)
+            receipt = await c.get(rkey)
+            if receipt is not None:
+                return int(receipt.value)
+            got = await c.get(ukey)
+            if got is None:
+                raise _Retry
+            state = core_decrement(item, ItemState(units_remaining=int(got.value)), units)
+            left = state.units_remaining
+            assert left is not None
+            ok, _resp = await c.transaction(
+                compare=[t.mod(ukey) == got.mod_revision, t.create(rkey) == 0,
+                         t.value(ckey) == b"%x" % lease_id],
+                success=[t.put(ukey, b"%d" % left), t.put(rkey, b"%d" % left, lease=lease_id)],
+                failure=[],
+            )
+            if not ok:
+                raise _Retry
+            return left
+
+        return await self._run(attempt)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _remember(self, handle: int, sess: Session, skey: bytes, tag: bytes) -> None:
+        if len(self._granted) >= GRANTED_CACHE:
+            del self._granted[next(iter(self._granted))]
+        self._granted[handle] = (sess, skey, tag)
+
+    def _counting(self, t: Any, sprefix: bytes) -> list[Any]:
+        """The read that counts an item's seats after a change, when the store counts."""
+        return [t.get(sprefix, _range_end(sprefix))] if self._count else []
+
+    def _used(self, resp: list[Any]) -> int:
+        return len(resp[-1]) if self._count else -1
+
+    def _item_prefix(self, key: ItemKey) -> bytes:
+        return self._p + b"i/%s/%d/%d/%d/" % (_enc(key.container), key.firm_code, key.product_code, key.item_id)
+
+    async def _lease_of(self, c: aetcd.Client, client_id: str, ckey: bytes) -> int:
+        lease_id = self._leases.get(client_id)
+        if lease_id is None:
+            got = await c.get(ckey)
+            if got is None:
+                raise _lease_gone(client_id)
+            lease_id = self._leases[client_id] = int(got.value, 16)
+        return lease_id
+
+    async def _run(self, attempt: Callable[[aetcd.Client], Awaitable[T]], unsure: dict[int, bytes] | None = None) -> T:
+        """Run `attempt` on a member until it answers: a member that fails or times out
+        hands over to the next; contention re-reads. After `op_timeout` without a
+        quorum, 130. `unsure` holds the grants `attempt` sent and got no answer for."""
+        if self._orphans:
+            await self._release_orphans()
+        deadline = time.monotonic() + self._op_timeout
+        last: Exception | None = None
+        contention = 0
+        while True:
+            client = self._clients[self._current]
+            try:
+                return await attempt(client)
+            except _Retry:
+                contention += 1
+                if contention > 64:
+                    raise LicentiaError(
+                        ErrorCode.INTERNAL, "the seat store stayed contended for 64 tries; try again"
+                    ) from None
+                await asyncio.sleep(0.001 * secrets.randbelow(4))
+                continue
+            except aetcd.exceptions.ClientError as exc:
+                if "lease not found" in str(exc):
+                    self._leases.clear()
+                    contention += 1
+                    if contention > 64:
+                        raise
+                    continue
+                last = exc
+                self._current = (self._current + 1) % len(self._clients)
+            if time.monotonic() >= deadline:
+                if unsure:
+                    self._orphans.update(unsure)
+                names = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
+                raise LicentiaError(
+                    ErrorCode.REDUNDANCY_SERVER_MISSING,
+                    f"no quorum of the TMR seat store ({names}) answered within {self._op_timeout:g} s: {last}",
+                )
+            await asyncio.sleep(0.05)
+
+    async def _release_orphans(self) -> None:
+        """Release the grants that were sent while the quorum was lost and applied after."""
+        client = self._clients[self._current]
+        for handle in list(self._orphans):
+            try:
+                got = await client.get(self._p + b"h/%d" % handle)
+            except aetcd.exceptions.ClientError:
+                return  # still no quorum: keep them for the next operation
+            record = self._orphans.pop(handle, None)
+            if record is not None and got is not None and got.value == record:
+                with contextlib.suppress(LicentiaError):
+                    await self.release(handle, time.time())
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _enc(text: str) -> bytes:
+    """A key segment: any text, with no '/' (percent-encoded like a URL path segment)."""
+    out = text.encode()
+    if any(b in out for b in b"/%\x00"):
+        out = out.replace(b"%", b"%25").replace(b"/", b"%2F").replace(b"\x00", b"%00")
+    return out
+
+
+def _enc_station(station: Station) -> bytes:
+    return bytes(msgpack.packb(list(station))).hex().encode()
+
+
+def _pack(value: Any) -> bytes:
+    return bytes(msgpack.packb(value, use_bin_type=True))
+
+
+def _unpack(data: bytes) -> Any:
+    value = msgpack.unpackb(data, raw=False)
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        value[0] = value[0].decode()
+    return value
+
+
+def _range_end(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def _slot_handle(index: int) -> int:
+    """A handle that owns slot `index`: bit 52 set, 20 random bits, the index below them."""
+    return (1 << (HANDLE_BITS - 1)) | (secrets.randbits(20) << 32) | index
+
+
+def _free_index(taken: set[bytes], quantity: int) -> int:
+    """A random slot index below `quantity` not in `taken` (the caller asked `admit`)."""
+    for _ in range(16):
+        i = secrets.randbelow(quantity)
+        if b"%06d" % i not in taken:
+            return i
+    free = [i for i in range(quantity) if b"%06d" % i not in taken]
+    if not free:
+        raise _Retry
+    return free[secrets.randbelow(len(free))]
+
+
+def _pick_slot(taken: set[bytes], quantity: int | None, handle: int) -> bytes:
+    """A free slot name: a random free index below the quantity, or (unlimited) one of
+    the handle's own. The caller has checked with `admit` that one is free."""
+    if quantity is None or quantity == 0:
+        return b"u%d" % handle
+    free = [i for i in range(quantity) if b"%06d" % i not in taken]
+    if not free:  # taken by slots above a lowered quantity: admit counted them
+        raise _Retry
+    return b"%06d" % free[secrets.randbelow(len(free))]
+
+
+def _session_from_record(handle: int, data: bytes) -> tuple[Session, str | None, bytes | None]:
+    try:
+        version, key, mode, station, holder, since, slot, share_key = msgpack.unpackb(data, raw=False)
+        if version != RECORD_VERSION:
+            raise ValueError(f"record version {version}")
+        client_id, program, user, host = holder
+        sess = Session(
+            handle, ItemKey(*key), AccessMode(mode), Station(*station),
+            Holder.network(client_id, program=program, user=user, host=host), since,
+        )
+        slot_text = slot.decode() if isinstance(slot, bytes) else slot
+        return sess, slot_text, share_key
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise LicentiaError(ErrorCode.WRONG_CONTENT, f"the TMR seat record of handle {handle} is damaged: {exc}") from None
+
+
+def _unknown_session(handle: int) -> Session:
+    return Session(handle, ItemKey("", 0, 1), AccessMode.PER_ACCESS, Station(""), Holder.network("?"), 0.0)
+
+
+def _lease_gone(client_id: str) -> LicentiaError:
+    return LicentiaError(
+        ErrorCode.INVALID_HANDLE,
+        f"client {client_id!r} has no lease in the TMR seat store (it fell silent for longer than its timeout)",
+        "open the client again and access the license again",
+    )
