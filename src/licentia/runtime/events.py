@@ -9,7 +9,7 @@ from typing import Any
 
 from licentia.core.seats import Event
 from licentia.model import ErrorCode, LicentiaError
-from licentia.runtime.tokens import REMOVED
+from licentia.runtime.external import REMOVED
 from licentia.runtime.usagelog import UsageLog
 
 GONE_MEMORY = 10_000  # freed handles remembered to tell their programs why
