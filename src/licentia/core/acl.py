@@ -431,7 +431,7 @@ class AccessList:
         return out
 
 
-EMPTY = AccessList(enabled=False)
+EMPTY = AccessList()
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -453,7 +453,7 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
     for a second handle sharing a station's seat, nor for mode none)."""
     if quantity is not None and held.total >= quantity:
         return _refused(ErrorCode.NO_MORE_LICENSES, Refusal.NO_SEATS, None,
-                        f"all {quantity} seat{_s(quantity)} of {key} are in use")
+                        f"all {quantity} seat{_s(quantity)} of {_item(key)} are in use")
     if not acl.enabled:
         return GRANT_FREE
     scopes = acl.scopes_for(key)
@@ -474,11 +474,11 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
         if denies:
             r = denies[0]
             return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.DENIED, r.name,
-                            f"{r.describe()} refuses {_who(who)} access to {key}")
+                            f"{r.describe()} refuses {_who(who)} access to {_item(key)}")
         if unknown:
             r = unknown[0]
             return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.DIRECTORY, r.name,
-                            f"{r.describe()} may refuse {_who(who)} access to {key} and the directory "
+                            f"{r.describe()} may refuse {_who(who)} access to {_item(key)} and the directory "
                             f"could not be asked for the user's groups; try again when it answers")
         if rules:
             deciding = rules[0]
@@ -489,7 +489,7 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
             where = next(ix.scope for ix in scopes if ix.default is not None)
             return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.DENIED, "default",
                             f"no rule at {', '.join(str(ix.scope) for ix in scopes)} allows {_who(who)}, and "
-                            f"the default action at {where} is deny (access to {key})")
+                            f"the default action at {where} is deny (access to {_item(key)})")
 
     # 2. maxima of every matching allowing rule, at every covering scope
     counted = tuple(dict.fromkeys(r.name for r in all_matching if r.limit is not None))
@@ -499,7 +499,7 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
         if held.by_limit.get(name, 0) >= r.limit:
             return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.LIMIT, name,
                             f"{r.describe()}: all {r.limit} seat{_s(r.limit)} it allows are held; "
-                            f"{_who(who)} cannot take another seat of {key}")
+                            f"{_who(who)} cannot take another seat of {_item(key)}")
 
     # 3. seats: a reserved seat of a matching rule, else a free seat
     if quantity is None:
@@ -531,12 +531,17 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
     owners = [acl.rule(n) for n, k in reserve.items() if k > held.by_charge.get(n, 0)]
     named = "; ".join(f"{reserve[r.name] - held.by_charge.get(r.name, 0)} for {r.describe()}" for r in owners)
     return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.RESERVED, owners[0].name if owners else None,
-                    f"the {left} seat{_s(left)} of {key} still free {'are' if left != 1 else 'is'} reserved: "
+                    f"the {left} seat{_s(left)} of {_item(key)} still free {'are' if left != 1 else 'is'} reserved: "
                     f"{named}; {_who(who)} matches none of these rules")
 
 
 def _refused(code: ErrorCode, why: Refusal, rule: str | None, message: str) -> Decision:
     return Decision(False, None, (), rule, code, why, message)
+
+
+def _item(key: ItemKey) -> str:
+    text = f"product {key.firm_code}:{key.product_code}"
+    return f"{text} in container {key.container}" if key.container else text
 
 
 def _s(n: int) -> str:
