@@ -15,6 +15,8 @@ needs=(
   "chromium chromium"
   "chromedriver chromium-driver"
   "gcc gcc"
+  "slapd|/usr/sbin/slapd slapd"
+  "ldapadd ldap-utils"
 )
 # the C compiler and the Python headers build the compiled license path (scripts/build_native.py)
 py_include=$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)

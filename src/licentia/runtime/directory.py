@@ -27,6 +27,7 @@ Every lookup is bounded by `timeout` (connect and each answer).
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -115,11 +116,13 @@ def lookup_groups(config: DirectoryConfig, user: str) -> frozenset[str]:
     name = plain_user(user)
     if not name:
         return frozenset()
-    servers = [ldap3.Server(u, connect_timeout=config.timeout, get_info=ldap3.NONE) for u in config.url.split()]
+    # ldap3 packs the receive timeout into a socket option as a whole number of seconds
+    timeout = max(1, math.ceil(config.timeout))
+    servers = [ldap3.Server(u, connect_timeout=timeout, get_info=ldap3.NONE) for u in config.url.split()]
     pool: Any = servers[0] if len(servers) == 1 else ldap3.ServerPool(servers, ldap3.FIRST, active=1, exhaust=True)
     try:
         conn = ldap3.Connection(pool, user=config.bind_dn or None, password=config.password or None,
-                                receive_timeout=config.timeout, read_only=True, raise_exceptions=True)
+                                receive_timeout=timeout, read_only=True, raise_exceptions=True)
         try:
             if config.start_tls:
                 conn.open()
