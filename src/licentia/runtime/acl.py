@@ -17,9 +17,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from licentia.core.acl import EMPTY, AccessList, from_document, to_toml
+from licentia.core.acl import (
+    EMPTY,
+    AccessList,
+    Decision,
+    Held,
+    Identity,
+    decide,
+    from_document,
+    to_toml,
+)
+from licentia.core.seats import (
+    Event,
+    EventKind,
+    Grant,
+    Holder,
+    ItemKey,
+    SeatRefused,
+    SeatTable,
+    Session,
+    Station,
+)
 from licentia.fsutil import atomic_write
-from licentia.model import ErrorCode, LicentiaError
+from licentia.model import AccessMode, ErrorCode, LicentiaError
+from licentia.runtime.directory import Directory
 
 FILE_NAME = "acl.toml"
 MAX_BYTES = 16 << 20
@@ -123,3 +144,133 @@ def change_note(acl: AccessList, path: Path) -> dict[str, Any]:
     except OSError:
         digest = ""
     return {"event": "acl-changed", "rules": len(acl.rules), "enabled": acl.enabled, "sha256": digest}
+
+
+# -- the runtime's side: one object to call on every access and release --------------------
+
+
+class AccessGate:
+    """The access list applied to a seat table: the runtime asks `check` before
+    `SeatTable.access`, then tells `granted` about the grant and `released` about every
+    release event. It keeps, per item, which rule each held seat was charged to.
+
+    Seats are charged per handle (per-access, exclusive) or per station (per-station: the
+    first handle takes the seat, the last one to go frees it)."""
+
+    def __init__(self, path: Path, directory: Directory | None = None) -> None:
+        self.file = AclFile(path)
+        self.file.current()
+        self.directory = directory
+        self._held: dict[ItemKey, Held] = {}
+        # seat -> (item, charge, counted, handles sharing it); a seat is a handle or (item, station)
+        self._seats: dict[object, list[Any]] = {}
+
+    @property
+    def acl(self) -> AccessList:
+        return self.file.acl
+
+    def reload(self) -> dict[str, Any] | None:
+        """Call from housekeeping: re-reads acl.toml when it changed; the usage-log entry
+        to write (`UsageLog.note`), or None."""
+        return self.file.reload()
+
+    def groups(self, key: ItemKey, user: str, now_mono: float) -> frozenset[str] | None:
+        """The user's directory groups, asked only when a group rule covers `key`
+        (blocking on a cache miss: see `groups_async`)."""
+        if self.directory is None or not self.acl.needs_groups(key):
+            return frozenset()
+        return self.directory.groups(user, now_mono)
+
+    async def groups_async(self, key: ItemKey, user: str, now_mono: float) -> frozenset[str] | None:
+        if self.directory is None or not self.acl.needs_groups(key):
+            return frozenset()
+        return await self.directory.groups_async(user, now_mono)
+
+    def check(self, seats: SeatTable, *, key: ItemKey, quantity: int | None, mode: AccessMode, station: Station,
+              holder: Holder, address: str, groups: frozenset[str] | None, now: float) -> Decision | None:
+        """Before `seats.access(...)`: None when the access takes no new seat (nothing to
+        decide); the decision when it does. A refusal raises `SeatRefused` with its denial
+        event, as the seat table's own refusals do (the runtime logs `exc.event`)."""
+        acl = self.file.acl
+        if (not acl.rules and not acl.defaults) or not acl.enabled or not seats.takes_seat(key, mode, station):
+            return None
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = Held()
+        who = Identity(holder.user, holder.host, address, groups)
+        d = decide(acl, key, who, None if quantity is not None and quantity < 1 else quantity, held, now)
+        if d.granted:
+            return d
+        code = d.code if d.code is not None else ErrorCode.ACCESS_LIST_DENIED
+        event = Event(EventKind.DENY, now, key, mode, station, holder, None, seats.used(key), None, code)
+        raise SeatRefused(code, d.message, event)
+
+    def granted(self, grant: Grant, decision: Decision | None) -> dict[str, Any] | None:
+        """After `seats.access(...)` granted (with what `check` returned, None included):
+        charge the seat. Returns the fields to add to
+        the grant's usage-log line (`UsageLog.record(ev, extra)`) when the seat was charged
+        to a rule, else None (log the event as before)."""
+        s = grant.session
+        if s.mode is AccessMode.PER_STATION:
+            seat: object = (s.key, s.station)
+            entry = self._seats.get(seat)
+            if entry is not None:
+                entry[3] += 1
+                return None
+        else:
+            seat = s.handle
+        if not grant.new_seat:
+            return None
+        # every seat is counted, also those taken with no list in force: the next
+        # decision needs all seats of the item
+        charge, counted = (decision.charge, decision.counted) if decision is not None else (None, ())
+        held = self._held.get(s.key)
+        if held is None:
+            held = self._held[s.key] = Held()
+        held.take(charge, counted)
+        self._seats[seat] = [s.key, charge, counted, 1]
+        return {"charge": charge} if charge is not None else None
+
+    def released(self, event: Event) -> None:
+        """For every release event (program, reaped, timeout, admin)."""
+        if event.kind is not EventKind.RELEASE:
+            return
+        seat: object = (event.key, event.station) if event.mode is AccessMode.PER_STATION else event.handle
+        entry = self._seats.get(seat)
+        if entry is None:
+            return
+        entry[3] -= 1
+        if entry[3] > 0:
+            return
+        del self._seats[seat]
+        held = self._held.get(entry[0])
+        if held is not None:
+            held.give_back(entry[1], entry[2])
+
+    def rebuild(self, sessions: list[Session], now: float,
+                groups_of: Callable[[str], frozenset[str] | None] | None = None) -> None:
+        """After a restart (`SeatTable.restore`): charge the restored seats again, in handle
+        order, as the list decides now, with the groups `groups_of(user)` gives (None:
+        unknown). The address of a restored network client is not known: subnet and
+        address rules do not match it. Seats the list would refuse now stay held, charged
+        to the free pool."""
+        self._held.clear()
+        self._seats.clear()
+        for s in sorted(sessions, key=lambda x: x.handle):
+            if s.mode is AccessMode.NONE:
+                continue
+            key = s.key
+            held = self._held.setdefault(key, Held())
+            if s.mode is AccessMode.PER_STATION and (key, s.station) in self._seats:
+                self._seats[(key, s.station)][3] += 1
+                continue
+            groups = groups_of(s.holder.user) if groups_of is not None else None
+            d = decide(self.acl, key, Identity(s.holder.user, s.holder.host, "", groups), None, held, now)
+            charge, counted = (d.charge, d.counted) if d.granted else (None, ())
+            held.take(charge, counted)
+            seat: object = (key, s.station) if s.mode is AccessMode.PER_STATION else s.handle
+            self._seats[seat] = [key, charge, counted, 1]
+
+    def held(self, key: ItemKey) -> Held:
+        """The seats of `key` held under the list (for status pages and `acl check`)."""
+        return self._held.get(key) or Held()
