@@ -38,7 +38,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from licentia.core.seats import ItemKey
 from licentia.model import ErrorCode, LicentiaError
@@ -219,25 +219,60 @@ class Identity:
     groups: frozenset[str] | None = frozenset()
 
 
+class _Probe(NamedTuple):
+    """What the indexes are asked with: the client's identity, prepared once per decision."""
+
+    user: str
+    host: str
+    short: str  # the host name's first label ("" when the name has none)
+    number: int  # the address as a number (-1: none)
+    version: int
+    groups: tuple[str, ...] | None
+
+
+_probes: dict[Identity, _Probe] = {}
+
+
+def _probe(who: Identity) -> _Probe:
+    p = _probes.get(who)
+    if p is None:
+        host = who.host.strip().casefold()
+        short = host.split(".", 1)[0]
+        addr = _ip(who.address)
+        p = _Probe(who.user.strip().casefold(), host, short if short != host else "",
+                   int(addr) if addr is not None else -1, addr.version if addr is not None else 0,
+                   None if who.groups is None else tuple(g.strip().casefold() for g in who.groups))
+        if len(_probes) > 4096:
+            _probes.clear()
+        _probes[who] = p
+    return p
+
+
+_NO_RULES: list[Rule] = []
+
+
 class _Index:
     """The rules of one scope, indexed by what they match."""
 
-    __slots__ = ("addresses", "anyone", "default", "groups", "has_groups", "hosts", "prefixes", "rules",
-                 "scope", "users")
+    __slots__ = ("addresses", "anyone", "default", "expiring", "group_denies", "groups", "has_groups", "hosts",
+                 "prefixes", "reserving", "rules", "scope", "users")
 
     def __init__(self, scope: Scope, rules: Sequence[tuple[int, Rule]], default: Action | None) -> None:
         self.scope = scope
         self.default = default
-        self.rules = rules
+        self.rules = [r for _o, r in rules]
         self.users: dict[str, list[int]] = {}
         self.hosts: dict[str, list[int]] = {}
-        self.addresses: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, list[int]] = {}
+        self.addresses: dict[tuple[int, int], list[int]] = {}  # (version, number) -> rules
         self.groups: dict[str, list[int]] = {}
         self.anyone: list[int] = []
-        # prefix length and version -> network -> rules
-        self.prefixes: dict[tuple[int, int], dict[Any, list[int]]] = {}
+        # (version, bits to drop) -> network number >> bits -> rules
+        self.prefixes: dict[tuple[int, int], dict[int, list[int]]] = {}
         self.has_groups = False
-        for i, (_order, r) in enumerate(rules):
+        self.expiring = any(r.expires is not None for r in self.rules)
+        self.reserving = [r for r in self.rules if r.reserve]
+        self.group_denies = [r for r in self.rules if r.match is Match.GROUP and r.action is Action.DENY]
+        for i, r in enumerate(self.rules):
             if r.match is Match.ANYONE:
                 self.anyone.append(i)
             for v in r.values:
@@ -248,51 +283,76 @@ class _Index:
                     self.has_groups = True
                     self.groups.setdefault(v.casefold(), []).append(i)
                 elif r.match is Match.HOST:
-                    try:
-                        self.addresses.setdefault(ipaddress.ip_address(v), []).append(i)
-                    except ValueError:
+                    addr = _ip(v)
+                    if addr is not None:
+                        self.addresses.setdefault((addr.version, int(addr)), []).append(i)
+                    else:
                         self.hosts.setdefault(v.casefold(), []).append(i)
                 elif r.match is Match.SUBNET:
                     net = ipaddress.ip_network(v, strict=False)
-                    self.prefixes.setdefault((net.version, net.prefixlen), {}).setdefault(
-                        net.network_address, []).append(i)
+                    shift = net.max_prefixlen - net.prefixlen
+                    self.prefixes.setdefault((net.version, shift), {}).setdefault(
+                        int(net.network_address) >> shift, []).append(i)
 
-    def matching(self, who: Identity, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
-                 now: float) -> tuple[list[Rule], list[Rule]]:
+    def matching(self, p: _Probe, now: float) -> tuple[list[Rule], list[Rule]]:
         """(matching rules in list order, group deny rules that could not be checked)."""
-        hits: set[int] = set(self.anyone)
-        if who.user:
-            hits.update(self.users.get(who.user.casefold(), ()))
-        if who.host:
-            host = who.host.casefold()
-            hits.update(self.hosts.get(host, ()))
-            short = host.split(".", 1)[0]
-            if short != host:
-                hits.update(self.hosts.get(short, ()))
-        if address is not None:
-            hits.update(self.addresses.get(address, ()))
-            for (version, length), nets in self.prefixes.items():
-                if version == address.version:
-                    net = ipaddress.ip_network((address, length), strict=False)
-                    hits.update(nets.get(net.network_address, ()))
-        unknown: list[Rule] = []
+        found: list[int] = []
+        if self.anyone:
+            found += self.anyone
+        if p.user and self.users:
+            hit = self.users.get(p.user)
+            if hit:
+                found += hit
+        if p.host and self.hosts:
+            hit = self.hosts.get(p.host)
+            if hit:
+                found += hit
+            if p.short:
+                hit = self.hosts.get(p.short)
+                if hit:
+                    found += hit
+        if p.number >= 0:
+            if self.addresses:
+                hit = self.addresses.get((p.version, p.number))
+                if hit:
+                    found += hit
+            for (version, shift), nets in self.prefixes.items():
+                if version == p.version:
+                    hit = nets.get(p.number >> shift)
+                    if hit:
+                        found += hit
+        unknown = _NO_RULES
         if self.has_groups:
-            if who.groups is None:
-                unknown = [r for _o, r in self.rules if r.match is Match.GROUP and r.action is Action.DENY
-                           and _live(r, now)]
+            if p.groups is None:
+                unknown = [r for r in self.group_denies if _live(r, now)]
             else:
-                for g in who.groups:
-                    hits.update(self.groups.get(g.casefold(), ()))
-        rules = [self.rules[i][1] for i in sorted(hits)]
-        return [r for r in rules if _live(r, now)], unknown
+                for g in p.groups:
+                    hit = self.groups.get(g)
+                    if hit:
+                        found += hit
+        if not found:
+            return _NO_RULES, unknown
+        rules = self.rules
+        matched = [rules[i] for i in (sorted(set(found)) if len(found) > 1 else found)]
+        if self.expiring:
+            matched = [r for r in matched if _live(r, now)]
+        return matched, unknown
+
+
+class _Covering(NamedTuple):
+    """The scopes that cover one item, most specific first, and what they hold."""
+
+    scopes: tuple[_Index, ...]
+    reserving: tuple[Rule, ...]
+    has_groups: bool
+    expiring: bool
 
 
 def _live(rule: Rule, now: float) -> bool:
     return rule.expires is None or now < rule.expires
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The answer of `decide`. Granted: `charge` is the rule the seat is charged to (None:
     the free pool) and `counted` the rules whose maximum counts it; give both to
     `Held.take` once the seat table has taken the seat. Refused: `code`, `refusal`, `rule`
@@ -366,8 +426,9 @@ class AccessList:
     rules: tuple[Rule, ...] = ()
     defaults: Mapping[Scope, Action] = field(default_factory=dict)
     enabled: bool = True
-    _cache: dict[tuple[str, int, int], tuple[_Index, ...]] = field(default_factory=dict, repr=False,
-                                                                     compare=False)
+    _cache: dict[tuple[str, int, int], _Covering] = field(default_factory=dict, repr=False, compare=False)
+    _allot: dict[tuple[str, int, int, int], tuple[dict[str, int], int]] = field(default_factory=dict, repr=False,
+                                                                              compare=False)
     _by_scope: dict[Scope, _Index] = field(default_factory=dict, repr=False, compare=False)
     _by_name: dict[str, Rule] = field(default_factory=dict, repr=False, compare=False)
 
@@ -392,27 +453,58 @@ class AccessList:
             raise LicentiaError(ErrorCode.ENTRY_NOT_FOUND, f"no rule is named {name!r}",
                                 "see the rules with `licentia acl list`") from None
 
-    def scopes_for(self, key: ItemKey) -> tuple[_Index, ...]:
-        """The indexed scopes that cover `key`, most specific first."""
+    def covering(self, key: ItemKey) -> _Covering:
         ck = (key.container, key.firm_code, key.product_code)
         found = self._cache.get(ck)
         if found is None:
             candidates = (Scope(Level.PRODUCT, firm=key.firm_code, product=key.product_code),
                           Scope(Level.FIRM, firm=key.firm_code),
                           Scope(Level.CONTAINER, container=key.container), SERVER)
-            found = tuple(self._by_scope[s] for s in candidates if s in self._by_scope)
+            scopes = tuple(self._by_scope[s] for s in candidates if s in self._by_scope)
+            found = _Covering(scopes, tuple(r for ix in scopes for r in ix.reserving),
+                              any(ix.has_groups for ix in scopes), any(ix.expiring for ix in scopes))
             if len(self._cache) > 65536:
                 self._cache.clear()
             self._cache[ck] = found
         return found
 
+    def scopes_for(self, key: ItemKey) -> tuple[_Index, ...]:
+        """The indexed scopes that cover `key`, most specific first."""
+        return self.covering(key).scopes
+
     def needs_groups(self, key: ItemKey) -> bool:
         """Whether a group rule covers `key`: only then must the runtime ask the directory."""
-        return self.enabled and any(ix.has_groups for ix in self.scopes_for(key))
+        return self.enabled and self.covering(key).has_groups
 
     def reserved(self, key: ItemKey, now: float) -> list[Rule]:
         """The live reserving rules that cover `key`, most specific scope first."""
-        return [r for ix in self.scopes_for(key) for _o, r in ix.rules if r.reserve and _live(r, now)]
+        cover = self.covering(key)
+        if not cover.expiring:
+            return list(cover.reserving)
+        return [r for r in cover.reserving if _live(r, now)]
+
+    def allotment(self, key: ItemKey, quantity: int, now: float) -> tuple[dict[str, int], int]:
+        """The seats of `key` reserved per rule (reservations are honoured in list order
+        until the seats run out) and the free seats left."""
+        cover = self.covering(key)
+        ak = (key.container, key.firm_code, key.product_code, quantity)
+        if not cover.expiring:
+            found = self._allot.get(ak)
+            if found is not None:
+                return found
+        room = quantity
+        reserve: dict[str, int] = {}
+        for r in self.reserved(key, now):
+            if r.name in reserve:
+                continue
+            n = min(r.reserve, room)
+            reserve[r.name] = n
+            room -= n
+        if not cover.expiring:
+            if len(self._allot) > 65536:
+                self._allot.clear()
+            self._allot[ak] = (reserve, room)
+        return reserve, room
 
     def check(self, quantities: Mapping[ItemKey, int | None]) -> list[str]:
         """Warnings about the list against the items served (reservations beyond the
@@ -421,7 +513,7 @@ class AccessList:
         for key, quantity in quantities.items():
             if quantity is None:
                 continue
-            total = sum(r.reserve for ix in self.scopes_for(key) for _o, r in ix.rules)
+            total = sum(r.reserve for r in self.covering(key).reserving)
             if total > quantity:
                 out.append(f"{key}: {total} seats are reserved but the item has {quantity}; "
                            f"reservations are honoured in list order until the seats run out")
@@ -456,21 +548,23 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
                         f"all {quantity} seat{_s(quantity)} of {_item(key)} are in use")
     if not acl.enabled:
         return GRANT_FREE
-    scopes = acl.scopes_for(key)
+    cover = acl.covering(key)
+    scopes = cover.scopes
     if not scopes:
         return GRANT_FREE
-    address = _ip(who.address)
+    probe = _probe(who)
 
     # 1. allowed? the most specific scope with a matching rule decides; deny wins there
     deciding: Rule | None = None
     allowed_by: list[Rule] = []
     all_matching: list[Rule] = []
     for ix in scopes:
-        rules, unknown = ix.matching(who, address, now)
-        all_matching.extend(r for r in rules if r.action is Action.ALLOW)
+        rules, unknown = ix.matching(probe, now)
+        if rules:
+            all_matching.extend(r for r in rules if r.action is Action.ALLOW)
         if deciding is not None:
             continue
-        denies = [r for r in rules if r.action is Action.DENY]
+        denies = [r for r in rules if r.action is Action.DENY] if rules else rules
         if denies:
             r = denies[0]
             return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.DENIED, r.name,
@@ -492,12 +586,12 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
                             f"the default action at {where} is deny (access to {_item(key)})")
 
     # 2. maxima of every matching allowing rule, at every covering scope
-    counted = tuple(dict.fromkeys(r.name for r in all_matching if r.limit is not None))
-    for name in counted:
-        r = acl.rule(name)
+    limited = [r for r in all_matching if r.limit is not None] if all_matching else all_matching
+    counted = tuple(dict.fromkeys(r.name for r in limited)) if limited else ()
+    for r in limited:
         assert r.limit is not None
-        if held.by_limit.get(name, 0) >= r.limit:
-            return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.LIMIT, name,
+        if held.by_limit.get(r.name, 0) >= r.limit:
+            return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.LIMIT, r.name,
                             f"{r.describe()}: all {r.limit} seat{_s(r.limit)} it allows are held; "
                             f"{_who(who)} cannot take another seat of {_item(key)}")
 
@@ -505,17 +599,9 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
     if quantity is None:
         charge = next((r.name for r in allowed_by if r.counts), None)
         return Decision(True, charge, counted, deciding.name if deciding else None)
-    reserving = acl.reserved(key, now)
-    # reservations are honoured in list order until the seats run out
-    room = quantity
-    reserve: dict[str, int] = {}
-    for r in reserving:
-        if r.name in reserve:
-            continue
-        n = min(r.reserve, room)
-        reserve[r.name] = n
-        room -= n
-    free_capacity = room
+    if not cover.reserving and not held.by_charge.keys() - {None} and not all_matching:
+        return Decision(True, None, counted, deciding.name if deciding else None)
+    reserve, free_capacity = acl.allotment(key, quantity, now)
     free_used = held.by_charge.get(None, 0)
     for pool, count in held.by_charge.items():
         if pool is not None:
