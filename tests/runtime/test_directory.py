@@ -101,3 +101,40 @@ def test_acl_check_asks_the_directory(ldap: Slapd, tmp_path: Path) -> None:
     erin = cli("acl", "check", "--firm", "10001", "--product", "7", "--quantity", "2", "--user", "erin",
                "--directory")
     assert erin.returncode == 2 and "error 1300" in erin.stderr and 'rule "engineers"' in erin.stderr
+
+
+def test_groups_async_answers_from_the_cache_or_a_thread(ldap: Slapd) -> None:
+    import asyncio
+
+    d = Directory(config(ldap))
+    assert asyncio.run(d.groups_async("bob", 0.0)) == {"development"} and d.lookups == 1
+    assert asyncio.run(d.groups_async("bob", 1.0)) == {"development"} and d.lookups == 1
+
+
+def test_report_usage_per_directory_group(ldap: Slapd, tmp_path: Path) -> None:
+    from licentia.core.seats import Event, EventKind, Holder, ReleaseReason, Station
+    from licentia.crypto import new_signing_key
+    from licentia.model import AccessMode
+    from licentia.runtime.usagelog import UsageLog
+
+    home = tmp_path / "home"
+    log = UsageLog(home / "logs" / "usage.jsonl", new_signing_key())
+    key = ItemKey("130-1", 10001, 7)
+    t, used = 1767225600.0, 0
+    for handle, user in enumerate(["alice", "bob", "carol", "carol", "erin"], 1):
+        h = Holder.network(f"c-{user}", user=user, host="pc")
+        used += 1
+        log.record(Event(EventKind.GRANT, t + handle, key, AccessMode.PER_ACCESS, Station("pc"), h, handle, used))
+        used -= 1
+        log.record(Event(EventKind.RELEASE, t + handle + 3600, key, AccessMode.PER_ACCESS, Station("pc"), h, handle,
+                         used, ReleaseReason.PROGRAM))
+    log.close()
+    (home / "runtime.toml").write_text(f'[directory]\nurl = "{ldap.url}"\nbase = "{SUFFIX}"\n')
+    done = subprocess.run([sys.executable, "-m", "licentia.cli.main", "--home", str(home), "report", "usage",
+                           "--by-group"], env=base_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.split("use per directory group")[1].splitlines()
+            if line and not line.startswith(("(", " ", "GROUP"))}
+    assert rows["engineering"] == ["1", "2", "2.0"] and rows["staff"] == ["1", "2", "2.0"]
+    assert rows["support"] == ["1", "1", "1.0"] and rows["development"] == ["1", "1", "1.0"]
+    assert "(no group)" in done.stdout

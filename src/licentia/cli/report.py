@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             r.add_argument("--interval", help="interval of the time table: 1h, 6h, 1d, 1w, 30d "
                                               "(default: what gives at most 60 rows)")
             r.add_argument("--top", type=int, default=15, help="rows per user, host and rule table")
+            r.add_argument("--by-group", action="store_true",
+                           help="also use per directory group (asks the [directory] of runtime.toml for "
+                                "each user's groups)")
         if name == "denials":
             r.add_argument("--window", default="5m",
                            help="a denial is true unless the same user got the product within this time "
@@ -188,8 +191,44 @@ def cmd_usage(args: argparse.Namespace) -> int:
         rows = [[title.upper(), "GRANTS", "PEAK", "SEAT-HOURS"]]
         rows += [[name, t.grants, t.peak, _hours(t.seconds)] for name, t in top(table, args.top)]
         _table(rows, right=(1, 2, 3))
+    if args.by_group:
+        _by_group(args, usage)
     _csv(args.csv, series)
     return 0
+
+
+def _by_group(args: argparse.Namespace, usage: Usage) -> None:
+    import time
+
+    from licentia.core.usage import text
+    from licentia.runtime import config
+    from licentia.runtime.directory import Directory, DirectoryConfig
+
+    home = home_from(args)
+    settings = DirectoryConfig.from_settings(config.build(home), home)
+    if settings is None:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--by-group needs a directory: runtime.toml sets no "
+                            "[directory] url", "docs/admin.md shows how to name the LDAP or Active Directory server")
+    directory = Directory(settings)
+    groups: dict[str, list[float]] = {}  # group -> [users, grants, seconds]
+    unknown = 0
+    for raw, t in usage.per_user.items():
+        found = directory.groups(text(raw), time.monotonic())
+        if found is None:
+            unknown += 1
+            found = frozenset({"(directory did not answer)"})
+        for g in found or {"(no group)"}:
+            row = groups.setdefault(g, [0, 0, 0.0])
+            row[0] += 1
+            row[1] += t.grants
+            row[2] += t.seconds
+    print(f"\nuse per directory group (a user in several groups counts in each; {len(usage.per_user)} users):")
+    rows: list[list[object]] = [["GROUP", "USERS", "GRANTS", "SEAT-HOURS"]]
+    for g, (users, grants, seconds) in sorted(groups.items(), key=lambda kv: -kv[1][2])[: args.top]:
+        rows.append([g, int(users), int(grants), _hours(seconds)])
+    _table(rows, right=(1, 2, 3))
+    if unknown:
+        print(f"the directory did not answer for {unknown} user{'s' if unknown != 1 else ''}: {directory.last_error}")
 
 
 def cmd_denials(args: argparse.Namespace) -> int:
