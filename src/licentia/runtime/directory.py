@@ -140,26 +140,26 @@ def lookup_groups(config: DirectoryConfig, user: str) -> frozenset[str]:
             names: set[str] = set()
             seen: set[str] = set()
             if config.nested == "in-chain":
-                conn.search(config.base, f"(member:{IN_CHAIN}:={esc_dn})", attributes=["cn"], paged_size=500)
-                return frozenset(_cns(conn.entries))
+                return frozenset(cn for _dn, cn in _groups(conn, config.base, f"(member:{IN_CHAIN}:={esc_dn})") if cn)
             direct = {str(v).casefold(): str(v) for v in attrs.get("memberOf", [])}
-            conn.search(config.base,
-                        f"(|(member={esc_dn})(uniqueMember={esc_dn})(memberUid={escape_filter_chars(uid)}))",
-                        attributes=["cn"], paged_size=500)
-            level = _collect(conn.entries, names, seen)
+            level = _collect(_groups(conn, config.base, f"(|(member={esc_dn})(uniqueMember={esc_dn})"
+                                                         f"(memberUid={escape_filter_chars(uid)}))"), names, seen)
             for dn in direct.values():
                 if dn.casefold() not in seen:
                     seen.add(dn.casefold())
                     level.append(dn)
                     conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["cn"])
-                    names.update(_cns(conn.entries))
+                    names.update(str(e.entry_attributes_as_dict["cn"][0]) for e in conn.entries
+                                 if e.entry_attributes_as_dict.get("cn"))
             depth = 0
             while level and config.nested == "search" and depth < config.max_depth:
                 depth += 1
-                terms = "".join(f"(member={escape_filter_chars(dn)})(uniqueMember={escape_filter_chars(dn)})"
-                                for dn in level[:200])
-                conn.search(config.base, f"(|{terms})", attributes=["cn"], paged_size=500)
-                level = _collect(conn.entries, names, seen)
+                above: list[str] = []
+                for i in range(0, len(level), 100):  # the groups that have these as members, 100 at a time
+                    terms = "".join(f"(member={escape_filter_chars(dn)})(uniqueMember={escape_filter_chars(dn)})"
+                                    for dn in level[i:i + 100])
+                    above += _collect(_groups(conn, config.base, f"(|{terms})"), names, seen)
+                level = above
             return frozenset(names)
         finally:
             conn.unbind()
@@ -169,23 +169,26 @@ def lookup_groups(config: DirectoryConfig, user: str) -> frozenset[str]:
         raise DirectoryError(f"{config.url}: {exc}") from None
 
 
-def _cns(entries: Iterable[Any]) -> list[str]:
+def _groups(conn: Any, base: str, query: str) -> list[tuple[str, str]]:
+    """(DN, cn) of every entry `query` finds, page by page (Active Directory answers at
+    most 1000 entries per page)."""
     out = []
-    for e in entries:
-        cn = e.entry_attributes_as_dict.get("cn") or []
-        if cn:
-            out.append(str(cn[0]))
+    for e in conn.extend.standard.paged_search(base, query, attributes=["cn"], paged_size=500, generator=True):
+        if e.get("type") != "searchResEntry":
+            continue
+        cn = e.get("attributes", {}).get("cn") or []
+        if isinstance(cn, list):
+            cn = cn[0] if cn else ""
+        out.append((str(e["dn"]), str(cn)))
     return out
 
 
-def _collect(entries: Iterable[Any], names: set[str], seen: set[str]) -> list[str]:
+def _collect(found: Iterable[tuple[str, str]], names: set[str], seen: set[str]) -> list[str]:
     """Add the groups found; the DNs not seen before (the next level to climb)."""
     fresh = []
-    for e in entries:
-        dn = str(e.entry_dn)
-        cn = e.entry_attributes_as_dict.get("cn") or []
+    for dn, cn in found:
         if cn:
-            names.add(str(cn[0]))
+            names.add(cn)
         if dn.casefold() not in seen:
             seen.add(dn.casefold())
             fresh.append(dn)
