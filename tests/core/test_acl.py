@@ -350,3 +350,11 @@ def test_deny_always_wins_over_allow_at_the_same_level(
     acl = AccessList(tuple([deny, *allows] if deny_first else [*allows, deny]))
     d = decide(acl, KEY, Identity("alice", "pc1", "10.2.3.4", frozenset({"staff"})), 5, Held(), 0.0)
     assert not d.granted and d.rule == "deny" and d.refusal is Refusal.DENIED
+
+
+def test_check_warns_of_reservations_beyond_the_quantity_and_scopes_without_items() -> None:
+    acl = with_rule(seed_list(), Rule("lab", Scope.parse("firm 20000"), Action.DENY, Match.ANYONE))
+    warnings = acl.check({KEY: 5, OTHER: None})
+    assert any("7 seats are reserved but the item has 5" in w for w in warnings)
+    assert any("no item served here falls under firm 20000" in w for w in warnings)
+    assert acl.check({KEY: 10}) == ["no item served here falls under firm 20000"]
