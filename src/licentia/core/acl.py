@@ -207,8 +207,7 @@ class Rule:
         return "".join(parts) + ")"
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
     """Who asks, as the runtime established it (never as the client claims it): the user
     name, the host name, the address, and the directory groups (None: the directory could
     not be asked; group rules then match no one, and a deciding group deny refuses)."""
@@ -389,9 +388,11 @@ class Held:
         self.total = 0
 
     def take(self, charge: str | None, counted: Iterable[str] = ()) -> None:
-        self.by_charge[charge] = self.by_charge.get(charge, 0) + 1
-        for name in counted:
-            self.by_limit[name] = self.by_limit.get(name, 0) + 1
+        by_charge = self.by_charge
+        by_charge[charge] = by_charge.get(charge, 0) + 1
+        if counted:
+            for name in counted:
+                self.by_limit[name] = self.by_limit.get(name, 0) + 1
         self.total += 1
 
     def give_back(self, charge: str | None, counted: Iterable[str] = ()) -> None:
@@ -402,7 +403,7 @@ class Held:
             del self.by_charge[charge]
         else:
             self.by_charge[charge] = n - 1
-        for name in counted:
+        for name in counted or ():
             m = self.by_limit.get(name, 0)
             if m <= 1:
                 self.by_limit.pop(name, None)
@@ -587,7 +588,7 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
 
     # 2. maxima of every matching allowing rule, at every covering scope
     limited = [r for r in all_matching if r.limit is not None] if all_matching else all_matching
-    counted = tuple(dict.fromkeys(r.name for r in limited)) if limited else ()
+    counted = tuple(dict.fromkeys([r.name for r in limited])) if limited else ()
     for r in limited:
         assert r.limit is not None
         if held.by_limit.get(r.name, 0) >= r.limit:

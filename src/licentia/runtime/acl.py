@@ -43,6 +43,8 @@ from licentia.model import AccessMode, ErrorCode, LicentiaError
 from licentia.runtime.directory import Directory
 
 FILE_NAME = "acl.toml"
+_PER_STATION = AccessMode.PER_STATION
+_RELEASE = EventKind.RELEASE
 MAX_BYTES = 16 << 20
 
 
@@ -211,7 +213,7 @@ class AccessGate:
         the grant's usage-log line (`UsageLog.record(ev, extra)`) when the seat was charged
         to a rule, else None (log the event as before)."""
         s = grant.session
-        if s.mode is AccessMode.PER_STATION:
+        if s.mode is _PER_STATION:
             seat: object = (s.key, s.station)
             entry = self._seats.get(seat)
             if entry is not None:
@@ -233,9 +235,9 @@ class AccessGate:
 
     def released(self, event: Event) -> None:
         """For every release event (program, reaped, timeout, admin)."""
-        if event.kind is not EventKind.RELEASE:
+        if event.kind is not _RELEASE:
             return
-        seat: object = (event.key, event.station) if event.mode is AccessMode.PER_STATION else event.handle
+        seat: object = (event.key, event.station) if event.mode is _PER_STATION else event.handle
         entry = self._seats.get(seat)
         if entry is None:
             return
