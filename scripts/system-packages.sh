@@ -17,6 +17,8 @@ needs=(
   "gcc gcc"
   "etcd etcd-server"
   "etcdctl etcd-client"
+  "slapd|/usr/sbin/slapd slapd"
+  "ldapadd ldap-utils"
 )
 # the C compiler and the Python headers build the compiled license path (scripts/build_native.py)
 py_include=$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)

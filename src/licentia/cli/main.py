@@ -24,6 +24,8 @@ GROUPS = (
     "licentia.cli.machine",
     "licentia.cli.runtime",
     "licentia.cli.server",
+    "licentia.cli.acl",
+    "licentia.cli.report",
     "licentia.cli.access",
     "licentia.cli.central",
     "licentia.cli.activate",

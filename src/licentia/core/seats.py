@@ -457,6 +457,18 @@ class SeatTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def takes_seat(self, key: ItemKey, mode: AccessMode, station: Station) -> bool:
+        """Whether an access of `key` in `mode` from `station` would take a new seat (the
+        access list is asked only then): not for mode none, nor for a per-station access
+        on a station that already holds the item's seat."""
+        if mode is _NONE:
+            return False
+        if mode is _PER_STATION:
+            item = self._items.get(key)
+            use = item.stations.get(station) if item is not None else None
+            return use is None or use.per_station == 0
+        return True
+
     def used(self, key: ItemKey) -> int:
         """Seats of `key` in use."""
         item = self._items.get(key)

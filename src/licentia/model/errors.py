@@ -115,6 +115,9 @@ class ErrorCode(IntEnum):
     CENTRAL_ERROR = 1212
     CONTAINER_BLACKLISTED = 1213
 
+    # network server administration: access lists, directory (1300-1399)
+    ACCESS_LIST_DENIED = 1300
+
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
@@ -130,6 +133,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.LICENSE_NOT_AVAILABLE: "every license of this ticket is in use; return one first or ask the vendor",
     ErrorCode.CREDENTIAL_INVALID: "the credential file was replaced or revoked; download a new one from the portal",
     ErrorCode.BLACKLIST_INVALID: "the blacklist file is damaged or not signed by this firm; take it from the vendor's release",
+    ErrorCode.ACCESS_LIST_DENIED: "the server's access list keeps this seat from you; ask its administrator (`licentia acl check` shows which rule decides)",
     ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",
     ErrorCode.CONTAINER_BLACKLISTED: "the vendor listed this container as lost or stolen; contact the vendor",
     ErrorCode.FEATURE_MAP_INCOMPATIBLE: "the license does not include this feature; ask the vendor for an upgrade",

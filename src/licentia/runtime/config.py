@@ -124,6 +124,25 @@ SETTINGS: tuple[Setting, ...] = (
             "client URLs of the TMR system's etcd members (the seat store), e.g. http://10.0.0.11:2379"),
     Setting("tmr_front_end_ca", "tmr", "front_end_ca", str, "",
             "CA certificate (PEM) that signed the TMR front ends' client certificates"),
+    Setting("directory_url", "directory", "url", str, "",
+            "LDAP or Active Directory server for the access list's group rules (ldap://host or "
+            "ldaps://host; several, space-separated, tried in order; empty: no directory)"),
+    Setting("directory_base", "directory", "base", str, "",
+            "search base of users and groups (e.g. dc=example,dc=org)"),
+    Setting("directory_bind_dn", "directory", "bind_dn", str, "",
+            "DN to bind as (empty: anonymous)"),
+    Setting("directory_password_file", "directory", "password_file", str, "",
+            "file holding the bind password"),
+    Setting("directory_user_filter", "directory", "user_filter", str, "",
+            "filter that finds a user, {user} replaced (default: uid, sAMAccountName or userPrincipalName)"),
+    Setting("directory_nested", "directory", "nested", str, "search",
+            "nested groups: search (any LDAP server), in-chain (Active Directory) or none"),
+    Setting("directory_ttl", "directory", "ttl", float, 300.0,
+            "seconds a user's groups are cached"),
+    Setting("directory_timeout", "directory", "timeout", float, 3.0,
+            "seconds to wait for the directory (connect, and each answer)"),
+    Setting("directory_start_tls", "directory", "start_tls", bool, False,
+            "upgrade ldap:// connections with StartTLS"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -173,6 +192,15 @@ class RuntimeConfig:
     tmr_role: str = ""
     tmr_etcd: tuple[str, ...] = ()
     tmr_front_end_ca: str = ""
+    directory_url: str = ""
+    directory_base: str = ""
+    directory_bind_dn: str = ""
+    directory_password_file: str = ""
+    directory_user_filter: str = ""
+    directory_nested: str = "search"
+    directory_ttl: float = 300.0
+    directory_timeout: float = 3.0
+    directory_start_tls: bool = False
 
     def check(self) -> RuntimeConfig:
         """Refuse settings that cannot work, with what to change."""
@@ -204,6 +232,12 @@ class RuntimeConfig:
                 _bad(f"{name} must be a positive number of seconds")
         if not 30 <= self.cloud_lease <= 3600:
             _bad(f"cloud lease {self.cloud_lease} s is out of range; use 30 to 3600 seconds")
+        if self.directory_url and not all(u.startswith(("ldap://", "ldaps://")) for u in self.directory_url.split()):
+            _bad(f"directory url {self.directory_url!r} must start with ldap:// or ldaps://")
+        if self.directory_nested not in ("search", "in-chain", "none"):
+            _bad(f"directory nested {self.directory_nested!r} is unknown; use search, in-chain or none")
+        if self.directory_ttl <= 0 or self.directory_timeout <= 0:
+            _bad("directory ttl and timeout must be positive numbers of seconds")
         if self.central_url and not self.central_url.startswith(("http://", "https://")):
             _bad(f"central url {self.central_url!r} must start with http:// or https://")
         if self.tmr_role not in ("", "upstream"):
