@@ -117,7 +117,7 @@ def check_host_name(name: str) -> str:
                 f"host name {name!r} is refused: its part {label[:20]!r}… is too long ({len(label)} characters; "
                 "at most 63 between two dots)",
             )
-        if not _HOST_LABEL.match(label):
+        if not _HOST_LABEL.fullmatch(label):
             raise LicentiaError(
                 ErrorCode.HOST_NAME_INVALID,
                 f"host name {name!r} is refused: host names may use only ASCII letters, digits "

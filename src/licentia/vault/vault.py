@@ -138,7 +138,7 @@ class Entry:
 
 
 def check_label(label: str) -> str:
-    if not _LABEL_RE.match(label) or label.startswith(RESERVED_PREFIX):
+    if not _LABEL_RE.fullmatch(label) or label.startswith(RESERVED_PREFIX):
         raise LicentiaError(
             ErrorCode.INVALID_PARAMETER,
             f"{label!r} is not a usable label",
