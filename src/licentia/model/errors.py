@@ -118,6 +118,9 @@ class ErrorCode(IntEnum):
     # network server administration: access lists, directory (1300-1399)
     ACCESS_LIST_DENIED = 1300
 
+    # the runtime's life and flows (1420-1429)
+    PORT_IN_USE = 1420
+
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
@@ -133,6 +136,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.LICENSE_NOT_AVAILABLE: "every license of this ticket is in use; return one first or ask the vendor",
     ErrorCode.CREDENTIAL_INVALID: "the credential file was replaced or revoked; download a new one from the portal",
     ErrorCode.BLACKLIST_INVALID: "the blacklist file is damaged or not signed by this firm; take it from the vendor's release",
+    ErrorCode.PORT_IN_USE: "stop the other program, or give the runtime another port (`--local-port`, `--network-port`, `--http-port` or runtime.toml; -1 turns the local TCP and HTTP ports off)",
     ErrorCode.ACCESS_LIST_DENIED: "the server's access list keeps this seat from you; ask its administrator (`licentia acl check` shows which rule decides)",
     ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",
     ErrorCode.CONTAINER_BLACKLISTED: "the vendor listed this container as lost or stolen; contact the vendor",

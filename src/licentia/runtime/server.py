@@ -35,7 +35,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from licentia.core.seats import Event, ProcessId, SeatTable
 from licentia.fsutil import atomic_write
@@ -52,6 +52,7 @@ from licentia.runtime.housekeeping import Housekeeping
 from licentia.runtime.ident import Identities
 from licentia.runtime.licenses import Changes, Loaded
 from licentia.runtime.network import NetworkClient
+from licentia.runtime.portuser import in_use
 from licentia.runtime.queries import Queries
 from licentia.runtime.router import Handler, Router
 from licentia.runtime.searchlist import DiscoveryResponder
@@ -59,6 +60,8 @@ from licentia.runtime.sync import CentralSync
 from licentia.runtime.tokens import RuntimeContainers, RuntimeTokens
 from licentia.runtime.usagelog import UsageLog
 from licentia.sdk.proof import station_host_id
+
+_T = TypeVar("_T")
 
 
 class Runtime:
@@ -132,7 +135,12 @@ class Runtime:
         self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
                        "containers": sorted(self.containers.loaded),
                        "sessions": len(self.seats) + len(self.network.remote)})
-        await self._listen()
+        try:
+            await self._listen()
+        except BaseException:
+            await self.stop()  # nothing left behind: listeners, socket file, lock
+            raise
+        self.home.admin_token()  # the file the status page's 401 names exists from the start
         self._write_status()
         hk = self.housekeeping
         self._tasks = [
@@ -240,8 +248,10 @@ class Runtime:
             self._servers.append(server)
             self.ports["socket"] = str(path)
         if config.local_port >= 0:
-            server = await loop.create_server(lambda: Connection(self, "local").protocol(), config.local_address,
-                                              config.local_port, backlog=backlog, reuse_address=True)
+            server = await _bound("the local TCP endpoint", config.local_address, config.local_port, "tcp",
+                                  loop.create_server(lambda: Connection(self, "local").protocol(),
+                                                     config.local_address, config.local_port, backlog=backlog,
+                                                     reuse_address=True))
             self._servers.append(server)
             self.ports["local_port"] = _bound_port(server)
             self.ports["local_address"] = config.local_address
@@ -251,25 +261,30 @@ class Runtime:
             cert, key = server_files(home, config)
             ctx = server_context(cert, key)
             self.certificate_pin = certificate_pin(cert)
-            server = await loop.create_server(lambda: Connection(self, "network").protocol(), config.network_address,
-                                              config.network_port, ssl=ctx, backlog=backlog, reuse_address=True,
-                                              ssl_handshake_timeout=10.0)
+            server = await _bound("the network port", config.network_address, config.network_port, "tcp",
+                                  loop.create_server(lambda: Connection(self, "network").protocol(),
+                                                     config.network_address, config.network_port, ssl=ctx,
+                                                     backlog=backlog, reuse_address=True,
+                                                     ssl_handshake_timeout=10.0))
             self._servers.append(server)
             port = _bound_port(server)
             self.ports["network_port"] = port
             self.ports["network_address"] = config.network_address
             self.ports["certificate_pin"] = self.certificate_pin
             if config.discovery:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: DiscoveryResponder(port, self.host_name),
-                    local_addr=(config.network_address, config.discovery_port), reuse_port=True)
+                transport, _ = await _bound("discovery", config.network_address, config.discovery_port, "udp",
+                                            loop.create_datagram_endpoint(
+                                                lambda: DiscoveryResponder(port, self.host_name),
+                                                local_addr=(config.network_address, config.discovery_port),
+                                                reuse_port=True))
                 self._datagram = transport
                 self.ports["discovery_port"] = transport.get_extra_info("sockname")[1]
         if config.http_port >= 0:
             from licentia.runtime.status import StatusHTTP
 
-            server = await loop.create_server(lambda: StatusHTTP(self.queries), config.http_address,
-                                              config.http_port, reuse_address=True)
+            server = await _bound("the status page (HTTP)", config.http_address, config.http_port, "tcp",
+                                  loop.create_server(lambda: StatusHTTP(self.queries), config.http_address,
+                                                     config.http_port, reuse_address=True))
             self._servers.append(server)
             self.ports["http_port"] = _bound_port(server)
             self.ports["http_address"] = config.http_address
@@ -381,6 +396,18 @@ class Runtime:
 
     def _gone_reply(self, rid: int, handle: int) -> Message:
         return self.events.gone_reply(rid, handle)
+
+
+async def _bound(what: str, address: str, port: int, proto: str, binding: Awaitable[_T]) -> _T:
+    """`binding` awaited; a port another process holds is reported as such (1420, naming
+    the process when /proc shows it), not as an OSError."""
+    try:
+        return await binding
+    except OSError as exc:
+        taken = in_use(exc, what, address, port, proto)
+        if taken is None:
+            raise
+        raise taken from None
 
 
 def _bound_port(server: asyncio.AbstractServer) -> int:

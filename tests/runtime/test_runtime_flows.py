@@ -1,0 +1,69 @@
+"""The runtime's flows as a user meets them, with real processes: a port another program
+holds, the admin token from the start, `access --hold` and an administrator's release,
+the 213 hint, decrements in the usage log, license-gone once, seats freed when their item
+goes, and `update apply` reaching the running runtime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.machine_cli import command
+from tests.runtime.harness import (
+    WAIT,
+    Procs,
+    Runtime,
+    Vendor,
+    base_env,
+    make_home,
+)
+
+from licentia.model import ProductItem
+
+HOLD_PORT = textwrap.dedent("""
+    import socket, sys, time
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    print(s.getsockname()[1], flush=True)
+    time.sleep(3600)
+""")
+
+
+def run(root: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*command(root), "--home", str(home), *args],
+                          env=base_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_a_port_another_program_holds_is_named_and_nothing_is_left_behind(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=7, quantity=1)])
+    holder = procs.spawn([sys.executable, "-c", HOLD_PORT], stdout=subprocess.PIPE)
+    assert holder.stdout is not None
+    port = int(holder.stdout.readline())
+    out = run(root, home, "runtime", "serve", "--local-port", str(port), "--http-port", "-1")
+    assert out.returncode == 2, out.stderr
+    assert f"error 1420 (port in use): the local TCP endpoint: TCP port {port} on 127.0.0.1 is in use by " \
+        in out.stderr, out.stderr
+    assert f"(pid {holder.pid})" in out.stderr and "Traceback" not in out.stderr
+    assert not (home / "runtime.sock").exists() and not (home / "runtime.json").exists()
+    # the same for the status page's port; and the home serves once the port is free
+    out = run(root, home, "runtime", "serve", "--local-port", "0", "--http-port", str(port))
+    assert out.returncode == 2 and f"the status page (HTTP): TCP port {port}" in out.stderr, out.stderr
+    assert not (home / "runtime.sock").exists() and not (home / "runtime.json").exists()
+    holder.kill()
+    holder.wait(WAIT)
+    Runtime(procs, home, root)
+
+
+def test_admin_token_exists_from_the_start(tmp_path: Path, root: Path, vendor: Vendor, procs: Procs) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=7, quantity=1)])
+    Runtime(procs, home, root)
+    token = home / "admin.token"
+    assert token.exists() and len(token.read_text().strip()) >= 32
+    assert token.stat().st_mode & 0o077 == 0
