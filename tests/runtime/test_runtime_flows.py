@@ -67,3 +67,43 @@ def test_admin_token_exists_from_the_start(tmp_path: Path, root: Path, vendor: V
     token = home / "admin.token"
     assert token.exists() and len(token.read_text().strip()) >= 32
     assert token.stat().st_mode & 0o077 == 0
+
+
+def _hold(procs: Procs, root: Path, home: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`licentia access … --hold 600` in the background; returns it and its handle."""
+    proc = procs.spawn([*command(root), "--home", str(home), "access", *args, "--hold", "600"],
+                       env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    assert line.startswith("granted handle "), (line, proc.stderr.read().decode() if proc.stderr else "")
+    return proc, int(line.split()[2].rstrip(":"))
+
+
+def test_access_hold_ends_when_an_administrator_releases_it(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=7, quantity=1)])
+    Runtime(procs, home, root)
+    held, handle = _hold(procs, root, home, "--firm-code", str(vendor.firm), "--product-code", "7")
+    out = run(root, home, "release", str(handle))
+    assert out.returncode == 0, out.stderr
+    assert held.wait(WAIT) == 2
+    assert held.stderr is not None
+    err = held.stderr.read().decode()
+    assert f"error 106 (invalid handle): handle {handle} was taken back while held: the license was freed " \
+        "(an administrator released it)" in err, err
+
+
+def test_213_says_which_holder_blocks_an_exclusive_request(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=7, quantity=5)])
+    Runtime(procs, home, root)
+    firm = ("--firm-code", str(vendor.firm), "--product-code", "7")
+    _hold(procs, root, home, *firm, "--mode", "per-station")
+    out = run(root, home, "access", *firm, "--mode", "exclusive", "--hold", "0")
+    assert out.returncode == 2 and "error 213" in out.stderr, out.stderr
+    assert "(1 per-station use(s)); exclusive access needs it alone" in out.stderr, out.stderr
+    assert "where 1 per-station use(s) hold it" in out.stderr and "used exclusively" not in out.stderr

@@ -165,7 +165,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.ENTRY_NOT_FOUND: "no license for this firm and product code was found",
     ErrorCode.CONTAINER_NOT_FOUND: "no container with that serial is known here; check `licentia container list`",
     ErrorCode.NO_MORE_LICENSES: "all licenses are in use; try again later or ask the administrator to free a seat",
-    ErrorCode.EXCLUSIVE_CONFLICT: "the license is already used exclusively on this station",
+    ErrorCode.EXCLUSIVE_CONFLICT: "the license is in use on this station in a way that excludes this request (an exclusive holder, or other uses when exclusive access is asked); wait until it is released",
     ErrorCode.WRONG_PASSPHRASE: "the passphrase does not open the keystore",
     ErrorCode.KEYSTORE_NOT_FOUND: "create one with `licentia vendor init`",
     ErrorCode.LOCAL_ONLY: "this license is for the machine that holds it; it cannot be used over the network",
