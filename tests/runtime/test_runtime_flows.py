@@ -14,10 +14,12 @@ from tests.machine_cli import command
 from tests.runtime.harness import (
     WAIT,
     Procs,
+    Program,
     Runtime,
     Vendor,
     base_env,
     make_home,
+    wait_for,
 )
 
 from licentia.model import ProductItem
@@ -107,3 +109,26 @@ def test_213_says_which_holder_blocks_an_exclusive_request(
     assert out.returncode == 2 and "error 213" in out.stderr, out.stderr
     assert "(1 per-station use(s)); exclusive access needs it alone" in out.stderr, out.stderr
     assert "where 1 per-station use(s) hold it" in out.stderr and "used exclusively" not in out.stderr
+
+
+def test_decrements_are_logged_for_local_and_network_programs(
+    tmp_path: Path, root: Path, other_root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    serial = make_home(home, root, vendor, [ProductItem(product_code=7, quantity=3, units=20)])
+    rt = Runtime(procs, home, root, "--network", "--network-address", "127.0.0.1", "--network-port", "0")
+    opts = {"firm_code": vendor.firm, "product_code": 7, "firm_key": str(vendor.public_file)}
+    local = Program(procs, root, {"LICENTIA_HOME": str(home)}, **opts)
+    assert local.ask("decrement 3") == {"units": 17}
+    remote = Program(procs, other_root, {"LICENTIA_SERVER": rt.network_address,
+                                         "LICENTIA_HOME": str(tmp_path / "program-home")}, **opts)
+    assert remote.first["location"] == "network", remote.first
+    assert remote.ask("decrement 5") == {"units": 12}
+    logged = wait_for("two decrements in the log", lambda: [
+        e for e in rt.usage_log() if e["event"] == "decrement"][1:] and [
+        e for e in rt.usage_log() if e["event"] == "decrement"])
+    first, second = logged
+    assert (first["units"], first["left"], first["pid"], first["handle"], first["container"]) == (
+        3, 17, local.pid, local.first["handle"], serial)
+    assert (second["units"], second["left"], second["handle"]) == (5, 12, remote.first["handle"])
+    assert second["client"] and second.get("pid") is None

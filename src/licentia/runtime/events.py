@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from licentia.core.seats import Event
+from licentia.core.seats import Event, Session
 from licentia.model import ErrorCode, LicentiaError
 from licentia.runtime.external import REMOVED
 from licentia.runtime.usagelog import UsageLog
@@ -46,6 +46,23 @@ class Events:
         for ev in events:
             log.record(ev)
             self.remember(ev)
+
+    def log_decrement(self, sess: Session, units: int, remaining: int | None) -> None:
+        """Log units spent on `sess`'s item (once they are on disk): who spent how many,
+        and how many are left. Only the decrement path pays for it."""
+        log = self.log
+        if log is None:
+            return
+        key, h = sess.key, sess.holder
+        fields: dict[str, Any] = {"event": "decrement", "container": key.container, "firm": key.firm_code,
+                                  "product": key.product_code, "item": key.item_id, "handle": sess.handle,
+                                  "units": units, "left": remaining, "station": str(sess.station),
+                                  "user": h.user, "host": h.host, "program": h.program}
+        if h.process is not None:
+            fields["pid"] = h.process.pid
+        if h.client_id is not None:
+            fields["client"] = h.client_id
+        log.note(fields)
 
     def notify(self, handle: int, event: str) -> None:
         """Tell the program holding `handle` about `event` at its next check()."""

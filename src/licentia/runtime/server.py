@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from licentia.core.seats import Event, ProcessId, SeatTable
+from licentia.core.seats import Event, ProcessId, SeatTable, Session
 from licentia.fsutil import atomic_write
 from licentia.model import AccessMode, Environment, ErrorCode, Fingerprint, LicentiaError
 from licentia.protocol.frames import Message
@@ -386,6 +386,9 @@ class Runtime:
 
     def _log_events(self, events: tuple[Event, ...]) -> None:
         self.events.log_events(events)
+
+    def _log_decrement(self, sess: Session, units: int, remaining: int | None) -> None:
+        self.events.log_decrement(sess, units, remaining)
 
     def _container_changes(self, changes: Changes) -> None:
         self.housekeeping.container_changes(changes)
