@@ -5,10 +5,13 @@ goes, and `update apply` reaching the running runtime."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 from tests.machine_cli import command
 from tests.runtime.harness import (
@@ -19,9 +22,11 @@ from tests.runtime.harness import (
     Vendor,
     base_env,
     make_home,
+    open_container,
     wait_for,
 )
 
+from licentia.core import updates as U
 from licentia.model import ProductItem
 
 HOLD_PORT = textwrap.dedent("""
@@ -132,3 +137,108 @@ def test_decrements_are_logged_for_local_and_network_programs(
         3, 17, local.pid, local.first["handle"], serial)
     assert (second["units"], second["left"], second["handle"]) == (5, 12, remote.first["handle"])
     assert second["client"] and second.get("pid") is None
+
+
+def _update_file(home: Path, root: Path, vendor: Vendor, serial: str, ops: list[U.Operation], path: Path) -> Path:
+    """An update file from the vendor for container `serial`, as `licentia update apply` takes it."""
+    now = int(time.time())
+    content = open_container(home, root, serial).read()
+    request = U.read_request(U.make_request(content, vendor.firm, now, {}))
+    path.write_bytes(U.issue_update(request, vendor.firm, vendor.private, ops, now))
+    return path
+
+
+EVENTS_PROGRAM = textwrap.dedent("""
+    import json, sys
+    import licentia
+    calls = []
+    lic = licentia.access(int(sys.argv[1]), 7, firm_key=sys.argv[2],
+                          on_event=lambda l, e, d: calls.append(e.value), watch_interval=0.1)
+    print(json.dumps({"handle": lic.handle}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "check":
+            print(json.dumps({"events": [e.value for e in lic.check()], "valid": lic.valid,
+                              "calls": calls}), flush=True)
+        else:
+            print(json.dumps({"calls": calls}), flush=True)
+""")
+
+
+def test_license_gone_is_told_once_by_check_and_by_the_callback(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=7, quantity=1)])
+    Runtime(procs, home, root)
+    prog = procs.spawn([sys.executable, "-c", EVENTS_PROGRAM, str(vendor.firm), str(vendor.public_file)],
+                       env=base_env(LICENTIA_HOME=str(home)), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert prog.stdin is not None and prog.stdout is not None
+    handle = json.loads(prog.stdout.readline())["handle"]
+
+    def ask(command: str) -> dict[str, Any]:
+        assert prog.stdin is not None and prog.stdout is not None
+        prog.stdin.write(command.encode() + b"\n")
+        prog.stdin.flush()
+        answer: dict[str, Any] = json.loads(prog.stdout.readline())
+        return answer
+
+    assert run(root, home, "release", str(handle)).returncode == 0
+    wait_for("the callback to tell license-gone", lambda: ask("calls")["calls"] == ["license-gone"])
+    for _ in range(3):  # neither check() nor the callback tells it again
+        assert ask("check") == {"events": [], "valid": False, "calls": ["license-gone"]}
+
+
+def test_removing_or_locking_an_item_frees_its_seats_and_tells_the_program(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    serial = make_home(home, root, vendor, [ProductItem(product_code=7, quantity=2),
+                                            ProductItem(product_code=8, quantity=2)])
+    rt = Runtime(procs, home, root)
+    env = {"LICENTIA_HOME": str(home)}
+    on_7 = Program(procs, root, env, firm_code=vendor.firm, product_code=7,
+                   firm_key=str(vendor.public_file))
+    on_8 = Program(procs, root, env, firm_code=vendor.firm, product_code=8,
+                   firm_key=str(vendor.public_file))
+    assert on_7.granted and on_8.granted
+
+    out = run(root, home, "update", "apply", str(_update_file(home, root, vendor, serial, [U.RemoveItem(1)],
+                                                              tmp_path / "remove.lcu")))
+    assert out.returncode == 0, out.stderr
+    # freed at once (not when the program ends), logged with why
+    assert [r["handle"] for r in rt.sessions()] == [on_8.first["handle"]]
+    freed = rt.logged("the release of the removed item's seat", lambda e: e["event"] == "release"
+                      and e.get("handle") == on_7.first["handle"])
+    assert freed[0]["reason"] == "item-removed" and freed[0]["pid"] == on_7.pid
+    gone = on_7.ask("check")
+    assert gone["events"] == ["license-gone"] and gone["valid"] is False
+    assert on_7.ask("check")["events"] == []
+
+    out = run(root, home, "update", "apply", str(_update_file(home, root, vendor, serial, [U.LockFirm()],
+                                                              tmp_path / "lock.lcu")))
+    assert out.returncode == 0, out.stderr
+    assert rt.sessions() == []
+    freed = rt.logged("the release of the locked item's seat", lambda e: e["event"] == "release"
+                      and e.get("handle") == on_8.first["handle"])
+    assert freed[0]["reason"] == "item-locked"
+    assert on_8.ask("check")["events"] == ["license-gone"]
+    on_7.kill()
+    on_8.kill()
+    rt.stop()
+    assert not [e for e in rt.usage_log() if e.get("reason") == "reaped"]
+
+
+def test_update_apply_reaches_the_running_runtime_before_the_next_access(
+    tmp_path: Path, root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    home = tmp_path / "home"
+    serial = make_home(home, root, vendor, [ProductItem(product_code=7, quantity=1)])
+    Runtime(procs, home, root, "--reap-interval", "60")  # its own rescan: every two minutes
+    update = _update_file(home, root, vendor, serial, [U.PutItem(2, ProductItem(product_code=8, quantity=1))],
+                          tmp_path / "add.lcu")
+    out = run(root, home, "update", "apply", str(update))
+    assert out.returncode == 0, out.stderr
+    assert "the running runtime serves the new content now" in out.stdout
+    prog = Program(procs, root, {"LICENTIA_HOME": str(home)}, firm_code=vendor.firm, product_code=8,
+                   firm_key=str(vendor.public_file))
+    assert prog.granted, prog.first

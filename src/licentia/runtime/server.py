@@ -110,6 +110,7 @@ class Runtime:
             "info": self.queries.op_info,
             "admin.release": self.queries.op_admin_release,
             "events": self.queries.op_events,
+            "rescan": self.housekeeping.op_rescan,
         }
         self.router = Router(handlers, self._note_problem, self._spawn)
         self.dispatch = self.router.dispatch
