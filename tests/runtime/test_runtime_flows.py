@@ -62,6 +62,11 @@ def test_a_port_another_program_holds_is_named_and_nothing_is_left_behind(
     out = run(root, home, "runtime", "serve", "--local-port", "0", "--http-port", str(port))
     assert out.returncode == 2 and f"the status page (HTTP): TCP port {port}" in out.stderr, out.stderr
     assert not (home / "runtime.sock").exists() and not (home / "runtime.json").exists()
+    # an address not of this machine: said as such, no traceback either
+    out = run(root, home, "runtime", "serve", "--local-port", "0", "--http-port", "-1",
+              "--local-address", "192.0.2.1")
+    assert out.returncode == 2 and "error 1421 (listen failed): the local TCP endpoint: cannot listen on TCP " \
+        "192.0.2.1:0" in out.stderr and "Traceback" not in out.stderr, out.stderr
     holder.kill()
     holder.wait(WAIT)
     Runtime(procs, home, root)

@@ -120,6 +120,7 @@ class ErrorCode(IntEnum):
 
     # the runtime's life and flows (1420-1429)
     PORT_IN_USE = 1420
+    LISTEN_FAILED = 1421
 
 
 # What a user should do next, per code. Kept short: a line on a terminal.
@@ -137,6 +138,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.CREDENTIAL_INVALID: "the credential file was replaced or revoked; download a new one from the portal",
     ErrorCode.BLACKLIST_INVALID: "the blacklist file is damaged or not signed by this firm; take it from the vendor's release",
     ErrorCode.PORT_IN_USE: "stop the other program, or give the runtime another port (`--local-port`, `--network-port`, `--http-port` or runtime.toml; -1 turns the local TCP and HTTP ports off)",
+    ErrorCode.LISTEN_FAILED: "check the address and port in runtime.toml or the flags: an address of this machine, a port below 1024 only as root",
     ErrorCode.ACCESS_LIST_DENIED: "the server's access list keeps this seat from you; ask its administrator (`licentia acl check` shows which rule decides)",
     ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",
     ErrorCode.CONTAINER_BLACKLISTED: "the vendor listed this container as lost or stolen; contact the vendor",

@@ -74,11 +74,13 @@ def _name(entry: Path) -> str:
     return "a process"
 
 
-def in_use(exc: OSError, what: str, address: str, port: int, proto: str = "tcp") -> LicentiaError | None:
+def in_use(exc: OSError, what: str, address: str, port: int, proto: str = "tcp") -> LicentiaError:
     """The error to report when binding `what` (e.g. "the network port") to `address:port`
-    failed with `exc` because the port is taken; None for any other failure."""
+    failed with `exc`: 1420 naming who holds the port, or 1421 for any other reason (an
+    address not of this machine, a port only root may bind)."""
     if exc.errno != errno.EADDRINUSE:
-        return None
+        return LicentiaError(ErrorCode.LISTEN_FAILED,
+                             f"{what}: cannot listen on {proto.upper()} {address}:{port}: {exc.strerror or exc}")
     user = port_user(port, proto)
     by = user or "another process (one this user may not see)"
     return LicentiaError(ErrorCode.PORT_IN_USE, f"{what}: {proto.upper()} port {port} on {address} is in use by {by}")

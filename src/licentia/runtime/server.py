@@ -404,14 +404,11 @@ class Runtime:
 
 async def _bound(what: str, address: str, port: int, proto: str, binding: Awaitable[_T]) -> _T:
     """`binding` awaited; a port another process holds is reported as such (1420, naming
-    the process when /proc shows it), not as an OSError."""
+    the process when /proc shows it), any other failure to listen as 1421: not as an OSError."""
     try:
         return await binding
     except OSError as exc:
-        taken = in_use(exc, what, address, port, proto)
-        if taken is None:
-            raise
-        raise taken from None
+        raise in_use(exc, what, address, port, proto) from None
 
 
 def _bound_port(server: asyncio.AbstractServer) -> int:
