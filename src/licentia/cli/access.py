@@ -15,6 +15,8 @@ from licentia.cli.common import print_json
 from licentia.cli.home import home_from
 from licentia.model import ErrorCode, LicentiaError
 
+HOLD_CHECK_INTERVAL = 1.0  # seconds between the checks of a held license
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     acc = sub.add_parser("access", help="take a license by hand and hold it (Ctrl-C releases it)")
@@ -27,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     acc.add_argument("--version", help="program version, e.g. 2.1")
     acc.add_argument("--container", help="use only this container (serial)")
     acc.add_argument("--firm-key", help="firm public key file: verify the answer as a protected program does")
-    acc.add_argument("--hold", type=float, help="hold for this many seconds, then release (default: until Ctrl-C)")
+    acc.add_argument("--hold", type=float, help="hold for this many seconds, then release (default: until Ctrl-C); ends, with error 106, "
+                     "when the license is taken back (an administrator's release)")
     acc.add_argument("--decrement", type=int, default=0, metavar="UNITS", help="spend units once granted")
     acc.add_argument("--json", action="store_true", help="print the grant as JSON")
     acc.set_defaults(handler=cmd_access)
@@ -53,10 +56,20 @@ def cmd_access(args: argparse.Namespace) -> int:
 
     _use_home(args)
     stop = threading.Event()
+    gone: list[str] = []  # why the license went, when it went while held
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_event(_lic: Any, event: licentia.Event, detail: str) -> None:
+        if event is licentia.Event.LICENSE_GONE:
+            gone.append(detail or "the license is gone")
+            stop.set()
+
+    # while held, the license is checked every second: an administrator's release (or a
+    # server that freed it) ends the hold at once instead of at Ctrl-C
     lic = licentia.access(args.firm_code, args.product_code, mode=args.mode, where=args.where,
                           feature=args.feature, version=args.version, container=args.container,
-                          firm_key=args.firm_key, verify=bool(args.firm_key))
+                          firm_key=args.firm_key, verify=bool(args.firm_key), on_event=on_event,
+                          watch_interval=HOLD_CHECK_INTERVAL)
     try:
         info = lic.info
         if args.decrement:
@@ -83,6 +96,9 @@ def cmd_access(args: argparse.Namespace) -> int:
             stop.wait(args.hold)
     finally:
         lic.release()
+    if gone:
+        raise LicentiaError(ErrorCode.INVALID_HANDLE, f"handle {lic.handle} was taken back while held: {gone[0]}",
+                            "take the license again (`licentia sessions` shows who holds it)")
     if not args.json:
         print("released")
     return 0

@@ -83,4 +83,25 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for change_text in applied.changes:
         print(f"  {change_text}")
     print(f"receipt: {receipt_path}")
+    told = _tell_runtime(args)
+    if told:
+        print(told)
     return 0
+
+
+def _tell_runtime(args: argparse.Namespace) -> str:
+    """Have the runtime serving this home read its containers again now (so the next
+    access sees the update); what to tell the user, or "" when no runtime serves it."""
+    from licentia.cli.home import home_from
+    from licentia.sdk.admin import admin_client
+
+    try:
+        with admin_client(home_from(args)) as client:
+            client.request("rescan")
+    except LicentiaError as exc:
+        if exc.code is ErrorCode.NO_LOCAL_RUNTIME:
+            return ""
+        return f"the running runtime will see it at its next rescan (telling it now failed: {exc.message})"
+    except OSError:
+        return ""  # a socket left by a runtime that is gone
+    return "the running runtime serves the new content now"

@@ -226,8 +226,8 @@ class Release(NamedTuple):
 class SeatRefused(LicentiaError):
     """An access the seat table refused (212, 213, 1006, 1007); `event` is its denial."""
 
-    def __init__(self, code: ErrorCode, message: str, event: Event) -> None:
-        super().__init__(code, message)
+    def __init__(self, code: ErrorCode, message: str, event: Event, hint: str | None = None) -> None:
+        super().__init__(code, message, hint)
         self.event = event
 
 
@@ -304,7 +304,8 @@ def admit(
         new_seat = use is None or use.per_station == 0
     elif mode is _EXCLUSIVE:
         if use is not None and (use.exclusive or use.per_access or use.per_station):
-            raise _exclusive_conflict(key, mode, station, holder, used, now, bool(use.exclusive))
+            raise _exclusive_conflict(key, mode, station, holder, used, now, bool(use.exclusive),
+                                      use.per_station, use.per_access)
         new_seat = True
     elif mode is _NONE:
         new_seat = False
@@ -623,13 +624,23 @@ def _refuse(
 
 
 def _exclusive_conflict(
-    key: ItemKey, mode: AccessMode, station: Station, holder: Holder, used: int, now: float, held_exclusively: bool
+    key: ItemKey, mode: AccessMode, station: Station, holder: Holder, used: int, now: float, held_exclusively: bool,
+    per_station: int = 0, per_access: int = 0,
 ) -> SeatRefused:
+    """213, saying which kind of holder is in the way: an exclusive one, or (for an
+    exclusive request) per-station or per-access uses on the same station."""
     if held_exclusively:
         message = f"{key} is already used exclusively on station {station}"
+        hint = "a program on this station holds the license exclusively; wait until it releases it"
     else:
-        message = f"{key} is already used on station {station}; exclusive access needs it alone"
-    return _refuse(ErrorCode.EXCLUSIVE_CONFLICT, message, key, mode, station, holder, used, now)
+        kinds = [text for n, text in ((per_station, f"{per_station} per-station"),
+                                      (per_access, f"{per_access} per-access")) if n]
+        held = " and ".join(kinds) or "other"
+        message = f"{key} is already used on station {station} ({held} use(s)); exclusive access needs it alone"
+        hint = (f"exclusive access needs the license unused on this station, where {held} use(s) hold it; "
+                "wait until they are released, or ask for per-station access")
+    event = Event(EventKind.DENY, now, key, mode, station, holder, None, used, None, ErrorCode.EXCLUSIVE_CONFLICT)
+    return SeatRefused(ErrorCode.EXCLUSIVE_CONFLICT, message, event, hint)
 
 
 # --------------------------------------------------------------------------- snapshot encoding

@@ -118,6 +118,10 @@ class ErrorCode(IntEnum):
     # network server administration: access lists, directory (1300-1399)
     ACCESS_LIST_DENIED = 1300
 
+    # the runtime's life and flows (1420-1429)
+    PORT_IN_USE = 1420
+    LISTEN_FAILED = 1421
+
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
@@ -133,6 +137,8 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.LICENSE_NOT_AVAILABLE: "every license of this ticket is in use; return one first or ask the vendor",
     ErrorCode.CREDENTIAL_INVALID: "the credential file was replaced or revoked; download a new one from the portal",
     ErrorCode.BLACKLIST_INVALID: "the blacklist file is damaged or not signed by this firm; take it from the vendor's release",
+    ErrorCode.PORT_IN_USE: "stop the other program, or give the runtime another port (`--local-port`, `--network-port`, `--http-port` or runtime.toml; -1 turns the local TCP and HTTP ports off)",
+    ErrorCode.LISTEN_FAILED: "check the address and port in runtime.toml or the flags: an address of this machine, a port below 1024 only as root",
     ErrorCode.ACCESS_LIST_DENIED: "the server's access list keeps this seat from you; ask its administrator (`licentia acl check` shows which rule decides)",
     ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",
     ErrorCode.CONTAINER_BLACKLISTED: "the vendor listed this container as lost or stolen; contact the vendor",
@@ -161,7 +167,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.ENTRY_NOT_FOUND: "no license for this firm and product code was found",
     ErrorCode.CONTAINER_NOT_FOUND: "no container with that serial is known here; check `licentia container list`",
     ErrorCode.NO_MORE_LICENSES: "all licenses are in use; try again later or ask the administrator to free a seat",
-    ErrorCode.EXCLUSIVE_CONFLICT: "the license is already used exclusively on this station",
+    ErrorCode.EXCLUSIVE_CONFLICT: "the license is in use on this station in a way that excludes this request (an exclusive holder, or other uses when exclusive access is asked); wait until it is released",
     ErrorCode.WRONG_PASSPHRASE: "the passphrase does not open the keystore",
     ErrorCode.KEYSTORE_NOT_FOUND: "create one with `licentia vendor init`",
     ErrorCode.LOCAL_ONLY: "this license is for the machine that holds it; it cannot be used over the network",

@@ -34,6 +34,7 @@ SESSIONS: Final = "sessions"
 INFO: Final = "info"
 ADMIN_RELEASE: Final = "admin.release"
 EVENTS: Final = "events"
+RESCAN: Final = "rescan"
 
 # where an access looks for the license
 LOCAL: Final = "local"
@@ -122,6 +123,7 @@ REQUESTS: dict[str, Spec] = {
     INFO: {"what": (True, OneOf("server", "containers", "items")), "firm": (False, int)},
     ADMIN_RELEASE: {"handle": (True, int)},
     EVENTS: {"since": (False, int), "limit": (False, int)},
+    RESCAN: {},
 }
 
 # What a successful reply carries, for the docs and for peers that check (not enforced).
@@ -136,6 +138,7 @@ REPLIES: dict[str, tuple[str, ...]] = {
     INFO: ("server", "containers", "items"),
     ADMIN_RELEASE: (),
     EVENTS: ("events", "next"),
+    RESCAN: ("added", "removed", "changed"),
 }
 
 

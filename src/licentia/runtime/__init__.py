@@ -12,6 +12,7 @@
 - `searchlist`: the server search list and UDP discovery;
 - `status`: the status page and JSON API;
 - `procs`: process identity (PID and start time) and peer credentials.
+- `portuser`: who holds a port the runtime cannot listen on (1420/1421 at start).
 
 docs/runtime.md describes running it.
 """

@@ -5,9 +5,10 @@ their programs' backs (to say why), and the pids of network holders (for display
 from __future__ import annotations
 
 import collections
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from licentia.core.seats import Event
+from licentia.core.seats import Event, SeatTable, Session
 from licentia.model import ErrorCode, LicentiaError
 from licentia.runtime.external import REMOVED
 from licentia.runtime.usagelog import UsageLog
@@ -20,6 +21,10 @@ LICENSE_GONE = "license-gone"
 SERVER_LOST = "server-lost"
 CONTAINER_REMOVED = "container-removed"
 ITEM_CHANGED = "item-changed"
+
+# why the runtime freed seats whose item went (the usage log's `reason`)
+ITEM_REMOVED = "item-removed"
+ITEM_LOCKED = "item-locked"
 
 Message = dict[str, Any]
 
@@ -46,6 +51,23 @@ class Events:
         for ev in events:
             log.record(ev)
             self.remember(ev)
+
+    def log_decrement(self, sess: Session, units: int, remaining: int | None) -> None:
+        """Log units spent on `sess`'s item (once they are on disk): who spent how many,
+        and how many are left. Only the decrement path pays for it."""
+        log = self.log
+        if log is None:
+            return
+        key, h = sess.key, sess.holder
+        fields: dict[str, Any] = {"event": "decrement", "container": key.container, "firm": key.firm_code,
+                                  "product": key.product_code, "item": key.item_id, "handle": sess.handle,
+                                  "units": units, "left": remaining, "station": str(sess.station),
+                                  "user": h.user, "host": h.host, "program": h.program}
+        if h.process is not None:
+            fields["pid"] = h.process.pid
+        if h.client_id is not None:
+            fields["client"] = h.client_id
+        log.note(fields)
 
     def notify(self, handle: int, event: str) -> None:
         """Tell the program holding `handle` about `event` at its next check()."""
@@ -76,6 +98,42 @@ class Events:
         events = [CONTAINER_REMOVED, LICENSE_GONE] if why and why.startswith(REMOVED) else [LICENSE_GONE]
         return {"id": rid, "ok": True, "valid": False, "events": events, "reason": reason}
 
+    def free_gone_items(self, seats: SeatTable, loaded: Mapping[str, Any],
+                        changed_items: Collection[tuple[str, int, int]], now: float) -> int:
+        """Free at once the seats on items that an update (or a lock) took away: the item
+        removed from its container, or locked. Each release is logged with its reason
+        (`item-removed`, `item-locked`); the program learns `license-gone` at its next
+        check. Returns the number of seats freed."""
+        gone: dict[tuple[str, int, int], str] = {}
+        for serial, firm, item_id in changed_items:
+            ld = loaded.get(serial)
+            if ld is None:
+                continue  # the whole container went: not an item's change
+            firm_entry = ld.content.firms.get(firm)
+            entry = firm_entry.items.get(item_id) if firm_entry is not None else None
+            if entry is None:
+                gone[(serial, firm, item_id)] = ITEM_REMOVED
+            elif entry.state.locked:
+                gone[(serial, firm, item_id)] = ITEM_LOCKED
+        if not gone:
+            return 0
+        log = self.log
+        freed = 0
+        for sess in list(seats.sessions()):
+            key = sess.key
+            why = gone.get((key.container, key.firm_code, key.item_id))
+            if why is None:
+                continue
+            rel = seats.force_release(sess.handle, now)
+            for ev in rel.events:
+                if log is not None:
+                    log.record(ev, {"reason": why})
+                self.remember({**_event_row(ev), "reason": why})
+            self.freed(sess.handle)
+            self.forget_later(sess.handle, why)
+            freed += 1
+        return freed
+
     def recent_events(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Recent grants, denials and releases as plain data, oldest first."""
         out: list[dict[str, Any]] = []
@@ -85,19 +143,25 @@ class Events:
             if isinstance(ev, dict):
                 out.append({"seq": seq, **ev})
             else:
-                out.append({"seq": seq, "event": ev.kind.value, "at": ev.at, "handle": ev.handle,
-                            "container": ev.key.container, "firm": ev.key.firm_code,
-                            "product": ev.key.product_code, "station": str(ev.station),
-                            "program": ev.holder.program, "user": ev.holder.user, "host": ev.holder.host,
-                            "reason": ev.reason.value if ev.reason else None,
-                            "code": int(ev.code) if ev.code is not None else None, "used": ev.used})
+                out.append({"seq": seq, **_event_row(ev)})
             if len(out) >= limit:
                 break
         return out
 
 
+def _event_row(ev: Event) -> dict[str, Any]:
+    """A seat-table event as the status API shows it."""
+    return {"event": ev.kind.value, "at": ev.at, "handle": ev.handle, "container": ev.key.container,
+            "firm": ev.key.firm_code, "product": ev.key.product_code, "station": str(ev.station),
+            "program": ev.holder.program, "user": ev.holder.user, "host": ev.holder.host,
+            "reason": ev.reason.value if ev.reason else None,
+            "code": int(ev.code) if ev.code is not None else None, "used": ev.used}
+
+
 def why_text(reason: str | None) -> str:
     return {
+        ITEM_REMOVED: "an update removed its item from the container",
+        ITEM_LOCKED: "the vendor locked its item",
         "admin": "an administrator released it",
         "timeout": "its client fell silent for longer than the timeout",
         "reaped": "its program ended",

@@ -364,6 +364,7 @@ class LocalGrants:
         nonce = msg.get("nonce")
 
         def reply(remaining: int) -> Message | bytes:  # on the loop, once the decrement is on disk
+            self.rt.events.log_decrement(sess, units, remaining)
             if not nonce:
                 pack = self._pack
                 return frame(b"\x83\xa2id", pack(msg["id"]), b"\xa2ok\xc3\xa5units", pack(remaining))

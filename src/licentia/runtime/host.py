@@ -12,7 +12,7 @@ import collections
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
-from licentia.core.seats import Event, SeatTable
+from licentia.core.seats import Event, SeatTable, Session
 from licentia.model import AccessMode, Environment, Fingerprint
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.home import RuntimeHome
@@ -79,6 +79,8 @@ class Runtime(Protocol):
     def _forget_later(self, handle: int, why: str) -> None: ...
 
     def _log_events(self, events: tuple[Event, ...]) -> None: ...
+
+    def _log_decrement(self, sess: Session, units: int, remaining: int | None) -> None: ...
 
     def _container_changes(self, changes: Changes) -> None: ...
 

@@ -16,7 +16,8 @@ import msgpack
 
 from licentia.core.seats import Event, ProcessId, ReleaseReason, SeatTable
 from licentia.fsutil import atomic_write
-from licentia.model import LicentiaError
+from licentia.model import ErrorCode, LicentiaError
+from licentia.protocol.frames import Message
 from licentia.runtime import procs
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.events import CONTAINER_REMOVED, ITEM_CHANGED, Events
@@ -53,6 +54,7 @@ class Housekeeping:
         self._snapshot_again = False
         self._snapshot_future: asyncio.Future[None] | None = None
         self._log_timer: asyncio.TimerHandle | None = None
+        self._rescan_lock = asyncio.Lock()
 
     # ================================================================== reaping
 
@@ -103,13 +105,28 @@ class Housekeeping:
 
     # ================================================================== containers
 
-    async def rescan(self) -> None:
-        loop = asyncio.get_running_loop()
-        containers = self.rt.containers
-        result = await loop.run_in_executor(None, containers.scan_disk, int(time.time()))
-        changes = containers.apply_scan(result)
-        if changes.added or changes.removed or changes.changed_items:
-            self.container_changes(changes)
+    async def rescan(self) -> Changes:
+        """Read the containers directory again and apply what changed. One scan at a
+        time: a scan that read the disk earlier must not be applied after a later one."""
+        async with self._rescan_lock:
+            loop = asyncio.get_running_loop()
+            containers = self.rt.containers
+            result = await loop.run_in_executor(None, containers.scan_disk, int(time.time()))
+            changes = containers.apply_scan(result)
+            if changes.added or changes.removed or changes.changed_items:
+                self.container_changes(changes)
+            return changes
+
+    async def op_rescan(self, conn: Any, msg: Message) -> Message:
+        """`rescan` (an administrator's, e.g. `licentia update apply` after it changed a
+        container): the containers read again now, so the next access sees the change."""
+        ident = conn.ident
+        if ident is None or ident.kind != "admin":
+            raise LicentiaError(ErrorCode.ACCESS_DENIED, "a rescan needs an admin connection",
+                                "run it as the runtime's user or root; the runtime rescans by itself every few seconds")
+        changes = await self.rescan()
+        return {"id": msg["id"], "ok": True, "added": len(changes.added), "removed": len(changes.removed),
+                "changed": len(changes.changed_items)}
 
     def container_changes(self, changes: Changes) -> None:
         rt = self.rt
@@ -118,6 +135,9 @@ class Housekeeping:
             rt.log.note({"event": "container-added", "container": serial})
         for serial in changes.removed:
             rt.log.note({"event": "container-removed", "container": serial})
+        if changes.changed_items and rt.events.free_gone_items(rt.seats, rt.containers.loaded,
+                                                               changes.changed_items, time.time()):
+            self.seats_changed()
         removed = set(changes.removed)
         for sess in rt.seats.sessions():
             key = sess.key

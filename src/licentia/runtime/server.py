@@ -35,9 +35,9 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from licentia.core.seats import Event, ProcessId, SeatTable
+from licentia.core.seats import Event, ProcessId, SeatTable, Session
 from licentia.fsutil import atomic_write
 from licentia.model import AccessMode, Environment, ErrorCode, Fingerprint, LicentiaError
 from licentia.protocol.frames import Message
@@ -52,6 +52,7 @@ from licentia.runtime.housekeeping import Housekeeping
 from licentia.runtime.ident import Identities
 from licentia.runtime.licenses import Changes, Loaded
 from licentia.runtime.network import NetworkClient
+from licentia.runtime.portuser import in_use
 from licentia.runtime.queries import Queries
 from licentia.runtime.router import Handler, Router
 from licentia.runtime.searchlist import DiscoveryResponder
@@ -59,6 +60,8 @@ from licentia.runtime.sync import CentralSync
 from licentia.runtime.tokens import RuntimeContainers, RuntimeTokens
 from licentia.runtime.usagelog import UsageLog
 from licentia.sdk.proof import station_host_id
+
+_T = TypeVar("_T")
 
 
 class Runtime:
@@ -107,6 +110,7 @@ class Runtime:
             "info": self.queries.op_info,
             "admin.release": self.queries.op_admin_release,
             "events": self.queries.op_events,
+            "rescan": self.housekeeping.op_rescan,
         }
         self.router = Router(handlers, self._note_problem, self._spawn)
         self.dispatch = self.router.dispatch
@@ -132,7 +136,12 @@ class Runtime:
         self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
                        "containers": sorted(self.containers.loaded),
                        "sessions": len(self.seats) + len(self.network.remote)})
-        await self._listen()
+        try:
+            await self._listen()
+        except BaseException:
+            await self.stop()  # nothing left behind: listeners, socket file, lock
+            raise
+        self.home.admin_token()  # the file the status page's 401 names exists from the start
         self._write_status()
         hk = self.housekeeping
         self._tasks = [
@@ -240,8 +249,10 @@ class Runtime:
             self._servers.append(server)
             self.ports["socket"] = str(path)
         if config.local_port >= 0:
-            server = await loop.create_server(lambda: Connection(self, "local").protocol(), config.local_address,
-                                              config.local_port, backlog=backlog, reuse_address=True)
+            server = await _bound("the local TCP endpoint", config.local_address, config.local_port, "tcp",
+                                  loop.create_server(lambda: Connection(self, "local").protocol(),
+                                                     config.local_address, config.local_port, backlog=backlog,
+                                                     reuse_address=True))
             self._servers.append(server)
             self.ports["local_port"] = _bound_port(server)
             self.ports["local_address"] = config.local_address
@@ -251,25 +262,30 @@ class Runtime:
             cert, key = server_files(home, config)
             ctx = server_context(cert, key)
             self.certificate_pin = certificate_pin(cert)
-            server = await loop.create_server(lambda: Connection(self, "network").protocol(), config.network_address,
-                                              config.network_port, ssl=ctx, backlog=backlog, reuse_address=True,
-                                              ssl_handshake_timeout=10.0)
+            server = await _bound("the network port", config.network_address, config.network_port, "tcp",
+                                  loop.create_server(lambda: Connection(self, "network").protocol(),
+                                                     config.network_address, config.network_port, ssl=ctx,
+                                                     backlog=backlog, reuse_address=True,
+                                                     ssl_handshake_timeout=10.0))
             self._servers.append(server)
             port = _bound_port(server)
             self.ports["network_port"] = port
             self.ports["network_address"] = config.network_address
             self.ports["certificate_pin"] = self.certificate_pin
             if config.discovery:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: DiscoveryResponder(port, self.host_name),
-                    local_addr=(config.network_address, config.discovery_port), reuse_port=True)
+                transport, _ = await _bound("discovery", config.network_address, config.discovery_port, "udp",
+                                            loop.create_datagram_endpoint(
+                                                lambda: DiscoveryResponder(port, self.host_name),
+                                                local_addr=(config.network_address, config.discovery_port),
+                                                reuse_port=True))
                 self._datagram = transport
                 self.ports["discovery_port"] = transport.get_extra_info("sockname")[1]
         if config.http_port >= 0:
             from licentia.runtime.status import StatusHTTP
 
-            server = await loop.create_server(lambda: StatusHTTP(self.queries), config.http_address,
-                                              config.http_port, reuse_address=True)
+            server = await _bound("the status page (HTTP)", config.http_address, config.http_port, "tcp",
+                                  loop.create_server(lambda: StatusHTTP(self.queries), config.http_address,
+                                                     config.http_port, reuse_address=True))
             self._servers.append(server)
             self.ports["http_port"] = _bound_port(server)
             self.ports["http_address"] = config.http_address
@@ -372,6 +388,9 @@ class Runtime:
     def _log_events(self, events: tuple[Event, ...]) -> None:
         self.events.log_events(events)
 
+    def _log_decrement(self, sess: Session, units: int, remaining: int | None) -> None:
+        self.events.log_decrement(sess, units, remaining)
+
     def _container_changes(self, changes: Changes) -> None:
         self.housekeeping.container_changes(changes)
 
@@ -381,6 +400,15 @@ class Runtime:
 
     def _gone_reply(self, rid: int, handle: int) -> Message:
         return self.events.gone_reply(rid, handle)
+
+
+async def _bound(what: str, address: str, port: int, proto: str, binding: Awaitable[_T]) -> _T:
+    """`binding` awaited; a port another process holds is reported as such (1420, naming
+    the process when /proc shows it), any other failure to listen as 1421: not as an OSError."""
+    try:
+        return await binding
+    except OSError as exc:
+        raise in_use(exc, what, address, port, proto) from None
 
 
 def _bound_port(server: asyncio.AbstractServer) -> int:

@@ -469,6 +469,7 @@ class RuntimeTokens:
         key = sess.key
         try:
             remaining = await ld.writer.submit(decrement_op(key.firm_code, key.item_id, units, int(time.time())))
+            self.rt._log_decrement(sess, units, remaining)
             reply: Message = {"id": msg["id"], "ok": True, "units": remaining}
             nonce = msg.get("nonce")
             if isinstance(nonce, bytes) and nonce:

@@ -231,6 +231,7 @@ class Held:
         self._on_event = on_event
         self.valid = True
         self.released = False
+        self._gone_told = False  # license-gone is told once; later checks do not ask again
 
     @property
     def info(self) -> LicenseInfo:
@@ -479,9 +480,12 @@ class License(Held):
 
     def check(self) -> list[Event]:
         """Ask whether the license still holds; returns the events since the last check
-        (also passed to the callback). After LICENSE_GONE, `valid` is False."""
+        (also passed to the callback). After LICENSE_GONE, `valid` is False; the event is
+        told once, and later checks return no events without asking the runtime."""
         if self.released:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released")
+        if self._gone_told:
+            return self._drain()  # gone for good: nothing new to ask, license-gone was told once
         nonce = self._nonce()
         keys: ProofKeys | None = None
         try:
@@ -538,7 +542,9 @@ class License(Held):
     def _gone(self, detail: str) -> None:
         self.valid = False
         self._link.licenses.pop(self.handle, None)
-        self._note(Event.LICENSE_GONE, detail)
+        if not self._gone_told:
+            self._gone_told = True
+            self._note(Event.LICENSE_GONE, detail)
 
     def _take_events(self) -> list[tuple[Event, str]]:
         with self._lock:

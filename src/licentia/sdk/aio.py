@@ -154,6 +154,8 @@ class AsyncLicense(Held):
     async def check(self) -> list[Event]:
         if self.released:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, "the license was released")
+        if self._gone_told:
+            return self._drain()  # gone for good: license-gone was told once
         nonce = self._nonce()
         keys: ProofKeys | None = None
         try:
@@ -198,7 +200,9 @@ class AsyncLicense(Held):
     def _gone(self, detail: str) -> None:
         self.valid = False
         self._link.licenses.pop(self.handle, None)
-        self._note(Event.LICENSE_GONE, detail)
+        if not self._gone_told:
+            self._gone_told = True
+            self._note(Event.LICENSE_GONE, detail)
 
     async def _watch(self, interval: float) -> None:
         while not self.released and self.valid:
