@@ -6,12 +6,20 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
-from tests.runtime.harness import Procs, Program, Runtime, Vendor, base_env, make_home, wait_for
+from tests.runtime.harness import (
+    Procs,
+    Program,
+    Runtime,
+    Vendor,
+    base_env,
+    machine_command,
+    make_home,
+    wait_for,
+)
 
 from licentia.core.seats import Event, EventKind, Holder, ItemKey, ReleaseReason, Station
 from licentia.core.usage import Usage
@@ -22,8 +30,8 @@ from licentia.runtime.usagelog import UsageLog
 
 
 def report(root: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "licentia.cli.main", "--home", str(home), "report", *args],
-                          env=base_env(root), capture_output=True, text=True, timeout=120)
+    return subprocess.run([*machine_command(root), "--home", str(home), "report", *args],
+                          env=base_env(), capture_output=True, text=True, timeout=120)
 
 
 def test_reports_of_a_real_runtime(tmp_path: Path, root: Path, vendor: Vendor, procs: Procs) -> None:
@@ -70,9 +78,9 @@ def test_reservations_report_names_reservations_never_used(tmp_path: Path, root:
         ("grant", 300.0, 2, 1, None), ("release", 400.0, 1, 0, None),
     ])
     for name, group, seats in (("support", "support", "3"), ("qa", "qa", "2")):
-        done = subprocess.run([sys.executable, "-m", "licentia.cli.main", "--home", str(home), "acl", "add", name,
+        done = subprocess.run([*machine_command(root), "--home", str(home), "acl", "add", name,
                                "--scope", "product 10001:7", "--group", group, "--reserve", seats],
-                              env=base_env(root), capture_output=True, text=True, timeout=120)
+                              env=base_env(), capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
     out = report(root, home, "reservations", "--csv", str(tmp_path / "r.csv"))
     assert out.returncode == 0, out.stderr
