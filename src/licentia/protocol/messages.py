@@ -34,6 +34,12 @@ SESSIONS: Final = "sessions"
 INFO: Final = "info"
 ADMIN_RELEASE: Final = "admin.release"
 EVENTS: Final = "events"
+BORROW: Final = "borrow"
+BORROW_IMPORT: Final = "borrow.import"
+BORROW_RETURN: Final = "borrow.return"
+BORROW_LIST: Final = "borrow.list"
+BORROW_TAKE: Final = "borrow.take"
+BORROW_GIVE_BACK: Final = "borrow.give-back"
 
 # where an access looks for the license
 LOCAL: Final = "local"
@@ -122,6 +128,15 @@ REQUESTS: dict[str, Spec] = {
     INFO: {"what": (True, OneOf("server", "containers", "items")), "firm": (False, int)},
     ADMIN_RELEASE: {"handle": (True, int)},
     EVENTS: {"since": (False, int), "limit": (False, int)},
+    # borrowing (docs/protocol.md, "Borrowing"): asked of the borrowing machine's runtime ...
+    BORROW: {"firm": (True, int), "product": (True, int), "seconds": (True, int), "server": (False, str),
+             "container": (False, str), "offline": (False, bool)},
+    BORROW_IMPORT: {"certificate": (True, bytes)},
+    BORROW_RETURN: {"borrow": (True, str), "offline": (False, bool)},
+    BORROW_LIST: {},
+    # ... and of the lending server
+    BORROW_TAKE: {"request": (True, bytes)},
+    BORROW_GIVE_BACK: {"receipt": (True, bytes)},
 }
 
 # What a successful reply carries, for the docs and for peers that check (not enforced).
@@ -136,6 +151,12 @@ REPLIES: dict[str, tuple[str, ...]] = {
     INFO: ("server", "containers", "items"),
     ADMIN_RELEASE: (),
     EVENTS: ("events", "next"),
+    BORROW: ("borrow", "container", "item", "firm", "product", "until", "server", "request"),
+    BORROW_IMPORT: ("borrow", "container", "item", "firm", "product", "until", "server"),
+    BORROW_RETURN: ("borrow", "confirmed", "receipt", "already", "why"),
+    BORROW_LIST: ("held", "lent", "unconfirmed_returns"),
+    BORROW_TAKE: ("certificate", "borrow", "until"),
+    BORROW_GIVE_BACK: ("freed", "state"),
 }
 
 

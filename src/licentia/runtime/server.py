@@ -42,6 +42,7 @@ from licentia.fsutil import atomic_write
 from licentia.model import AccessMode, Environment, ErrorCode, Fingerprint, LicentiaError
 from licentia.protocol.frames import Message
 from licentia.protocol.messages import CLIENT, REQUESTS, SUPPORTED_VERSIONS
+from licentia.runtime.borrow import Borrowing
 from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.connection import Connection
@@ -90,6 +91,7 @@ class Runtime:
         self.housekeeping = Housekeeping(self)
         self.grants = LocalGrants(self)
         self.queries = Queries(self)
+        self.borrowing = Borrowing(self)
         self._servers: list[asyncio.AbstractServer] = []
         self._datagram: asyncio.DatagramTransport | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -107,6 +109,12 @@ class Runtime:
             "info": self.queries.op_info,
             "admin.release": self.queries.op_admin_release,
             "events": self.queries.op_events,
+            "borrow": self.borrowing.op_borrow,
+            "borrow.import": self.borrowing.op_import,
+            "borrow.return": self.borrowing.op_return,
+            "borrow.list": self.borrowing.op_list,
+            "borrow.take": self.borrowing.op_take,
+            "borrow.give-back": self.borrowing.op_give_back,
         }
         self.router = Router(handlers, self._note_problem, self._spawn)
         self.dispatch = self.router.dispatch
@@ -127,6 +135,7 @@ class Runtime:
         self.containers.apply_scan(result)
         await self.tokens.start()
         self.housekeeping.restore()
+        self.borrowing.start(time.time())
         await self.cloud.start()
         self.network.reload_servers()
         self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
@@ -140,6 +149,7 @@ class Runtime:
             loop.create_task(self._every(config.log_checkpoint_interval, hk.checkpoint_log)),
             loop.create_task(self._every(max(config.reap_interval, 1.0) * 2, hk.rescan)),
             loop.create_task(self.network.keepalive_loop()),
+            loop.create_task(self._every(max(config.reap_interval, 1.0), self.borrowing.tick)),
         ]
         hk.reap_now()  # programs that ended while the runtime was down
         self.central_sync.start()
