@@ -97,7 +97,9 @@ def test_a_borrowed_seat_works_without_the_server_and_comes_back(
     assert borrow_list(root, server.home)["lent"][0]["state"] == "returned"
     again = licentia(other_root, home, "borrow", "return", str(held["borrow"]))
     assert again.returncode == 0 and "returned already" in again.stdout  # once only
-    assert Program(procs, root, {"LICENTIA_HOME": str(server.home)}, **opts).granted
+    local = Program(procs, root, {"LICENTIA_HOME": str(server.home)}, **opts)
+    assert local.granted  # the seat is back
+    assert local.ask("release") == {"released": True}
 
     # a short borrow ends by itself on both sides
     out = licentia(other_root, home, "borrow", f"{firm}:7", "--for", "2s", "--server", address)
