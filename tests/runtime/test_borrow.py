@@ -15,7 +15,6 @@ from tests.runtime.harness import Procs, Program, Runtime, Vendor, base_env, mak
 from licentia.binding import collect_fingerprint
 from licentia.containers import ContainerStore
 from licentia.model import ProductItem, Tolerance
-from licentia.runtime import searchlist
 
 NETWORK = ("--network", "--network-address", "127.0.0.1", "--network-port", "0", "--client-timeout", "5")
 DAY = 86400

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import secrets
 import time
@@ -422,7 +423,7 @@ class Borrowing:
                 until = f.get("until")
                 if type(until) is int and B.ended(until, now, ld.content.clock.high_water):
                     bid = str(f.get("borrow_id"))
-                    await ld.writer.submit(lambda content, bid=bid: B.remove_borrowed(content, bid))
+                    await ld.writer.submit(functools.partial(_remove, bid))
                     self._note({"event": "borrow-expired", "borrow": bid, "firm": fc,
                                 "product": entry.item.product_code, "container": s, "item": entry.item_id,
                                 "user": f.get("user", ""), "host": f.get("host", ""), "until": until,
@@ -431,6 +432,10 @@ class Borrowing:
             self._last_retry = time.monotonic()
             for p in sorted(self.returns_dir.glob("*.return")):
                 await self._tell_server(p.stem, p.read_bytes())
+
+
+def _remove(borrow_id: str, content: Any) -> tuple[Any, dict[str, Any] | None]:
+    return B.remove_borrowed(content, borrow_id)
 
 
 __all__ = ["HOLDER_PREFIX", "Borrowing", "is_borrowed_seat"]
