@@ -341,6 +341,8 @@ class Borrowing:
             if ld is None:
                 raise LicentiaError(ErrorCode.BORROW_NOT_FOUND, f"no borrowed seat {bid} is held here")
             serial, key = ld.serial, ld.public_key
+            firm, product = next(((fc, e.item.product_code) for fc, e, f in B.held(ld.content)
+                                  if f.get("borrow_id") == bid), (0, 0))
 
             def remove(content: Any) -> tuple[Any, tuple[bytes, dict[str, Any]] | None]:
                 content, fields = B.remove_borrowed(content, bid)
@@ -356,7 +358,7 @@ class Borrowing:
             self.returns_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(pending, receipt)
             self._note({"event": "borrow-return", "borrow": bid, "container": serial, "side": "client",
-                        "product": fields.get("server_item"), "user": fields.get("user", ""),
+                        "firm": firm, "product": product, "user": fields.get("user", ""),
                         "host": fields.get("host", ""), "until": fields.get("until")})
         if msg.get("offline"):
             return {"id": msg["id"], "ok": True, "borrow": bid, "receipt": receipt, "confirmed": False}
