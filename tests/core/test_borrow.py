@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from licentia.core import borrow as B
+from licentia.core.content import ContainerContent
 from licentia.core.licenses import License, issue_license
 from licentia.crypto import new_signing_key, signing_public_key
 from licentia.model import ContainerSerial, ErrorCode, LicentiaError, ProductItem
@@ -87,3 +88,30 @@ def test_a_seat_is_given_back_once_and_only_by_its_container() -> None:
         B.give_back(rec, forged, NOW)
     assert info.value.code == ErrorCode.BORROW_INVALID
     assert B.book_from_doc(B.book_to_doc({"b1": after})) == {"b1": after}
+
+
+def _content(serial: str, key: bytes) -> ContainerContent:
+    return ContainerContent(ContainerSerial.parse(serial), NOW, key, b"\x00" * 32)
+
+
+def test_a_certificate_goes_into_its_own_container_only_and_once() -> None:
+    server_key = new_signing_key()
+    cert, firm_public, client_key = _chain(server_key)
+    other = _content("130-2000", new_signing_key())  # same serial, another key: a copy elsewhere
+    with pytest.raises(LicentiaError) as info:
+        B.import_certificate(other, cert, firm_public, NOW)
+    assert info.value.code == ErrorCode.BORROW_INVALID
+    mine = _content("130-2000", client_key)
+    with_seat, _ = B.import_certificate(mine, cert, firm_public, NOW)
+    [(firm, entry, fields)] = B.held(with_seat)
+    assert (firm, entry.item_id, fields["borrow_id"]) == (FIRM, B.ITEM_BASE, "b1")
+    assert entry.item.expires_at == NOW + 3600 and entry.item.quantity == 0
+    assert B.import_certificate(with_seat, cert, firm_public, NOW)[0] is with_seat  # again: nothing changes
+    with pytest.raises(LicentiaError) as info:
+        B.import_certificate(mine, cert, firm_public, NOW + 3600)  # ended before it arrived
+    assert info.value.code == ErrorCode.BORROW_ENDED
+    without, gone = B.remove_borrowed(with_seat, "b1")
+    assert gone is not None and B.held(without) == []
+    assert B.client_item_id(without.firms[FIRM]) == B.ITEM_BASE + 1  # an id is never used twice
+    with pytest.raises(LicentiaError):  # nor a returned seat brought back with its old certificate
+        B.import_certificate(without, cert, firm_public, NOW)
