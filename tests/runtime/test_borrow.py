@@ -85,12 +85,19 @@ def test_a_borrowed_seat_works_without_the_server_and_comes_back(
     assert prog.first["location"] == "local" and prog.first["verified"], prog.first
     assert prog.first["container"] == serial
     assert prog.ask("release") == {"released": True}
+    # returned while the server is away: the item leaves now, the server is told later
+    out = licentia(other_root, home, "borrow", "return", str(held["borrow"]))
+    assert out.returncode == 0 and "could not be told" in out.stdout, out.stdout + out.stderr
+    assert borrow_list(other_root, home)["held"] == []
+    assert borrow_list(other_root, home)["unconfirmed_returns"] == [held["borrow"]]
+    assert not Program(procs, other_root, {"LICENTIA_HOME": str(home)}, **opts).granted
 
     server.flags = (*NETWORK[:4], str(server.status["network_port"]), *NETWORK[5:])
     server.start()  # a restart (on the same port) keeps the borrowed seat taken
     assert [r["location"] for r in server.sessions()] == ["borrowed"]
-    out = licentia(other_root, home, "borrow", "return", str(held["borrow"]))
+    out = licentia(other_root, home, "borrow", "return", str(held["borrow"]))  # tells it now
     assert out.returncode == 0 and "free again" in out.stdout, out.stdout + out.stderr
+    assert borrow_list(other_root, home)["unconfirmed_returns"] == []
     assert server.sessions() == []
     assert borrow_list(other_root, home)["held"] == []
     assert borrow_list(root, server.home)["lent"][0]["state"] == "returned"
