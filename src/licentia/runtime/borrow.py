@@ -73,6 +73,7 @@ class Borrowing:
         self.handles: dict[str, int] = {}  # borrow id -> seat handle (server side)
         self._lock = asyncio.Lock()
         self._last_retry = 0.0
+        self._held_cache: dict[str, tuple[Any, list[tuple[int, Any, dict[str, Any]]]]] = {}
 
     # ================================================================== files
 
@@ -366,6 +367,16 @@ class Borrowing:
         return {"id": msg["id"], "ok": True, "borrow": bid, "confirmed": confirmed, "receipt": receipt,
                 **({"why": why} if why else {})}
 
+    def _held(self, serial: str, ld: Loaded) -> list[tuple[int, Any, dict[str, Any]]]:
+        """`B.held(ld.content)`, worked out again only when the content changed (the
+        expiry check asks every second; a server's containers may hold many items)."""
+        known = self._held_cache.get(serial)
+        if known is not None and known[0] is ld.content:
+            return known[1]
+        found = B.held(ld.content)
+        self._held_cache[serial] = (ld.content, found)
+        return found
+
     def _holder_of(self, bid: str) -> Loaded | None:
         for s, ld in self.rt.containers.loaded.items():
             if self.rt.containers.kind_of(s) == "soft" and any(f.get("borrow_id") == bid
@@ -421,7 +432,7 @@ class Borrowing:
                                 "client": rec.client_serial, "until": rec.until})
                 await asyncio.get_running_loop().run_in_executor(None, self._save_book)
         for s, ld in list(rt.containers.loaded.items()):
-            for fc, entry, f in B.held(ld.content):
+            for fc, entry, f in self._held(s, ld):
                 until = f.get("until")
                 if type(until) is int and B.ended(until, now, ld.content.clock.high_water):
                     bid = str(f.get("borrow_id"))
