@@ -33,6 +33,12 @@ GOOD = [
     request(12, "events", since=0, limit=100),
     request(13, "release", handle=7, added_by_a_newer_client=True),  # unknown fields are ignored
     request(14, "rescan"),
+    request(15, "borrow", firm=10, product=13, seconds=86400, server="srv:22350", container="130-1", offline=True),
+    request(16, "borrow.import", certificate=b"LCBW"),
+    request(17, "borrow.return", borrow="b1", offline=False),
+    request(18, "borrow.list"),
+    request(19, "borrow.take", request=b"LCBQ"),
+    request(20, "borrow.give-back", receipt=b"LCBT"),
 ]
 
 
@@ -49,6 +55,8 @@ def test_good_requests(msg: dict[str, object]) -> None:
         ({"id": 3}, ErrorCode.PROTOCOL_ERROR, "unknown operation"),
         ({"id": 3, "op": "release"}, ErrorCode.INVALID_PARAMETER, "handle is missing"),
         ({"id": 3, "op": "release", "handle": True}, ErrorCode.INVALID_PARAMETER, "handle must be an integer"),
+        ({"id": 3, "op": "borrow", "firm": 1, "product": 2}, ErrorCode.INVALID_PARAMETER, "seconds is missing"),
+        ({"id": 3, "op": "borrow.take", "request": "text"}, ErrorCode.INVALID_PARAMETER, "request must be bytes"),
         ({"id": 3, "op": "access", "firm": 1, "product": 2, "mode": "sometimes"}, ErrorCode.INVALID_PARAMETER,
          "mode must be one of"),
         ({"id": 3, "op": "access", "firm": 1, "product": 2, "where": 1}, ErrorCode.INVALID_PARAMETER, "where"),

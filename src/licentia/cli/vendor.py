@@ -78,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     issue.add_argument("--protected-data", default="", help="vendor data programs can read (text)")
     issue.add_argument("--hidden-data", default="", help="data only the vendor's key can read (text)")
     issue.add_argument("--checkpoint", help="checkpoint period, e.g. 30d: lapses unless renewed")
-    issue.add_argument("--borrow-max", type=int, default=0)
+    issue.add_argument("--borrow-max", type=_borrow_max, default=0,
+                       help="longest borrow of a seat, e.g. 30d (0, the default: may not be borrowed)")
     issue.add_argument(
         "--tmr", action="store_true",
         help="a TMR license: the same item for three constituent containers, under the firm's next TMR id",
@@ -271,3 +272,9 @@ def _item_from_args(
         vm_allowed=not args.deny_vm,
         disabled=args.disabled,
     )
+
+
+def _borrow_max(text: str) -> int:
+    from licentia.cli.common import parse_duration
+
+    return 0 if text.strip() == "0" else parse_duration(text)

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from licentia.containers.base import ContainerBase
 from licentia.core.content import ContainerContent
-from licentia.core.licenses import load_content
+from licentia.core.stored import load_content
 from licentia.crypto import (
     InvalidArtifact,
     derive,

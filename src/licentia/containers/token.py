@@ -77,7 +77,7 @@ from licentia.containers.pkcs11 import (
 from licentia.core import claims as claim_rules
 from licentia.core.claims import ClaimResult, ClaimState, Standing
 from licentia.core.content import ContainerContent
-from licentia.core.licenses import load_content
+from licentia.core.stored import load_content
 from licentia.crypto import (
     InvalidArtifact,
     box_public_key,

@@ -124,7 +124,7 @@ class ContainerContent:
         return [e for _, e in sorted(firm.items.items()) if e.item.product_code == product_code]
 
     # -- encoding: plain types for msgpack. Items are stored as their signed license bytes
-    #    and decoded again (after verification) by `licentia.core.licenses.load_content`.
+    #    and decoded again (after verification) by `licentia.core.stored.load_content`.
 
     def to_dict(self) -> dict[str, Any]:
         return {

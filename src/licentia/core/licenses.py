@@ -10,14 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from licentia.core.clock import VirtualClock
-from licentia.core.content import ContainerContent, FirmEntry, ItemEntry
 from licentia.crypto import InvalidArtifact
 from licentia.crypto.artifacts import open_signed_artifact, sign_artifact
 from licentia.model import (
     ContainerSerial,
     ErrorCode,
-    ItemState,
     LicentiaError,
     ProductItem,
     envelope as env,
@@ -83,37 +80,6 @@ def check_license_for(lic: License, serial: ContainerSerial, container_public_ke
         )
     if lic.firm_code != firm_code:
         raise LicentiaError(ErrorCode.LICENSE_INVALID, "a license names another firm")
-
-
-def load_content(data: dict[str, Any], container_public_key: bytes) -> ContainerContent:
-    """Rebuild content from its stored form, verifying every license again."""
-    try:
-        serial = ContainerSerial.parse(data["serial"])
-        firms: dict[int, FirmEntry] = {}
-        for f in data["firms"]:
-            firm_code = int(f["firm_code"])
-            firm_key = _bytes(f["firm_public_key"])
-            items: dict[int, ItemEntry] = {}
-            for raw in f["items"]:
-                lic = read_license(_bytes(raw["license"]), firm_key)
-                check_license_for(lic, serial, container_public_key, firm_code)
-                items[lic.item_id] = ItemEntry(
-                    lic.item_id, _bytes(raw["license"]), lic.item, ItemState.from_dict(raw["state"])
-                )
-            retired = {int(i): int(product) for i, product in f.get("retired", ())}
-            firms[firm_code] = FirmEntry(
-                firm_code, firm_key, int(f["update_counter"]), str(f["text"]), items, retired
-            )
-        return ContainerContent(
-            serial=serial,
-            created_at=int(data["created_at"]),
-            sign_key=_bytes(data["sign_key"]),
-            box_key=_bytes(data["box_key"]),
-            clock=VirtualClock.from_dict(data["clock"]),
-            firms=firms,
-        )
-    except (KeyError, TypeError, ValueError):
-        raise LicentiaError(ErrorCode.LICENSE_INVALID, "the container's contents are malformed") from None
 
 
 def _bytes(value: Any) -> bytes:

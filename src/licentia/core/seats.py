@@ -352,7 +352,7 @@ class _StationUse:
 class SeatTable:
     """Seats of every item a runtime serves. Not thread-safe: one owner calls it."""
 
-    __slots__ = ("_clients", "_items", "_last_seen", "_next_handle", "_processes", "_sessions")
+    __slots__ = ("_clients", "_items", "_kept", "_last_seen", "_next_handle", "_processes", "_sessions")
 
     def __init__(self, *, first_handle: int = 1) -> None:
         if isinstance(first_handle, bool) or not isinstance(first_handle, int) or first_handle < 1:
@@ -364,6 +364,7 @@ class SeatTable:
         self._processes: dict[ProcessId, set[int]] = {}
         self._clients: dict[str, set[int]] = {}
         self._last_seen: dict[str, float] = {}
+        self._kept: set[str] = set()  # clients that send no keep-alives and are never timed out
 
     # -- access and release ------------------------------------------------
 
@@ -437,12 +438,21 @@ class SeatTable:
         if not timeout > 0:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"client timeout {timeout!r} must be positive")
         deadline = now - timeout
-        lost = [c for c, seen in self._last_seen.items() if seen < deadline]
+        kept = self._kept
+        lost = [c for c, seen in self._last_seen.items() if seen < deadline and c not in kept]
         events: list[Event] = []
         for client in lost:
             for handle in sorted(self._clients.get(client, ())):
                 events += self._release(self._sessions[handle], ReleaseReason.TIMEOUT, now).events
         return tuple(events)
+
+    def keep_client(self, client_id: str, kept: bool = True) -> None:
+        """Exempt `client_id` from `expire_clients` (a borrowed seat, held by no program and no
+        connection, ends when its borrow ends), or (`kept=False`) no longer."""
+        if kept:
+            self._kept.add(client_id)
+        else:
+            self._kept.discard(client_id)
 
     # -- queries -------------------------------------------------------------
 

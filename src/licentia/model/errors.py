@@ -121,6 +121,14 @@ class ErrorCode(IntEnum):
     # the runtime's life and flows (1420-1429)
     PORT_IN_USE = 1420
     LISTEN_FAILED = 1421
+    # borrowing a network server's seat into a client machine's container (1440-1449)
+    BORROW_NOT_ALLOWED = 1440  # the item may not be borrowed (no borrow maximum, units, a token)
+    BORROW_TMR = 1441  # a TMR item is never borrowed
+    BORROW_TOO_LONG = 1442  # longer than the item's borrow maximum or the administrator's cap
+    BORROW_INVALID = 1443  # a borrow request, certificate or return file that does not verify
+    BORROW_NOT_FOUND = 1444  # no such borrow (here, or on the server)
+    BORROW_ENDED = 1445  # the borrow has ended (returned or expired)
+    BORROW_NO_CONTAINER = 1446  # the client machine has no soft container to take the seat
 
 
 # What a user should do next, per code. Kept short: a line on a terminal.
@@ -197,6 +205,13 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.CA_NOT_TRUSTED: "name the issuing CA certificate with --ca FILE or import it with `licentia vault import --ca`",
     ErrorCode.TOKEN_REMOVED: "the token was pulled or its slot is gone; plug it in again and open the container anew",
     ErrorCode.TOKEN_TAKEN_AWAY: "another runtime claimed this token; one token serves one runtime at a time (claim it again there to take it back)",
+    ErrorCode.BORROW_NOT_ALLOWED: "the vendor did not allow borrowing this item (no borrow maximum), or it cannot be borrowed; use it over the network",
+    ErrorCode.BORROW_TMR: "items of a TMR server are never borrowed; use the license over the network",
+    ErrorCode.BORROW_TOO_LONG: "ask for a shorter time (`--for`); the message names the longest allowed",
+    ErrorCode.BORROW_INVALID: "the file is damaged, altered or meant for another container; make a new request",
+    ErrorCode.BORROW_NOT_FOUND: "list the borrows with `licentia borrow list`",
+    ErrorCode.BORROW_ENDED: "the borrowed seat is back on its server; borrow it again or use it over the network",
+    ErrorCode.BORROW_NO_CONTAINER: "this machine needs a soft container to hold a borrowed seat: create one with `licentia container create`",
     ErrorCode.TOKEN_LOCKED_OUT: "the token changed hands too often in a short time (as when it hops between virtual machines); wait for the lockout to end",
 }
 

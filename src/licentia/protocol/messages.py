@@ -35,6 +35,12 @@ INFO: Final = "info"
 ADMIN_RELEASE: Final = "admin.release"
 EVENTS: Final = "events"
 RESCAN: Final = "rescan"
+BORROW: Final = "borrow"
+BORROW_IMPORT: Final = "borrow.import"
+BORROW_RETURN: Final = "borrow.return"
+BORROW_LIST: Final = "borrow.list"
+BORROW_TAKE: Final = "borrow.take"
+BORROW_GIVE_BACK: Final = "borrow.give-back"
 
 # where an access looks for the license
 LOCAL: Final = "local"
@@ -124,6 +130,15 @@ REQUESTS: dict[str, Spec] = {
     ADMIN_RELEASE: {"handle": (True, int)},
     EVENTS: {"since": (False, int), "limit": (False, int)},
     RESCAN: {},
+    # borrowing (docs/protocol.md, "Borrowing"): asked of the borrowing machine's runtime ...
+    BORROW: {"firm": (True, int), "product": (True, int), "seconds": (True, int), "server": (False, str),
+             "container": (False, str), "offline": (False, bool)},
+    BORROW_IMPORT: {"certificate": (True, bytes)},
+    BORROW_RETURN: {"borrow": (True, str), "offline": (False, bool)},
+    BORROW_LIST: {},
+    # ... and of the lending server
+    BORROW_TAKE: {"request": (True, bytes)},
+    BORROW_GIVE_BACK: {"receipt": (True, bytes)},
 }
 
 # What a successful reply carries, for the docs and for peers that check (not enforced).
@@ -139,6 +154,12 @@ REPLIES: dict[str, tuple[str, ...]] = {
     ADMIN_RELEASE: (),
     EVENTS: ("events", "next"),
     RESCAN: ("added", "removed", "changed"),
+    BORROW: ("borrow", "container", "item", "firm", "product", "until", "server", "request"),
+    BORROW_IMPORT: ("borrow", "container", "item", "firm", "product", "until", "server"),
+    BORROW_RETURN: ("borrow", "confirmed", "receipt", "already", "why"),
+    BORROW_LIST: ("held", "lent", "unconfirmed_returns"),
+    BORROW_TAKE: ("certificate", "borrow", "until"),
+    BORROW_GIVE_BACK: ("freed", "state"),
 }
 
 

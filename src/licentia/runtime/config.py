@@ -124,6 +124,9 @@ SETTINGS: tuple[Setting, ...] = (
             "client URLs of the TMR system's etcd members (the seat store), e.g. http://10.0.0.11:2379"),
     Setting("tmr_front_end_ca", "tmr", "front_end_ca", str, "",
             "CA certificate (PEM) that signed the TMR front ends' client certificates"),
+    Setting("borrow_cap", "borrow", "cap", int, 0,
+            "longest borrow this server lends, in seconds, under each item's own borrow maximum "
+            "(0: the item's maximum alone; -1: lend no seat)"),
     Setting("directory_url", "directory", "url", str, "",
             "LDAP or Active Directory server for the access list's group rules (ldap://host or "
             "ldaps://host; several, space-separated, tried in order; empty: no directory)"),
@@ -192,6 +195,7 @@ class RuntimeConfig:
     tmr_role: str = ""
     tmr_etcd: tuple[str, ...] = ()
     tmr_front_end_ca: str = ""
+    borrow_cap: int = 0
     directory_url: str = ""
     directory_base: str = ""
     directory_bind_dn: str = ""

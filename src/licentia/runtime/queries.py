@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from licentia.core.seats import Event, ItemKey, ReleaseReason, SeatTable
 from licentia.model import ContainerStatus, ErrorCode, LicentiaError
 from licentia.protocol.frames import Message
+from licentia.runtime.borrow import is_borrowed_seat
 from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.events import Events
@@ -71,6 +72,10 @@ class Queries:
                 raise rt.events.not_held(handle)
             rt.events.forget_later(handle, ReleaseReason.ADMIN.value)
             return rt.network.release(rid, hold, ReleaseReason.ADMIN)
+        if handle in rt.seats and is_borrowed_seat(rt.seats.get(handle).holder.client_id):
+            raise LicentiaError(ErrorCode.BORROW_NOT_ALLOWED, f"handle {handle} is a borrowed seat; it comes back when "
+                                "it is returned or its time ends", "return it with `licentia borrow return` on the "
+                                "borrowing machine, or wait for its end (`licentia borrow list`)")
         rel = rt.seats.force_release(handle, time.time())
         rt.after_release(rel.events)
         return {"id": rid, "ok": True}
@@ -126,6 +131,8 @@ class Queries:
                 "user": h.user, "host": h.host, "since": sess.since,
                 "client": h.client_id, "location": "local" if h.client_id is None else "network client",
             })
+            if is_borrowed_seat(h.client_id):
+                rows[-1]["location"] = "borrowed"
         rows += rt.network.session_rows(firm, product, container)
         rows.sort(key=lambda r: r["handle"])
         return rows

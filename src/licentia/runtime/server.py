@@ -42,6 +42,7 @@ from licentia.fsutil import atomic_write
 from licentia.model import AccessMode, Environment, ErrorCode, Fingerprint, LicentiaError
 from licentia.protocol.frames import Message
 from licentia.protocol.messages import CLIENT, REQUESTS, SUPPORTED_VERSIONS
+from licentia.runtime.borrow import Borrowing
 from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.connection import Connection
@@ -93,6 +94,7 @@ class Runtime:
         self.housekeeping = Housekeeping(self)
         self.grants = LocalGrants(self)
         self.queries = Queries(self)
+        self.borrowing = Borrowing(self)
         self._servers: list[asyncio.AbstractServer] = []
         self._datagram: asyncio.DatagramTransport | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -111,6 +113,12 @@ class Runtime:
             "admin.release": self.queries.op_admin_release,
             "events": self.queries.op_events,
             "rescan": self.housekeeping.op_rescan,
+            "borrow": self.borrowing.op_borrow,
+            "borrow.import": self.borrowing.op_import,
+            "borrow.return": self.borrowing.op_return,
+            "borrow.list": self.borrowing.op_list,
+            "borrow.take": self.borrowing.op_take,
+            "borrow.give-back": self.borrowing.op_give_back,
         }
         self.router = Router(handlers, self._note_problem, self._spawn)
         self.dispatch = self.router.dispatch
@@ -131,6 +139,7 @@ class Runtime:
         self.containers.apply_scan(result)
         await self.tokens.start()
         self.housekeeping.restore()
+        self.borrowing.start(time.time())
         await self.cloud.start()
         self.network.reload_servers()
         self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
@@ -149,6 +158,7 @@ class Runtime:
             loop.create_task(self._every(config.log_checkpoint_interval, hk.checkpoint_log)),
             loop.create_task(self._every(max(config.reap_interval, 1.0) * 2, hk.rescan)),
             loop.create_task(self.network.keepalive_loop()),
+            loop.create_task(self._every(max(config.reap_interval, 1.0), self.borrowing.tick)),
         ]
         hk.reap_now()  # programs that ended while the runtime was down
         self.central_sync.start()

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 # the license artifact (licentia.core.licenses): magic | version | body length | body | signature
 LICENSE_MAGIC = b"LCLI"
 LICENSE_VERSIONS = (1,)
+# a borrowed seat (licentia.core.borrow): magic | version | body length | body | signature
+BORROW_MAGIC = b"LCBW"
+BORROW_VERSIONS = (1,)
 _HEADER = struct.Struct(">4sBI")
 _SIGNATURE_SIZE = 64
 _KEY_SIZE = 32
@@ -280,6 +283,8 @@ def verify_proof(verified: Verified | SignedLicense, nonce: bytes, reply: dict[s
     expires = lic.item.get("expires_at")
     if expires is not None and until is not None and until > expires:
         raise _refuse("the validity end is later than the license's expiry")
+    if "borrowed_until" in lic.item and until is None:
+        raise _refuse("a borrowed seat's answer names no validity end")
     if runtime_kx is not None and keys is not None:
         keys.agree(lic, runtime_kx)
     return Verified(lic, units, until)
@@ -306,6 +311,8 @@ def verify_license(firm_key: bytes, firm_code: int, data: bytes) -> SignedLicens
 
 
 def _verify_license(firm_key: bytes, firm_code: int, data: bytes) -> SignedLicense:
+    if data[:4] == BORROW_MAGIC:
+        return _verify_borrowed(firm_key, firm_code, data)
     body = _license_body(data)
     if body is None or not _signed_by(firm_key, data[:-_SIGNATURE_SIZE], data[-_SIGNATURE_SIZE:]):
         raise _refuse(f"the license is not signed by firm {firm_code}'s key")
@@ -329,12 +336,46 @@ def _verify_license(firm_key: bytes, firm_code: int, data: bytes) -> SignedLicen
     return SignedLicense(serial, signed_firm, item_id, item, key)
 
 
+def _verify_borrowed(firm_key: bytes, firm_code: int, data: bytes) -> SignedLicense:
+    """A seat borrowed from a network server (licentia.core.borrow): the firm signed the
+    license inside, the license names the server container's key, that key signed the
+    certificate, and the certificate names the client container (its key then signs the
+    proofs) and the borrow's end, which becomes the item's expiry as the program sees it."""
+    body = _artifact_body(data, BORROW_MAGIC, BORROW_VERSIONS)
+    if body is None or len(body) < 4:
+        raise _refuse("the borrow certificate is malformed")
+    (n,) = struct.unpack_from(">I", body)
+    # only a plain license inside (a certificate in a certificate is not a borrow)
+    inner = _verify_license(firm_key, firm_code, body[4:4 + n]) if body[4:8] == LICENSE_MAGIC else None
+    if inner is None or not _signed_by(inner.container_key, data[:-_SIGNATURE_SIZE], data[-_SIGNATURE_SIZE:]):
+        raise _refuse("the borrow certificate is not signed by the container its license names")
+    try:
+        fields = msgpack.unpackb(body[4 + n:], raw=False, strict_map_key=True)
+    except Exception:
+        fields = None
+    get = fields.get if type(fields) is dict else {}.get
+    serial, key, item_id = get("client_serial"), get("client_key"), get("client_item")
+    until, server, server_item = get("until"), get("server_serial"), get("server_item")
+    if (type(serial) is not str or type(key) is not bytes or len(key) != _KEY_SIZE or type(item_id) is not int
+            or type(until) is not int or server != inner.serial or server_item != inner.item_id):
+        raise _refuse("the borrow certificate has missing or malformed fields")
+    item = dict(inner.item)
+    expires = item.get("expires_at")
+    item.update(quantity=0, borrow_max=0, borrowed_until=until,
+                expires_at=until if expires is None else min(expires, until))
+    return SignedLicense(serial, inner.firm_code, item_id, item, key)
+
+
 def _license_body(data: bytes) -> bytes | None:
+    return _artifact_body(data, LICENSE_MAGIC, LICENSE_VERSIONS)
+
+
+def _artifact_body(data: bytes, magic: bytes, versions: tuple[int, ...]) -> bytes | None:
     """The body of a license artifact whose header and length are right, else None."""
     if len(data) < _HEADER.size + _SIGNATURE_SIZE:
         return None
-    magic, version, length = _HEADER.unpack_from(data)
-    if magic != LICENSE_MAGIC or version not in LICENSE_VERSIONS or length > _MAX_BODY:
+    found, version, length = _HEADER.unpack_from(data)
+    if found != magic or version not in versions or length > _MAX_BODY:
         return None
     if len(data) != _HEADER.size + length + _SIGNATURE_SIZE:
         return None
