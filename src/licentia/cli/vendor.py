@@ -159,7 +159,10 @@ def cmd_issue(args: argparse.Namespace) -> int:
             ErrorCode.INVALID_PARAMETER,
             "one request file and one -o output, or --tmr with three of each",
         )
-    request = updates.read_request(read_file(args.request[0], "request file"))
+    data = read_file(args.request[0], "request file")
+    if tmrgroup.is_group_request(data):
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{args.request[0]} is a TMR group request: answer it with --tmr")
+    request = updates.read_request(data)
     keys = _keys_for(args, request)
     ops = _operations(args, request, keys.private_key, keys.firm_code, args.tmr_id)
     data = updates.issue_update(request, keys.firm_code, keys.private_key, ops, now())
