@@ -34,16 +34,39 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     apply.add_argument("file")
     apply.add_argument("--receipt", help="receipt file to write (default: FILE with .receipt)")
     apply.add_argument("--pin-file", help="file holding the token's user PIN (token containers)")
+    apply.add_argument(
+        "--container", metavar="SERIAL",
+        help="with a TMR group update: the constituent to update (default: the one this home holds)",
+    )
     apply.set_defaults(handler=cmd_apply)
 
+    from licentia.cli import tmrgroup
 
-def _open(args: argparse.Namespace, serial: ContainerSerial, fp: Fingerprint) -> SoftContainer | TokenContainer:
+    greq = us.add_parser(
+        "group-request", help="combine the three constituent containers' request files of a TMR license"
+    )
+    greq.add_argument("requests", nargs=3, metavar="REQUEST", help="request file of each constituent container")
+    greq.add_argument("-o", "--output", required=True, help="group request file to write (.lcgr)")
+    greq.set_defaults(handler=tmrgroup.cmd_group_request)
+
+    grc = us.add_parser(
+        "group-receipt", help="combine the constituents' receipts of a TMR group update for the vendor"
+    )
+    grc.add_argument("receipts", nargs="+", metavar="RECEIPT", help="receipt file written by each upstream")
+    grc.add_argument("-o", "--output", required=True, help="group receipt file to write (.lcgc)")
+    grc.set_defaults(handler=tmrgroup.cmd_group_receipt)
+
+
+def _store(args: argparse.Namespace, fp: Fingerprint) -> ContainerStore:
     # Soft containers from the home's directory; token containers through the PKCS#11
     # module and PIN that `licentia container` uses (see licentia.cli.container).
     from licentia.cli.container import token_pin
 
-    store = ContainerStore(containers_dir(args), fp, token_pin=token_pin(args, required=False))
-    return store.open_any(serial, now())
+    return ContainerStore(containers_dir(args), fp, token_pin=token_pin(args, required=False))
+
+
+def _open(args: argparse.Namespace, serial: ContainerSerial, fp: Fingerprint) -> SoftContainer | TokenContainer:
+    return _store(args, fp).open_any(serial, now())
 
 
 def _keys(container: SoftContainer | TokenContainer) -> ContainerKeys | None:
@@ -67,8 +90,16 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     data = read_file(args.file, "update file")
-    header = updates.peek_update(data)
     fp = fingerprint(args)
+    group_note = ""
+    from licentia.cli import tmrgroup
+
+    if tmrgroup.is_group_update(data):  # a TMR group update: this home's constituent's part
+        tmr_id, data = tmrgroup.group_part(args, data, _store(args, fp))
+        group_note = f" (its part of TMR license {tmr_id}'s group update)"
+    elif args.container:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--container is for TMR group updates only")
+    header = updates.peek_update(data)
     container = _open(args, header.serial, fp)
     t = now()
 
@@ -79,7 +110,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     applied = container.transact(change)
     receipt_path = Path(args.receipt) if args.receipt else Path(args.file).with_suffix(".receipt")
     atomic_write(receipt_path, applied.receipt, mode=0o644)
-    print(f"applied update step {applied.counter} of firm {applied.firm_code} to container {container.serial}:")
+    print(f"applied update step {applied.counter} of firm {applied.firm_code} to container {container.serial}{group_note}:")
     for change_text in applied.changes:
         print(f"  {change_text}")
     print(f"receipt: {receipt_path}")

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from licentia.cli import tmrgroup
 from licentia.cli.common import (
     now,
     parse_duration,
@@ -93,6 +94,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _keystore_args(issue)
     issue.set_defaults(handler=cmd_issue)
 
+    check = vs.add_parser(
+        "check-receipt", help="check a TMR group receipt: every constituent applied its part of the group update"
+    )
+    check.add_argument("receipt", help="group receipt file from `licentia update group-receipt` (.lcgc)")
+    check.add_argument("--update", required=True, help="the group update file it answers (.lcgu)")
+    _keystore_args(check, passphrase=False)
+    check.set_defaults(handler=cmd_check_receipt)
+
 
 def _keystore_args(p: argparse.ArgumentParser, *, passphrase: bool = True) -> None:
     p.add_argument("--keystore", help="firm keystore file (default: the one in the home's vendor/)")
@@ -151,7 +160,10 @@ def cmd_issue(args: argparse.Namespace) -> int:
             ErrorCode.INVALID_PARAMETER,
             "one request file and one -o output, or --tmr with three of each",
         )
-    request = updates.read_request(read_file(args.request[0], "request file"))
+    data = read_file(args.request[0], "request file")
+    if tmrgroup.is_group_request(data):
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{args.request[0]} is a TMR group request: answer it with --tmr")
+    request = updates.read_request(data)
     keys = _keys_for(args, request)
     ops = _operations(args, request, keys.private_key, keys.firm_code, args.tmr_id)
     data = updates.issue_update(request, keys.firm_code, keys.private_key, ops, now())
@@ -162,19 +174,28 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 def _issue_tmr(args: argparse.Namespace) -> int:
     """One TMR license: the same item, under one TMR id, for three constituent containers."""
+    if len(args.request) == 1 and len(args.output) == 1 and tmrgroup.is_group_request(
+        read_file(args.request[0], "request file")
+    ):
+        _check_tmr_options(args)
+        return tmrgroup.issue_group(
+            args,
+            lambda firm: load_keystore(
+                keystore_path(args, None if args.keystore else firm), read_passphrase(args)
+            ),
+            lambda keys: _item_from_args(args, keys.private_key, keys.firm_code, tmr_id=None),
+            lambda keys: args.tmr_id if args.tmr_id is not None else next_tmr_id(
+                tmr_ids_path(keystore_path(args, None if args.keystore else keys.firm_code), keys.firm_code),
+                keys.firm_code,
+            ),
+        )
     if len(args.request) != 3 or len(args.output) != 3:
         raise LicentiaError(
             ErrorCode.INVALID_PARAMETER,
-            f"--tmr needs three request files and three -o outputs (got {len(args.request)} and {len(args.output)})",
+            f"--tmr needs a group request file and one -o output, or three request files and three -o outputs "
+            f"(got {len(args.request)} and {len(args.output)})",
         )
-    if args.product is None:
-        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--tmr needs --product with the item's options")
-    if args.remove or args.lock or args.unlock:
-        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--tmr issues one item; remove or lock in separate updates")
-    if str(args.quantity).strip() == "0":
-        raise LicentiaError(
-            ErrorCode.INVALID_PARAMETER, "a TMR license serves a network; quantity 0 (local only) does not fit"
-        )
+    _check_tmr_options(args)
     requests = [updates.read_request(read_file(r, "request file")) for r in args.request]
     firms = {r.firm_code for r in requests}
     if len(firms) != 1:
@@ -203,6 +224,33 @@ def _issue_tmr(args: argparse.Namespace) -> int:
     for request, output in zip(requests, args.output, strict=True):
         print(f"  container {request.serial}, step {request.update_counter + 1}: {output}")
     return 0
+
+
+def _check_tmr_options(args: argparse.Namespace) -> None:
+    if args.product is None:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--tmr needs --product with the item's options")
+    if args.remove or args.lock or args.unlock:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--tmr issues one item; remove or lock in separate updates")
+    if str(args.quantity).strip() == "0":
+        raise LicentiaError(
+            ErrorCode.INVALID_PARAMETER, "a TMR license serves a network; quantity 0 (local only) does not fit"
+        )
+
+
+def cmd_check_receipt(args: argparse.Namespace) -> int:
+    def pinned(firm_code: int) -> bytes | None:
+        """The firm key of this home's keystore (or --keystore): the group update must be signed by it."""
+        try:
+            return read_keystore_info(keystore_path(args, None if args.keystore else firm_code)).public_key
+        except LicentiaError as exc:
+            if exc.code is ErrorCode.KEYSTORE_NOT_FOUND:
+                raise LicentiaError(
+                    ErrorCode.KEYSTORE_NOT_FOUND,
+                    f"no keystore of firm {firm_code} here: check group receipts where the firm's keystore is",
+                ) from None
+            raise
+
+    return tmrgroup.cmd_check_receipt(args, pinned)
 
 
 def _keys_for(args: argparse.Namespace, request: updates.Request) -> FirmKeys:

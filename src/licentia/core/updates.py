@@ -189,6 +189,17 @@ def issue_update(
     now: int,
 ) -> bytes:
     """The update file that moves `request`'s container one step forward for `firm_code`."""
+    return issue_update_with_licenses(request, firm_code, firm_private_key, operations, now)[0]
+
+
+def issue_update_with_licenses(
+    request: Request,
+    firm_code: int,
+    firm_private_key: bytes,
+    operations: Sequence[Operation],
+    now: int,
+) -> tuple[bytes, tuple[bytes, ...]]:
+    """Like `issue_update`, also returning the licenses it puts (sealed inside the update)."""
     if request.firm_code != firm_code:
         raise LicentiaError(
             ErrorCode.UPDATE_WRONG_FIRM,
@@ -201,10 +212,12 @@ def issue_update(
             f"the container already trusts another key for firm {firm_code}",
         )
     ops: list[dict[str, Any]] = []
+    licenses: list[bytes] = []
     for op in operations:
         if isinstance(op, PutItem):
             lic = License(request.serial, request.sign_public, firm_code, op.item_id, op.item, now)
-            ops.append({"op": "put", "license": issue_license(lic, firm_private_key)})
+            licenses.append(issue_license(lic, firm_private_key))
+            ops.append({"op": "put", "license": licenses[-1]})
         elif isinstance(op, RemoveItem):
             ops.append({"op": "remove", "item_id": op.item_id})
         elif isinstance(op, LockFirm):
@@ -223,7 +236,7 @@ def issue_update(
         "operations": sealed,
     }
     prefix = _UPDATE_PREFIX.pack(firm_code, request.serial.mask, request.serial.number, firm_public)
-    return sign_artifact(UPDATE_MAGIC, VERSION, prefix + env.encode(body), firm_private_key)
+    return sign_artifact(UPDATE_MAGIC, VERSION, prefix + env.encode(body), firm_private_key), tuple(licenses)
 
 
 @dataclass(frozen=True)

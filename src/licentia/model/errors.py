@@ -130,6 +130,11 @@ class ErrorCode(IntEnum):
     BORROW_ENDED = 1445  # the borrow has ended (returned or expired)
     BORROW_NO_CONTAINER = 1446  # the client machine has no soft container to take the seat
 
+    # TMR group updates: the three constituents of a TMR license together (1460-1469)
+    TMR_GROUP_INVALID = 1460
+    TMR_GROUP_NO_PART = 1461
+    TMR_GROUP_INCOMPLETE = 1462
+
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
@@ -147,6 +152,9 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.BLACKLIST_INVALID: "the blacklist file is damaged or not signed by this firm; take it from the vendor's release",
     ErrorCode.PORT_IN_USE: "stop the other program, or give the runtime another port (`--local-port`, `--network-port`, `--http-port` or runtime.toml; -1 turns the local TCP and HTTP ports off)",
     ErrorCode.LISTEN_FAILED: "check the address and port in runtime.toml or the flags: an address of this machine, a port below 1024 only as root",
+    ErrorCode.TMR_GROUP_INVALID: "make the group from the three constituent containers' own request files, one per container, all for the same firm",
+    ErrorCode.TMR_GROUP_NO_PART: "apply the group update on each of the three upstreams: each applies the part for the container it holds",
+    ErrorCode.TMR_GROUP_INCOMPLETE: "apply the group update on every upstream named above and combine the three new receipts again",
     ErrorCode.ACCESS_LIST_DENIED: "the server's access list keeps this seat from you; ask its administrator (`licentia acl check` shows which rule decides)",
     ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",
     ErrorCode.CONTAINER_BLACKLISTED: "the vendor listed this container as lost or stolen; contact the vendor",
