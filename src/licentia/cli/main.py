@@ -26,6 +26,7 @@ GROUPS = (
     "licentia.cli.server",
     "licentia.cli.acl",
     "licentia.cli.report",
+    "licentia.cli.webadmin",
     "licentia.cli.access",
     "licentia.cli.central",
     "licentia.cli.activate",
