@@ -65,6 +65,8 @@ SETTINGS: tuple[Setting, ...] = (
             "connections and requests open at once on the HTTP port; more are answered 503"),
     Setting("http_timeout_keep_alive", "http", "timeout_keep_alive", int, 5,
             "seconds an idle keep-alive HTTP connection stays open"),
+    Setting("http_head_timeout", "http", "head_timeout", float, 10.0,
+            "seconds a new HTTP connection may take to send its first request's headers"),
     Setting("http_max_body", "http", "max_body", int, 65536,
             "largest request body on the HTTP port, in bytes (larger: 413)"),
     Setting("http_max_head", "http", "max_head", int, 16384,
@@ -176,6 +178,7 @@ class RuntimeConfig:
     http_tls: bool = True
     http_limit_concurrency: int = 64
     http_timeout_keep_alive: int = 5
+    http_head_timeout: float = 10.0
     http_max_body: int = 65536
     http_max_head: int = 16384
     order: str = "local-first"
@@ -229,7 +232,7 @@ class RuntimeConfig:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 _bad(f"{name} {port} is not a port")
-        if self.http_limit_concurrency < 1 or self.http_timeout_keep_alive < 1 or self.http_max_body < 1024 \
+        if self.http_limit_concurrency < 1 or self.http_head_timeout <= 0 or self.http_timeout_keep_alive < 1 or self.http_max_body < 1024 \
                 or self.http_max_head < 1024:
             _bad("the [http] limits must be positive (max_body and max_head at least 1024 bytes)")
         if self.order not in ORDERS:

@@ -8,6 +8,8 @@ HTTPS by default, with the runtime's certificate (`tls/server.crt`, made at firs
 Limits, all in `[http]` of runtime.toml (docs/runtime.md):
 - `limit_concurrency` (64): connections and requests at once; past it uvicorn answers 503;
 - `timeout_keep_alive` (5 s): an idle keep-alive connection is closed;
+- `head_timeout` (10 s): a new connection that has not sent a whole request head by then is
+  closed (uvicorn has no such timeout of its own: slow partial requests would stay open);
 - `max_head` (16 KiB): request line and headers (h11's `max_incomplete_event_size`); past it
   the connection gets 400 and is closed, as is a malformed request or `Content-Length`;
 - `max_body` (64 KiB): request bodies, checked against `Content-Length` before reading and
@@ -45,6 +47,7 @@ class HttpService:
         self.config.load()
         self.server = uvicorn.Server(self.config)
         self.ssl_context = ssl_context
+        self.head_timeout = cfg.http_head_timeout
         self._listener: asyncio.AbstractServer | None = None
         self._ticker: asyncio.Task[None] | None = None
         logging.getLogger("uvicorn.error").setLevel(logging.ERROR)  # errors answer 400/500, not tracebacks
@@ -53,9 +56,12 @@ class HttpService:
         loop = asyncio.get_running_loop()
         server, config = self.server, self.config
 
+        head_timeout = self.head_timeout
+
         def protocol() -> asyncio.Protocol:
             proto: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
                 config=config, server_state=server.server_state, app_state={}, _loop=loop)
+            loop.call_later(head_timeout, _drop_if_silent, proto)
             return proto
 
         await server.on_tick(0)  # the Date header
@@ -82,3 +88,10 @@ class HttpService:
         tasks: Any = list(self.server.server_state.tasks)
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
+
+
+def _drop_if_silent(proto: Any) -> None:
+    """A connection with no whole request head yet (h11's first cycle not begun) is closed."""
+    transport = getattr(proto, "transport", None)
+    if getattr(proto, "cycle", None) is None and transport is not None and not transport.is_closing():
+        transport.close()

@@ -73,6 +73,7 @@ class WebAdmin:
         self.sessions = Sessions(users_path(rt.home.path))
         self.latency = Histogram()
         self.max_body = rt.config.http_max_body
+        self.max_head = rt.config.http_max_head
         page = self._page
         routes = [
             Route("/api/status", self.api_status), Route("/api/server", self.api_server),
@@ -118,6 +119,11 @@ class WebAdmin:
                 message = {**message, "headers": headers}
             await send(message)
 
+        head = sum(len(k) + len(v) + 4 for k, v in scope.get("headers", ())) + len(scope.get("raw_path") or b"")
+        if head > self.max_head:  # h11 bounds a head still arriving; this bounds one that came whole
+            response = PlainTextResponse(f"the request head is larger than {self.max_head} bytes", status_code=431)
+            await response(scope, receive, send_with_headers)
+            return
         try:
             await self.app(scope, receive, send_with_headers)
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -145,9 +146,9 @@ def acl_page(acl: AccessList, status: dict[str, Any], session: Session, ok: str 
                 "<label>Name <input name='name' required></label>"
                 "<label>Scope <input name='scope' value='server' title='server, container SERIAL, firm FIRM or "
                 "product FIRM:PRODUCT'></label>"
-                "<label>Action <select name='action'><option>allow</option><option>deny</option></select></label>"
-                "<label>Who <select name='kind'><option>group</option><option>user</option><option>host</option>"
-                "<option>subnet</option><option>anyone</option></select></label>"
+                "<label>Action <select name='action'>" + _options(("allow", "deny")) + "</select></label>"
+                "<label>Who <select name='kind'>" + _options(("group", "user", "host", "subnet", "anyone"))
+                + "</select></label>"
                 "<label>Names <input name='values' title='comma-separated'></label>"
                 "<label>Reserve <input name='reserve' type='number' min='0' value='0' size='4'></label>"
                 "<label>Max <input name='max' type='number' min='0' size='4'></label>"
@@ -156,6 +157,10 @@ def acl_page(acl: AccessList, status: dict[str, Any], session: Session, ok: str 
     held_table = table(("item", "seats held", "charged to a rule"), held, "held") if held else ""
     return message(ok, error) + state + table(
         ("name", "scope", "action", "who", "reserve", "max", "expires", "note", ""), rows, "rules") + form + held_table
+
+
+def _options(values: Sequence[str]) -> str:
+    return "".join(f"<option value='{v}'>{v}</option>" for v in values)
 
 
 def settings(servers: list[str], config: list[tuple[str, str, Any, Any]], session: Session, ok: str | None,
@@ -196,10 +201,14 @@ def reports(data: ReportData, quantities: dict[tuple[int, int], int], products: 
             f"<option value=''>all</option>{opts}</select></label><button type='submit'>Show</button></form>")
     if error:
         return message(None, error) + form
+    until = min(data.end, time.time())
     out = [form, f"<p>{data.lines} log lines read; one point per {data.interval / 60:g} minutes.</p>"]
     for n, (key, points) in enumerate(sorted(data.timelines.items())):
+        line = [(at, float(v)) for at, v in points]
+        if line and line[-1][0] < until:  # the last level, to the end of the period (or now)
+            line.append((until, line[-1][1]))
         out.append(line_chart(f"Concurrent seats of product {key[0]}:{key[1]} (peak {data.peaks.get(key, 0)})",
-                              [(at, float(v)) for at, v in points], limit=quantities.get(key),
+                              line, limit=quantities.get(key),
                               ident=f"usage-{n}"))
     if not data.timelines:
         out.append("<p class='empty'>No seat was taken in this period.</p>")
