@@ -234,7 +234,7 @@ def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
 
 def coloured(png: bytes) -> int:
     """Pixels of the screenshot that are neither white-ish nor grey: the drawn series."""
-    width, height, rows = png_pixels(png)
+    width, _, rows = png_pixels(png)
     channels = len(rows[0]) // width
     n = 0
     for row in rows:
@@ -249,7 +249,7 @@ def coloured(png: bytes) -> int:
 def test_every_page_in_chromium(served: tuple[Runtime, Net], tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    server, net = served
+    server, _ = served
     base = server.http
     driver = browser()
     try:

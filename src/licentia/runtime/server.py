@@ -290,7 +290,7 @@ class Runtime:
             cert, key = server_files(self.home, self.config)
             ctx = http_context(cert, key)
         self.http = HttpService(self, ctx)
-        server = await self.http.start()
+        server: asyncio.AbstractServer = await self.http.start()
         self.ports["http_port"] = _bound_port(server)
         self.ports["http_address"] = self.config.http_address
         self.ports["http_scheme"] = "https" if ctx is not None else "http"

@@ -250,8 +250,8 @@ class WebAdmin:
         rt = self.rt
         status = rt.acl_watch.status() if rt.acl_watch is not None else {"rules": 0, "in_force": False}
         text = render(rt.queries.item_rows(), sessions=len(rt.seats), connections=len(rt.connections),
-                      network_clients=len(rt.seats.clients()), denials=rt.denials, acl_rules=status["rules"],
-                      acl_in_force=status["in_force"], started_at=rt.started_at, latency=self.latency)
+                      network_clients=len(rt.seats.clients()), denials=rt.denials, acl_rules=int(status["rules"]),
+                      acl_in_force=bool(status["in_force"]), started_at=rt.started_at, latency=self.latency)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     # ================================================================== log-in
