@@ -116,9 +116,23 @@ def test_the_seed_example_through_a_runtime(tmp_path: Path, root: Path, vendor: 
         assert done.returncode == 0, done.stderr
         server.logged("the reloaded list", lambda e: e.get("event") == "acl-changed" and e.get("rules") == 3)
         assert net.refused("guest9").code is ErrorCode.NO_MORE_LICENSES  # every seat taken: 212, as ever
+        handles = [h for _, h in net.held]
+    finally:
+        net.close()
 
-        # released seats go back where they were charged: a fifth support user gets a seat
-        net.release_all()
+    # a restart restores the seats and charges them again, with the holders' groups
+    server.stop()
+    server.start()
+    assert len(server.sessions()) == 10
+    server.logged("the seats charged again", lambda e: e.get("event") == "acl-recharged" and e["unknown"] == 0)
+    net = Net(server)
+    try:
+        with server.admin() as admin:
+            admin.request("admin.release", handle=handles[0])  # sup1: support is back within its 3
+        assert net.access("guest4")["ok"]  # so the fourth support seat's free seat is free again
+        with server.admin() as admin:
+            for h in [*handles[1:], net.held[0][1]]:
+                admin.request("admin.release", handle=h)
         assert not server.sessions()
         assert net.access(SUPPORT[4])["ok"]
         refused = net.refused("guest9")

@@ -42,10 +42,33 @@ class AclWatch:
 
     def start(self) -> None:
         """After the seat snapshot was restored: charge the restored seats, say what is wrong
-        with the file if it does not parse."""
+        with the file if it does not parse. The restored holders' directory groups are not
+        known yet: `regroup` asks the directory for them and charges the seats again."""
         if self.gate.file.problem is not None and self.rt.log is not None:
             self.rt.log.note({"event": "problem", "what": "acl", "message": self.gate.file.problem})
         self.apply()
+
+    async def regroup(self) -> None:
+        """Ask the directory (off the loop) for the groups of the users holding seats when a
+        group rule may matter, then charge the held seats again with them."""
+        gate = self.in_force()
+        directory = self.gate.directory
+        sessions = self.rt.seats.sessions()
+        if gate is None or directory is None or not sessions:
+            return
+        users = sorted({s.holder.user for s in sessions if gate.acl.needs_groups(s.key)})
+        if not users:
+            return
+        mono = time.monotonic()
+        found: dict[str, frozenset[str] | None] = {}
+        for user in users:
+            found[user] = await directory.groups_async(user, mono)
+        if self.in_force() is not gate:
+            return
+        gate.rebuild(self.rt.seats.sessions(), time.time(), found.get)
+        if self.rt.log is not None:
+            self.rt.log.note({"event": "acl-recharged", "sessions": len(sessions),
+                              "users": len(users), "unknown": sum(1 for g in found.values() if g is None)})
 
     def apply(self) -> None:
         gate = self.in_force()

@@ -134,6 +134,7 @@ class Runtime:
         self.housekeeping.restore()
         self.acl_watch = AclWatch(self)
         self.acl_watch.start()
+        self._spawn(self.acl_watch.regroup())
         await self.cloud.start()
         self.network.reload_servers()
         self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
