@@ -11,7 +11,14 @@ from hypothesis import given, settings, strategies as st
 from licentia.crypto import check_password, hash_password
 from licentia.model import LicentiaError
 from licentia.runtime.diag import scrub
-from licentia.runtime.webadmin.auth import SESSION_SECONDS, Sessions, csrf_ok, read_users, set_user, users_path
+from licentia.runtime.webadmin.auth import (
+    SESSION_SECONDS,
+    Sessions,
+    csrf_ok,
+    read_users,
+    set_user,
+    users_path,
+)
 from licentia.runtime.webadmin.charts import bar_chart, line_chart
 from licentia.runtime.webadmin.metrics import Histogram, render
 
