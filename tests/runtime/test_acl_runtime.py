@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.runtime.harness import Procs, Runtime, Vendor, base_env, make_home, wait_for
+from tests.runtime.harness import Procs, Program, Runtime, Vendor, base_env, make_home, wait_for
 from tests.runtime.slapd import READER, READER_PASSWORD, SUFFIX, Slapd
 
 from licentia.model import ErrorCode, LicentiaError, ProductItem
@@ -140,3 +140,25 @@ def test_the_seed_example_through_a_runtime(tmp_path: Path, root: Path, vendor: 
     finally:
         net.close()
         server.stop()
+
+
+def test_programs_on_the_server_go_through_the_list(tmp_path: Path, root: Path, vendor: Vendor,
+                                                    procs: Procs) -> None:
+    """A program on the runtime's own machine (the plain access path) is judged by the list
+    too, and the list is reloaded without a restart."""
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=7, quantity=5)])
+    rt = Runtime(procs, home, root)
+    env = {"LICENTIA_HOME": str(home)}
+    opts = {"firm_code": vendor.firm, "product_code": 7, "verify": False}
+    assert Program(procs, root, {**env, "USER": "mallory"}, **opts).granted  # no list yet
+    assert cli(home, "acl", "add", "no-mallory", "--deny", "--user", "mallory").returncode == 0
+    rt.logged("the list", lambda e: e.get("event") == "acl-changed" and e.get("rules") == 1)
+    refused = Program(procs, root, {**env, "USER": "mallory"}, **opts).first
+    assert refused["error"] == 1300 and 'rule "no-mallory"' in refused["message"]
+    assert Program(procs, root, {**env, "USER": "ann"}, **opts).granted
+    assert cli(home, "acl", "add", "ann-max", "--user", "ann", "--max", "1").returncode == 0
+    rt.logged("the list", lambda e: e.get("event") == "acl-changed" and e.get("rules") == 2)
+    refused = Program(procs, root, {**env, "USER": "ann"}, **opts).first  # ann holds her one seat already
+    assert refused["error"] == 1300 and "ann-max" in refused["message"]
+    rt.stop()
