@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgpack
@@ -103,12 +103,16 @@ class LocalGrants:
         network = self.rt.network
         address = conn.peer_host if conn.listener == "network" else ""
         if where in ("local", "local-first"):
+            fallback = None
+            if where == "local-first" and network.may_forward(msg):
+                def fallback(exc: LicentiaError) -> Reply:
+                    return network.access(msg, ident, mode, first_error=exc)
             try:
-                return self.access_local(msg, ident, mode, request, keys, address)
+                return self.access_local(msg, ident, mode, request, keys, address, fallback=fallback)
             except LicentiaError as exc:
-                if where == "local" or not network.may_forward(msg):
+                if fallback is None:
                     raise
-                return network.access(msg, ident, mode, first_error=exc)
+                return fallback(exc)
         if where == "network":
             return network.access(msg, ident, mode, first_error=None)
         return network.access(msg, ident, mode, first_error=None,
@@ -195,10 +199,13 @@ class LocalGrants:
 
     def access_local(self, msg: Message, ident: Ident, mode: AccessMode, request: ItemRequest,
                      keys: ProofKeys | None = None, address: str = "",
-                     groups: tuple[frozenset[str] | None] | None = None) -> Reply:
+                     groups: tuple[frozenset[str] | None] | None = None,
+                     fallback: Callable[[LicentiaError], Reply] | None = None) -> Reply:
         """`address`: the client's address for the access list (the connection's peer on the
         network port, "" for programs on this machine); `groups`: the user's directory groups
-        once asked (a 1-tuple), None before."""
+        once asked (a 1-tuple), None before; `fallback`: what a refusal turns into when the
+        decision waits for the directory (local-first: the network), as the caller does
+        with a refusal raised at once."""
         rt = self.rt
         firm, product = msg["firm"], msg["product"]
         candidates = rt.containers.candidates(firm, product, msg.get("container"))
@@ -232,7 +239,7 @@ class LocalGrants:
                             user_groups = gate.directory.cached(ident.holder.user, time.monotonic())
                             if user_groups is None:  # ask the directory off the loop, then decide
                                 return self._access_after_groups(gate, cand.key, msg, ident, mode, request, keys,
-                                                                 address)
+                                                                 address, fallback)
                         else:
                             user_groups = groups[0]
                     decision = gate.check(seats, key=cand.key, quantity=entry.item.quantity, mode=mode,
@@ -267,9 +274,15 @@ class LocalGrants:
         raise best
 
     async def _access_after_groups(self, gate: AccessGate, key: Any, msg: Message, ident: Ident, mode: AccessMode,
-                                   request: ItemRequest, keys: ProofKeys | None, address: str) -> Message | bytes:
+                                   request: ItemRequest, keys: ProofKeys | None, address: str,
+                                   fallback: Callable[[LicentiaError], Reply] | None) -> Message | bytes:
         groups = await gate.groups_async(key, ident.holder.user, time.monotonic())
-        reply = self.access_local(msg, ident, mode, request, keys, address, (groups,))
+        try:
+            reply = self.access_local(msg, ident, mode, request, keys, address, (groups,))
+        except LicentiaError as exc:
+            if fallback is None:
+                raise
+            reply = fallback(exc)
         if isinstance(reply, dict | bytes):
             return reply
         return await reply
