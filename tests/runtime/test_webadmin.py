@@ -128,6 +128,8 @@ def test_http_port_limits_metrics_and_csrf(served: tuple[Runtime, Net]) -> None:
             return exc.code, exc.read().decode()
 
     assert post("/login", {"user": "root", "password": "wrong"})[0] == 401
+    log_in_refused = server.logged("the refused log-in", lambda e: e.get("what") == "log-in refused")
+    assert log_in_refused[0]["user"] == "root" and "password" not in log_in_refused[0]
     assert post("/login", {"user": "viewer", "password": VIEWER_PASSWORD})[0] == 200
     # a read-only user sees the pages and changes nothing, even with the form's token
     page = opener.open(f"{server.http}/acl", timeout=10).read().decode()

@@ -104,3 +104,17 @@ def test_diag_scrubs_secrets() -> None:
     assert out["directory"] == {"url": "ldap://x", "password_file": "(left out)", "bind_dn": "cn=r"}
     assert out["central"]["token"] == "(left out)" and out["network"]["private_key"] == "(left out)"
     assert out["list"] == [{"secret": "(left out)"}] and out["network"]["certificate"] == "c.pem"
+
+
+def test_wrong_passwords_lock_an_address_out_for_a_while(tmp_path: Path) -> None:
+    from licentia.runtime.webadmin.auth import FAILURE_WINDOW, FAILURES_ALLOWED, LOCKOUT
+
+    sessions = Sessions(users_path(tmp_path))
+    for i in range(FAILURES_ALLOWED - 1):
+        sessions.failed("10.0.0.9", now=100.0 + i)
+    assert sessions.locked_out("10.0.0.9", now=110.0) == 0
+    sessions.failed("10.0.0.9", now=110.0)
+    assert sessions.locked_out("10.0.0.9", now=111.0) == LOCKOUT - 1
+    assert sessions.locked_out("10.0.0.8", now=111.0) == 0  # another address is not held up
+    assert sessions.locked_out("10.0.0.9", now=110.0 + LOCKOUT) == 0
+    assert sessions.locked_out("10.0.0.9", now=110.0 + FAILURE_WINDOW) == 0 and not sessions._failures

@@ -264,11 +264,16 @@ class WebAdmin:
         except BodyTooLarge:
             return PlainTextResponse("request body too large", status_code=413)
         user, password = form.get("user", "")[:100], form.get("password", "")[:1000]
+        address = request.client.host if request.client else ""
+        wait = self.sessions.locked_out(address)
+        if wait > 0:
+            return self.html("Log in", pages.login(f"too many wrong passwords from {address}; try again in "
+                                                   f"{wait:.0f} s", False), None, status=429)
         role = await asyncio.to_thread(self.sessions.check_password, user, password) if user and password else None
         if role is None:
+            self.sessions.failed(address)
             if self.rt.log is not None:
-                self.rt.log.note({"event": "webadmin", "what": "log-in refused", "user": user,
-                                  "address": request.client.host if request.client else ""})
+                self.rt.log.note({"event": "webadmin", "what": "log-in refused", "user": user, "address": address})
             return self.html("Log in", pages.login("wrong user name or password", False), None, status=401)
         token = self.sessions.open(user, role)
         response = RedirectResponse("/", status_code=303)

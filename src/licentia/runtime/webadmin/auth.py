@@ -29,6 +29,9 @@ ROLES = ("admin", "read-only")
 SESSION_SECONDS = 8 * 3600.0
 MAX_SESSIONS = 1000
 COOKIE = "licentia_session"
+FAILURES_ALLOWED = 5  # wrong passwords from one address ...
+FAILURE_WINDOW = 300.0  # ... within this many seconds, then that address waits
+LOCKOUT = 60.0
 
 
 def users_path(home: Path) -> Path:
@@ -92,6 +95,24 @@ class Sessions:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._sessions: dict[str, Session] = {}
+        self._failures: dict[str, list[float]] = {}  # address -> times of wrong passwords
+
+    def locked_out(self, address: str, now: float | None = None) -> float:
+        """Seconds `address` must wait before trying a password again (0: it may try)."""
+        now = time.time() if now is None else now
+        times = [t for t in self._failures.get(address, ()) if now - t < FAILURE_WINDOW]
+        if times:
+            self._failures[address] = times
+        else:
+            self._failures.pop(address, None)
+        if len(times) >= FAILURES_ALLOWED:
+            return max(times[-1] + LOCKOUT - now, 0.0)
+        return 0.0
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        if len(self._failures) > 10_000:
+            self._failures.clear()
+        self._failures.setdefault(address, []).append(time.time() if now is None else now)
 
     def any_user(self) -> bool:
         try:
