@@ -90,7 +90,7 @@ def test_acl_check_asks_the_directory(ldap: Slapd, tmp_path: Path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "licentia.cli.main", "--home", str(home), *args],
-                              env=base_env(tmp_path), capture_output=True, text=True, timeout=120)
+                              env=base_env(), capture_output=True, text=True, timeout=120)
 
     assert cli("acl", "add", "engineers", "--scope", "product 10001:7", "--group", "engineering",
                "--reserve", "2").returncode == 0
@@ -131,7 +131,7 @@ def test_report_usage_per_directory_group(ldap: Slapd, tmp_path: Path) -> None:
     log.close()
     (home / "runtime.toml").write_text(f'[directory]\nurl = "{ldap.url}"\nbase = "{SUFFIX}"\n')
     done = subprocess.run([sys.executable, "-m", "licentia.cli.main", "--home", str(home), "report", "usage",
-                           "--by-group"], env=base_env(tmp_path), capture_output=True, text=True, timeout=120)
+                           "--by-group"], env=base_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.split("use per directory group")[1].splitlines()
             if line and not line.startswith(("(", " ", "GROUP"))}

@@ -23,7 +23,7 @@ from licentia.runtime.usagelog import UsageLog
 
 def report(root: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "licentia.cli.main", "--home", str(home), "report", *args],
-                          env=base_env(root), capture_output=True, text=True, timeout=120)
+                          env=base_env(), capture_output=True, text=True, timeout=120)
 
 
 def test_reports_of_a_real_runtime(tmp_path: Path, root: Path, vendor: Vendor, procs: Procs) -> None:
@@ -72,7 +72,7 @@ def test_reservations_report_names_reservations_never_used(tmp_path: Path, root:
     for name, group, seats in (("support", "support", "3"), ("qa", "qa", "2")):
         done = subprocess.run([sys.executable, "-m", "licentia.cli.main", "--home", str(home), "acl", "add", name,
                                "--scope", "product 10001:7", "--group", group, "--reserve", seats],
-                              env=base_env(root), capture_output=True, text=True, timeout=120)
+                              env=base_env(), capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
     out = report(root, home, "reservations", "--csv", str(tmp_path / "r.csv"))
     assert out.returncode == 0, out.stderr
