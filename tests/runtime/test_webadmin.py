@@ -5,6 +5,7 @@ HTTP port's limits with raw sockets, /metrics and `licentia diag`."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -140,6 +141,13 @@ def test_http_port_limits_metrics_and_csrf(served: tuple[Runtime, Net]) -> None:
     status, text = post("/acl/remove", {"name": "ann-seat"})
     assert status == 403 and "CSRF" in text
     assert "ann-seat" in (server.home / "acl.toml").read_text()
+    # with it, the change is made: the default of the product's scope becomes deny
+    page = opener.open(f"{server.http}/acl", timeout=10).read().decode()
+    token = re.search(r"name='csrf' value='([^']+)'", page).group(1)  # type: ignore[union-attr]
+    status, text = post("/acl/default", {"csrf": token, "scope": "product 10001:7", "action": "deny"})
+    assert status == 200 and "set" in text and 'id=defaults' in text
+    assert '"product 10001:7" = "deny"' in (server.home / "acl.toml").read_text()
+    server.logged("the change", lambda e: e.get("event") == "acl-changed" and e.get("rules") == 1)
 
 
 def _insecure() -> ssl.SSLContext:

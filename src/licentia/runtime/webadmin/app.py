@@ -32,7 +32,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from licentia.core.acl import rule_from_fields, with_rule, without_rule
+from licentia.core.acl import Action, Scope, rule_from_fields, with_default, with_rule, without_rule
 from licentia.core.seats import ItemKey, SeatTable
 from licentia.model import ErrorCode, LicentiaError
 from licentia.runtime import searchlist
@@ -89,6 +89,7 @@ class WebAdmin:
             Route("/sessions/{handle}/release", page(self.release, change=True), methods=["POST"]),
             Route("/acl", page(self.acl)), Route("/acl/add", page(self.acl_add, change=True), methods=["POST"]),
             Route("/acl/remove", page(self.acl_remove, change=True), methods=["POST"]),
+            Route("/acl/default", page(self.acl_default, change=True), methods=["POST"]),
             Route("/reports", page(self.reports)), Route("/settings", page(self.settings)),
             Route("/settings/servers/add", page(self.server_add, change=True), methods=["POST"]),
             Route("/settings/servers/remove", page(self.server_remove, change=True), methods=["POST"]),
@@ -353,7 +354,8 @@ class WebAdmin:
             return self.back("/acl", error=exc.message)
         self.note(session, what, rule=name)
         w.tick()
-        return self.back("/acl", ok=f"rule {name} {'added' if what == 'acl add' else 'removed'}")
+        done = {"acl add": f"rule {name} added", "acl remove": f"rule {name} removed"}.get(what, f"{name} set")
+        return self.back("/acl", ok=done)
 
     async def acl_add(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         name = form.get("name", "").strip()
@@ -383,6 +385,17 @@ class WebAdmin:
     async def acl_remove(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         name = form.get("name", "")
         return await self._edit_acl(session, "acl remove", lambda acl: without_rule(acl, name), name)
+
+    async def acl_default(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        action_text = form.get("action", "")
+        try:
+            scope = Scope.parse(form.get("scope", "server") or "server")
+            action = None if action_text == "unset" else Action(action_text)
+        except (LicentiaError, ValueError):
+            return self.back("/acl", error="give a scope (server, container SERIAL, firm FIRM or product "
+                                           "FIRM:PRODUCT) and allow, deny or unset")
+        return await self._edit_acl(session, "acl default", lambda acl: with_default(acl, scope, action),
+                                    f"the default of {scope} to {action_text}")
 
     async def reports(self, request: Request, session: Session) -> Response:
         from licentia.core.acl import EMPTY

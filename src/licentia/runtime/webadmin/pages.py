@@ -154,9 +154,17 @@ def acl_page(acl: AccessList, status: dict[str, Any], session: Session, ok: str 
                 "<label>Max <input name='max' type='number' min='0' size='4'></label>"
                 "<label>Note <input name='note'></label>"
                 "<button type='submit'>Add</button></form>")
+    if session.admin:
+        form += (f"<h2>Default action of a scope</h2><form method='post' action='/acl/default' id='set-default'>"
+                 f"{csrf(session)}<label>Scope <input name='scope' value='server'></label>"
+                 "<label>Action <select name='action'>" + _options(("deny", "allow", "unset"))
+                 + "</select></label><button type='submit'>Set</button></form>")
+    defaults = table(("scope", "default"), [(str(sc), act.value) for sc, act in acl.defaults.items()], "defaults") \
+        if acl.defaults else ""
     held_table = table(("item", "seats held", "charged to a rule"), held, "held") if held else ""
     return message(ok, error) + state + table(
-        ("name", "scope", "action", "who", "reserve", "max", "expires", "note", ""), rows, "rules") + form + held_table
+        ("name", "scope", "action", "who", "reserve", "max", "expires", "note", ""), rows, "rules") + defaults + form \
+        + held_table
 
 
 def _options(values: Sequence[str]) -> str:
