@@ -294,7 +294,8 @@ def test_every_page_in_chromium(served: tuple[Runtime, Net], tmp_path: Path) -> 
         driver.get(f"{base}/settings")
         driver.find_element(By.CSS_SELECTOR, "#add-server input[name=address]").send_keys("lic2.example:22350")
         driver.find_element(By.CSS_SELECTOR, "#add-server button").click()
-        wait_for("the server added", lambda: "lic2.example:22350" in driver.find_element(By.ID, "servers").text)
+        wait_for("the server added", lambda: "lic2.example:22350 added to the search list" in driver.page_source)
+        assert "lic2.example:22350" in driver.find_element(By.ID, "servers").text
         assert "limit_concurrency" in driver.find_element(By.ID, "settings").text
 
         driver.get(f"{base}/diagnostics")
