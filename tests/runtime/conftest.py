@@ -31,3 +31,17 @@ def procs() -> Iterator[Procs]:
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _https_on_loopback() -> None:
+    """The runtimes' HTTP ports serve HTTPS with each home's own self-signed certificate:
+    urllib in these tests talks to them on 127.0.0.1 without checking it (the WebAdmin
+    tests check the certificate is the runtime's)."""
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    urllib.request.install_opener(urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx)))

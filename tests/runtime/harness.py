@@ -152,7 +152,7 @@ class Runtime:
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.status['http_port']}"
+        return f"{self.status.get('http_scheme', 'http')}://127.0.0.1:{self.status['http_port']}"
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -27,6 +27,7 @@ GROUPS = (
     "licentia.cli.acl",
     "licentia.cli.report",
     "licentia.cli.borrow",
+    "licentia.cli.webadmin",
     "licentia.cli.access",
     "licentia.cli.central",
     "licentia.cli.activate",

@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if "network_port" in ports:
             parts.append(f"network {ports['network_address']}:{ports['network_port']} (TLS, pin {ports['certificate_pin']})")
         if "http_port" in ports:
-            parts.append(f"status http://{ports['http_address']}:{ports['http_port']}/")
+            parts.append(f"WebAdmin {ports.get('http_scheme', 'http')}://{ports['http_address']}:{ports['http_port']}/")
         print(f"licentia runtime {os.getpid()} serving {home}", file=sys.stderr)
         print(f"  containers: {', '.join(sorted(runtime.containers.loaded)) or 'none'}", file=sys.stderr)
         for path, problem in runtime.containers.problems.items():

@@ -15,6 +15,7 @@ Choices:
 
 from __future__ import annotations
 
+import hmac
 import os
 
 TYPE_CHECKING = False
@@ -359,6 +360,38 @@ def _stretch(passphrase: str, salt: bytes, cost: int) -> bytes:
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
     return Scrypt(salt=salt, length=KEY_SIZE, n=2**cost, r=8, p=1).derive(passphrase.encode())
+
+
+# -- passwords ---------------------------------------------------------------------------
+
+_PASSWORD_COST = 15  # scrypt n = 2**15, r = 8: 32 MiB and some 100 ms per try
+
+
+def hash_password(password: str, *, cost: int = _PASSWORD_COST) -> str:
+    """A stored form of `password` (scrypt with a random salt): `scrypt$COST$SALT$HASH`."""
+    import base64
+
+    if not password:
+        raise ValueError("an empty password protects nothing")
+    salt = os.urandom(16)
+    digest_ = _stretch(password, salt, cost)
+    b64 = base64.urlsafe_b64encode
+    return f"scrypt${cost}${b64(salt).decode()}${b64(digest_).decode()}"
+
+
+def check_password(stored: str, password: str) -> bool:
+    """Whether `password` is the one `hash_password` made `stored` from (constant time)."""
+    import base64
+
+    try:
+        kind, cost_text, salt_text, hash_text = stored.split("$")
+        cost = int(cost_text)
+        if kind != "scrypt" or not 10 <= cost <= 20:
+            return False
+        salt, expected = base64.urlsafe_b64decode(salt_text), base64.urlsafe_b64decode(hash_text)
+    except ValueError:
+        return False
+    return hmac.compare_digest(_stretch(password, salt, cost), expected)
 
 
 # -- hidden data -------------------------------------------------------------------------

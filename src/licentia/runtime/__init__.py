@@ -10,7 +10,9 @@
 - `commit`: durable container changes with group commit;
 - `usagelog`: the hash-chained, signed usage log and its verification;
 - `searchlist`: the server search list and UDP discovery;
-- `status`: the status page and JSON API;
+- `status`: the HTTP port (uvicorn in the runtime's loop) serving `webadmin`: WebAdmin,
+  the JSON API and /metrics; `diag`: the archive `licentia diag` writes;
+- `acl` and `aclwatch`: the access list in the home and the gate the access path consults;
 - `procs`: process identity (PID and start time) and peer credentials.
 - `portuser`: who holds a port the runtime cannot listen on (1420/1421 at start).
 

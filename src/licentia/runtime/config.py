@@ -56,9 +56,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("discovery_port", "network", "discovery_port", int, 22350,
             "UDP port of server discovery"),
     Setting("http_address", "http", "address", str, "127.0.0.1",
-            "address of the status page and JSON API"),
+            "address of WebAdmin, the JSON API and /metrics"),
     Setting("http_port", "http", "port", int, 22352,
-            "port of the status page and JSON API (0: any free port; -1: off)"),
+            "port of WebAdmin, the JSON API and /metrics (0: any free port; -1: off)"),
+    Setting("http_tls", "http", "tls", bool, True,
+            "serve the HTTP port over HTTPS with the runtime's certificate (tls/server.crt)"),
+    Setting("http_limit_concurrency", "http", "limit_concurrency", int, 64,
+            "connections and requests open at once on the HTTP port; more are answered 503"),
+    Setting("http_timeout_keep_alive", "http", "timeout_keep_alive", int, 5,
+            "seconds an idle keep-alive HTTP connection stays open"),
+    Setting("http_head_timeout", "http", "head_timeout", float, 10.0,
+            "seconds a new HTTP connection may take to send its first request's headers"),
+    Setting("http_max_body", "http", "max_body", int, 65536,
+            "largest request body on the HTTP port, in bytes (larger: 413)"),
+    Setting("http_max_head", "http", "max_head", int, 16384,
+            "largest request line and headers on the HTTP port, in bytes (larger: 400 or 431)"),
     Setting("order", "search", "order", str, "local-first",
             "where an access looks unless it says: local-first, network-first, local or network"),
     Setting("broadcast", "search", "broadcast", bool, False,
@@ -166,6 +178,12 @@ class RuntimeConfig:
     discovery_port: int = 22350
     http_address: str = "127.0.0.1"
     http_port: int = 22352
+    http_tls: bool = True
+    http_limit_concurrency: int = 64
+    http_timeout_keep_alive: int = 5
+    http_head_timeout: float = 10.0
+    http_max_body: int = 65536
+    http_max_head: int = 16384
     order: str = "local-first"
     broadcast: bool = False
     broadcast_address: str = "255.255.255.255"
@@ -218,6 +236,9 @@ class RuntimeConfig:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 _bad(f"{name} {port} is not a port")
+        if self.http_limit_concurrency < 1 or self.http_head_timeout <= 0 or self.http_timeout_keep_alive < 1 or self.http_max_body < 1024 \
+                or self.http_max_head < 1024:
+            _bad("the [http] limits must be positive (max_body and max_head at least 1024 bytes)")
         if self.order not in ORDERS:
             _bad(f"order {self.order!r} is unknown; use {', '.join(ORDERS)}")
         for name in ("reap_interval", "broadcast_wait", "connect_timeout", "log_flush_interval",

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from licentia.core.seats import Event, SeatTable, Session
 from licentia.model import ErrorCode, LicentiaError
 from licentia.runtime.external import REMOVED
 from licentia.runtime.usagelog import UsageLog
+
+if TYPE_CHECKING:
+    from licentia.runtime.acl import AccessGate
 
 GONE_MEMORY = 10_000  # freed handles remembered to tell their programs why
 RECENT = 1000  # events kept for the status API
@@ -39,10 +42,14 @@ class Events:
         self.handle_events: dict[int, set[str]] = {}  # handle -> notices for its program's next check()
         self.gone: collections.OrderedDict[int, str] = collections.OrderedDict()
         self.net_pids: dict[int, int] = {}  # handle -> program pid, for network holders (display)
+        self.gate: AccessGate | None = None  # the access list in force, told of every release (aclwatch)
 
     def remember(self, ev: Event | dict[str, Any]) -> None:
         self.seq += 1
         self.recent.append((self.seq, ev))
+        gate = self.gate
+        if gate is not None and type(ev) is Event:
+            gate.released(ev)
 
     def log_events(self, events: tuple[Event, ...]) -> None:
         """Log `events` and remember them."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgpack
@@ -21,6 +21,7 @@ from licentia.core.evaluate import status_of, valid_until
 from licentia.core.seats import ItemKey, ReleaseReason, SeatRefused, SeatTable, Session
 from licentia.model import AccessMode, ErrorCode, ItemRequest, LicentiaError, parse_version
 from licentia.protocol.frames import Message
+from licentia.runtime.acl import AccessGate
 from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.events import CONTAINER_REMOVED, ITEM_CHANGED, Events
@@ -45,6 +46,7 @@ class Client(Protocol):
     ident: Ident | None
     listener: str
     peer: tuple[int, int, int] | None
+    peer_host: str
     proof_keys: ProofKeys
 
     def log_template(self, log: UsageLog, ev: Any, granted: bool) -> LineTemplate: ...
@@ -62,6 +64,7 @@ class GrantsHost(Protocol):
     network: NetworkClient
     events: Events
     log: UsageLog | None
+    gate: AccessGate | None  # the access list in force (`licentia.runtime.aclwatch`), or None
 
     def _seats_changed(self) -> None: ...
 
@@ -75,6 +78,7 @@ class LocalGrants:
         # encoded grant replies without id and handle, per item state (see `grant_frame`)
         self._tails: dict[tuple[str, int, int, str, bool], tuple[Any, Loaded, bytes, bytes]] = {}
         self._pack = msgpack.Packer().pack  # the loop's own: a Packer is not thread-safe
+        self.denials: dict[int, int] = {}  # seats refused, by error code (/metrics)
 
     # ================================================================== access
 
@@ -97,13 +101,18 @@ class LocalGrants:
         where = "local" if conn.listener == "network" else msg.get("where") or self.rt.config.order
         keys = conn.proof_keys
         network = self.rt.network
+        address = conn.peer_host if conn.listener == "network" else ""
         if where in ("local", "local-first"):
+            fallback = None
+            if where == "local-first" and network.may_forward(msg):
+                def fallback(exc: LicentiaError) -> Reply:
+                    return network.access(msg, ident, mode, first_error=exc)
             try:
-                return self.access_local(msg, ident, mode, request, keys)
+                return self.access_local(msg, ident, mode, request, keys, address, fallback=fallback)
             except LicentiaError as exc:
-                if where == "local" or not network.may_forward(msg):
+                if fallback is None:
                     raise
-                return network.access(msg, ident, mode, first_error=exc)
+                return fallback(exc)
         if where == "network":
             return network.access(msg, ident, mode, first_error=None)
         return network.access(msg, ident, mode, first_error=None,
@@ -123,6 +132,20 @@ class LocalGrants:
                 return None
         _, _, ld, entry, key, quantity = plan
         mode = MODES[msg.get("mode", "per-access")]
+        gate = rt.gate
+        decision = None
+        if gate is not None:
+            groups: frozenset[str] | None = frozenset()
+            if gate.directory is not None and gate.acl.needs_groups(key):
+                groups = gate.directory.cached(ident.holder.user, time.monotonic())
+                if groups is None:
+                    return None  # the rest of the handler asks the directory
+            try:
+                decision = gate.check(rt.seats, key=key, quantity=quantity, mode=mode, station=ident.station,
+                                      holder=ident.holder, address=conn.peer_host if conn.listener == "network"
+                                      else "", groups=groups, now=now)
+            except LicentiaError:
+                return None
         try:
             grant = rt.seats.access(key=key, quantity=quantity, mode=mode, station=ident.station,
                                     holder=ident.holder, local=ident.local, session=ident.session, now=now)
@@ -131,7 +154,11 @@ class LocalGrants:
         ev = grant.events[0]
         log = rt.log
         assert log is not None
-        log.record_in(conn.log_template(log, ev, True), ev)
+        extra = gate.granted(grant, decision) if gate is not None else None
+        if extra is None:
+            log.record_in(conn.log_template(log, ev, True), ev)
+        else:
+            log.record(ev, extra)
         rt.events.remember(ev)
         if ident.pid is not None and ident.holder.process is None:
             rt.events.net_pids[grant.handle] = ident.pid
@@ -171,7 +198,14 @@ class LocalGrants:
         return request
 
     def access_local(self, msg: Message, ident: Ident, mode: AccessMode, request: ItemRequest,
-                     keys: ProofKeys | None = None) -> Reply:
+                     keys: ProofKeys | None = None, address: str = "",
+                     groups: tuple[frozenset[str] | None] | None = None,
+                     fallback: Callable[[LicentiaError], Reply] | None = None) -> Reply:
+        """`address`: the client's address for the access list (the connection's peer on the
+        network port, "" for programs on this machine); `groups`: the user's directory groups
+        once asked (a 1-tuple), None before; `fallback`: what a refusal turns into when the
+        decision waits for the directory (local-first: the network), as the caller does
+        with a refusal raised at once."""
         rt = self.rt
         firm, product = msg["firm"], msg["product"]
         candidates = rt.containers.candidates(firm, product, msg.get("container"))
@@ -189,6 +223,8 @@ class LocalGrants:
         log = rt.log
         assert log is not None
         judge = rt.containers.judge
+        gate = rt.gate
+        decision = None
         for cand in candidates:
             ld, entry = cand.loaded, cand.entry
             verdict, write = judge(cand, request, inow)
@@ -196,15 +232,31 @@ class LocalGrants:
                 best = better(best, LicentiaError(verdict.error, f"container {ld.serial}: {verdict.reason}"))
                 continue
             try:
+                if gate is not None:
+                    user_groups: frozenset[str] | None = frozenset()
+                    if gate.directory is not None and gate.acl.needs_groups(cand.key):
+                        if groups is None:
+                            user_groups = gate.directory.cached(ident.holder.user, time.monotonic())
+                            if user_groups is None:  # ask the directory off the loop, then decide
+                                return self._access_after_groups(gate, cand.key, msg, ident, mode, request, keys,
+                                                                 address, fallback)
+                        else:
+                            user_groups = groups[0]
+                    decision = gate.check(seats, key=cand.key, quantity=entry.item.quantity, mode=mode,
+                                          station=ident.station, holder=ident.holder, address=address,
+                                          groups=user_groups, now=now)
                 grant = seats.access(key=cand.key, quantity=entry.item.quantity, mode=mode, station=ident.station,
                                      holder=ident.holder, local=ident.local, session=ident.session, now=now)
             except SeatRefused as exc:
                 log.record(exc.event)
                 rt.events.remember(exc.event)
+                code = int(exc.code)
+                self.denials[code] = self.denials.get(code, 0) + 1
                 best = better(best, exc)
                 continue
             ev = grant.events[0]
-            log.record(ev)
+            extra = gate.granted(grant, decision) if gate is not None else None
+            log.record(ev, extra)
             rt.events.remember(ev)
             if ident.pid is not None and ident.holder.process is None:
                 rt.events.net_pids[grant.handle] = ident.pid
@@ -220,6 +272,20 @@ class LocalGrants:
             return self.grant_frame(msg, ld, entry, grant.handle, mode, ident.local, keys)
         assert best is not None
         raise best
+
+    async def _access_after_groups(self, gate: AccessGate, key: Any, msg: Message, ident: Ident, mode: AccessMode,
+                                   request: ItemRequest, keys: ProofKeys | None, address: str,
+                                   fallback: Callable[[LicentiaError], Reply] | None) -> Message | bytes:
+        groups = await gate.groups_async(key, ident.holder.user, time.monotonic())
+        try:
+            reply = self.access_local(msg, ident, mode, request, keys, address, (groups,))
+        except LicentiaError as exc:
+            if fallback is None:
+                raise
+            reply = fallback(exc)
+        if isinstance(reply, dict | bytes):
+            return reply
+        return await reply
 
     async def _grant_durably(self, msg: Message, ld: Loaded, item_id: int, handle: int, mode: AccessMode,
                              request: ItemRequest, now: int, local: bool, keys: ProofKeys | None = None) -> Message:

@@ -28,6 +28,7 @@ _RANK = {
     ErrorCode.LOCAL_ONLY: 5,
     ErrorCode.TERMINAL_SESSION_DENIED: 5,
     ErrorCode.ACCESS_DENIED: 5,
+    ErrorCode.ACCESS_LIST_DENIED: 5,
     ErrorCode.SECURITY_PROBLEM: 2,
     ErrorCode.ENTRY_NOT_FOUND: 1,
     ErrorCode.CONTAINER_NOT_FOUND: 1,

@@ -42,6 +42,8 @@ from licentia.fsutil import atomic_write
 from licentia.model import AccessMode, Environment, ErrorCode, Fingerprint, LicentiaError
 from licentia.protocol.frames import Message
 from licentia.protocol.messages import CLIENT, REQUESTS, SUPPORTED_VERSIONS
+from licentia.runtime.acl import AccessGate
+from licentia.runtime.aclwatch import AclWatch
 from licentia.runtime.borrow import Borrowing
 from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime.config import RuntimeConfig
@@ -77,6 +79,9 @@ class Runtime:
         self.host_id = station_host_id(machine_root)
         self.seats = SeatTable()
         self.log: UsageLog | None = None
+        self.gate: AccessGate | None = None  # the access list in force (set by `acl_watch`)
+        self.acl_watch: AclWatch | None = None
+        self.http: Any = None  # the HTTP port's service (`licentia.runtime.status.HttpService`)
         self.connections: set[Any] = set()
         self.connection_count = 0
         self.started_at = time.time()
@@ -140,6 +145,9 @@ class Runtime:
         await self.tokens.start()
         self.housekeeping.restore()
         self.borrowing.start(time.time())
+        self.acl_watch = AclWatch(self)
+        self.acl_watch.start()
+        self._spawn(self.acl_watch.regroup())
         await self.cloud.start()
         self.network.reload_servers()
         self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
@@ -159,6 +167,7 @@ class Runtime:
             loop.create_task(self._every(max(config.reap_interval, 1.0) * 2, hk.rescan)),
             loop.create_task(self.network.keepalive_loop()),
             loop.create_task(self._every(max(config.reap_interval, 1.0), self.borrowing.tick)),
+            loop.create_task(self._every(1.0, self.acl_watch.tick)),
         ]
         hk.reap_now()  # programs that ended while the runtime was down
         self.central_sync.start()
@@ -188,6 +197,8 @@ class Runtime:
                 await task
         for server in self._servers:
             server.close()
+        if self.http is not None:
+            await self.http.stop()
         if self._datagram is not None:
             self._datagram.close()
         for conn in list(self.connections):
@@ -291,14 +302,26 @@ class Runtime:
                 self._datagram = transport
                 self.ports["discovery_port"] = transport.get_extra_info("sockname")[1]
         if config.http_port >= 0:
-            from licentia.runtime.status import StatusHTTP
+            self._servers.append(await self._http())
 
-            server = await _bound("the status page (HTTP)", config.http_address, config.http_port, "tcp",
-                                  loop.create_server(lambda: StatusHTTP(self.queries), config.http_address,
-                                                     config.http_port, reuse_address=True))
-            self._servers.append(server)
-            self.ports["http_port"] = _bound_port(server)
-            self.ports["http_address"] = config.http_address
+    async def _http(self) -> asyncio.AbstractServer:
+        """WebAdmin, the JSON API and /metrics (`licentia.runtime.status`), HTTPS unless
+        `[http] tls = false`."""
+        from licentia.runtime.status import HttpService
+
+        ctx = None
+        if self.config.http_tls:
+            from licentia.runtime.tlsfiles import server_files
+
+            cert, key = server_files(self.home, self.config)
+            ctx = http_context(cert, key)
+        self.http = HttpService(self, ctx)
+        server: asyncio.AbstractServer = await _bound("the status page (HTTP)", self.config.http_address,
+                                                      self.config.http_port, "tcp", self.http.start())
+        self.ports["http_port"] = _bound_port(server)
+        self.ports["http_address"] = self.config.http_address
+        self.ports["http_scheme"] = "https" if ctx is not None else "http"
+        return server
 
     def _write_status(self) -> None:
         self.home.write_status({"pid": os.getpid(), "started_at": self.started_at, "host": self.host_name,
@@ -373,6 +396,10 @@ class Runtime:
     # the collaborators' view (licentia.runtime.host.Runtime)
 
     @property
+    def denials(self) -> dict[int, int]:
+        return self.grants.denials
+
+    @property
     def recent(self) -> collections.deque[tuple[int, Event | dict[str, Any]]]:
         return self.events.recent
 
@@ -419,6 +446,17 @@ async def _bound(what: str, address: str, port: int, proto: str, binding: Awaita
         return await binding
     except OSError as exc:
         raise in_use(exc, what, address, port, proto) from None
+def http_context(cert: Path, key: Path) -> Any:
+    """TLS 1.2 and 1.3 for browsers on the HTTP port (the network port stays TLS 1.3 only)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(os.fspath(cert), os.fspath(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"cannot load the certificate {cert}: {exc}") from None
+    return ctx
 
 
 def _bound_port(server: asyncio.AbstractServer) -> int:
