@@ -118,6 +118,9 @@ class ErrorCode(IntEnum):
     # network server administration: access lists, directory (1300-1399)
     ACCESS_LIST_DENIED = 1300
 
+    # who a client is: identities, ownership of seats (1410-1419)
+    IDENTITY_REFUSED = 1410
+
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
@@ -134,6 +137,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.CREDENTIAL_INVALID: "the credential file was replaced or revoked; download a new one from the portal",
     ErrorCode.BLACKLIST_INVALID: "the blacklist file is damaged or not signed by this firm; take it from the vendor's release",
     ErrorCode.ACCESS_LIST_DENIED: "the server's access list keeps this seat from you; ask its administrator (`licentia acl check` shows which rule decides)",
+    ErrorCode.IDENTITY_REFUSED: "the runtime does not accept who this client says it is; connect as yourself (a program states its own process, an administrator uses the runtime's token)",
     ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",
     ErrorCode.CONTAINER_BLACKLISTED: "the vendor listed this container as lost or stolen; contact the vendor",
     ErrorCode.FEATURE_MAP_INCOMPATIBLE: "the license does not include this feature; ask the vendor for an upgrade",

@@ -5,9 +5,10 @@ their programs' backs (to say why), and the pids of network holders (for display
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any
 
-from licentia.core.seats import Event
+from licentia.core.seats import Event, Holder
 from licentia.model import ErrorCode, LicentiaError
 from licentia.runtime.external import REMOVED
 from licentia.runtime.usagelog import UsageLog
@@ -76,11 +77,15 @@ class Events:
         events = [CONTAINER_REMOVED, LICENSE_GONE] if why and why.startswith(REMOVED) else [LICENSE_GONE]
         return {"id": rid, "ok": True, "valid": False, "events": events, "reason": reason}
 
-    def recent_events(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        """Recent grants, denials and releases as plain data, oldest first."""
+    def recent_events(self, since: int = 0, limit: int = 1000,
+                      visible: Callable[[Holder], bool] | None = None) -> list[dict[str, Any]]:
+        """Recent grants, denials and releases as plain data, oldest first; with
+        `visible`, only the seat events of the holders it accepts."""
         out: list[dict[str, Any]] = []
         for seq, ev in self.recent:
             if seq <= since:
+                continue
+            if visible is not None and (isinstance(ev, dict) or not visible(ev.holder)):
                 continue
             if isinstance(ev, dict):
                 out.append({"seq": seq, **ev})

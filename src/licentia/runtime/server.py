@@ -49,7 +49,7 @@ from licentia.runtime.events import Events
 from licentia.runtime.grants import LocalGrants
 from licentia.runtime.home import RuntimeHome
 from licentia.runtime.housekeeping import Housekeeping
-from licentia.runtime.ident import Identities
+from licentia.runtime.ident import Identities, identity_tokens, kernel_peer
 from licentia.runtime.licenses import Changes, Loaded
 from licentia.runtime.network import NetworkClient
 from licentia.runtime.queries import Queries
@@ -119,6 +119,7 @@ class Runtime:
         self._take_lock()
         self.client_id = home.client_id()
         key = self._runtime_key()
+        self.identities.use_key(key, identity_tokens(home))
         self.log = self.events.log = UsageLog(home.usage_log, key, rotate_bytes=config.log_rotate_bytes)
         self.log.on_pending = self.housekeeping.log_pending
         loop = asyncio.get_running_loop()
@@ -299,21 +300,29 @@ class Runtime:
         version = max(set(msg["versions"]) & set(SUPPORTED_VERSIONS))
         c: dict[str, Any] = msg["client"]
         ident = conn.ident = self.identities.identify(c, c.get("kind", "program"), listener=conn.listener,
-                                                      peer=conn.peer, peer_host=conn.peer_host,
+                                                      peer=kernel_peer(conn, c), peer_host=conn.peer_host,
                                                       number=self.connection_count)
         conn.forget_log_lines()
-        return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
-                "client_id": ident.client_id, "timeout": self.config.client_timeout,
-                "keepalive": self.config.keepalive_for(self.config.client_timeout),
-                "location": "network" if conn.listener == "network" else "local",
-                "station": list(ident.station), "session": ident.session.value}
+        reply: Message = {
+            "id": msg["id"], "ok": True, "version": version, "server": self.host_name,
+            "client_id": ident.client_id, "timeout": self.config.client_timeout,
+            "keepalive": self.config.keepalive_for(self.config.client_timeout),
+            "location": "network" if conn.listener == "network" else "local",
+            "station": list(ident.station), "session": ident.session.value, "role": ident.role,
+            # how the runtime knows the client still lives: its process, or its keep-alives
+            "watch": "process" if ident.holder.process is not None else "keepalive"}
+        if ident.secret is not None:
+            reply["secret"] = ident.secret
+            reply["resumed"] = bool(isinstance(c.get("resume"), dict) and c["resume"].get("client_id")
+                                    == ident.client_id)
+        return reply
 
     def op_keepalive(self, conn: Connection, msg: Message) -> Message:
         ident = conn.ident
         assert ident is not None
         now = time.time()
         lost: list[int] = []
-        if ident.client_id is not None:
+        if ident.client_id is not None:  # only the sender's own seats: its id is the server's to give
             self.seats.heartbeat(ident.client_id, now)
             for handle in msg.get("handles", ()):
                 if handle not in self.seats or self.seats.get(handle).holder.client_id != ident.client_id:
