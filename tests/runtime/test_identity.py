@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.machine_cli import command as machine_command
 from tests.runtime.harness import (
     PROGRAM,
     Procs,
@@ -119,6 +120,12 @@ def test_administrators_and_readers_authenticate_with_the_runtimes_tokens(
         assert _code(lambda: reader.request("admin.release", handle=row["handle"])) == int(ErrorCode.ACCESS_DENIED)
         assert _code(lambda: reader.request("release", handle=row["handle"])) == int(ErrorCode.INVALID_HANDLE)
     admin_token = (server.home / "admin.token").read_text().strip()
+    # the command an administrator types on another machine, the token in a file
+    cli = [*machine_command(other_root), "--home", str(tmp_path / "admin-home"), "sessions", "--json",
+           "--server", server.network_address, "--token-file", str(server.home / "reader.token")]
+    pin = {"LICENTIA_SERVER_PIN": server.status["certificate_pin"]}
+    listed = subprocess.run(cli, capture_output=True, text=True, timeout=60, env=base_env(**pin))
+    assert [r["handle"] for r in json.loads(listed.stdout)] == [row["handle"]], listed.stderr
     with _tls(server) as admin:
         assert admin.hello({"kind": "admin", "token": admin_token})["role"] == "admin"
         assert admin.request("release", handle=row["handle"])["ok"] is True
