@@ -91,7 +91,7 @@ def loopback_peer(peer: tuple[str, int], local: tuple[str, int], hint: int | Non
     except OSError:
         return None
     for pid in pids:
-        if pid != os.getpid() and holds_socket(pid, inode, proc):
+        if holds_socket(pid, inode, proc):
             return pid, uid
     return None
 
