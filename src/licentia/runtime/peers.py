@@ -90,8 +90,12 @@ def loopback_peer(peer: tuple[str, int], local: tuple[str, int], hint: int | Non
         pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
     except OSError:
         return None
-    for pid in pids:
-        if holds_socket(pid, inode, proc):
+    for pid in pids:  # the socket belongs to its creator's user: look among that user's processes
+        try:
+            owner = os.stat(proc / str(pid)).st_uid
+        except OSError:
+            continue
+        if owner == uid and holds_socket(pid, inode, proc):
             return pid, uid
     return None
 
