@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -20,7 +20,14 @@ from licentia.protocol.frames import Message, ProtocolError
 from licentia.protocol.messages import validate_request
 from licentia.runtime import procs
 from licentia.runtime.home import RuntimeHome
-from licentia.runtime.peers import loopback_peer, narrower, process_session, session_hint
+from licentia.runtime.peers import (
+    holds_socket,
+    narrower,
+    process_session,
+    session_hint,
+    socket_inode,
+    socket_owner,
+)
 
 
 class Ident:
@@ -216,10 +223,19 @@ def _check_client(c: dict[str, Any]) -> str:
     return ""
 
 
-def kernel_peer(conn: Any, c: dict[str, Any]) -> tuple[int, int, int] | None:
+class PeerSearch(NamedTuple):
+    """A loopback peer whose socket the kernel named (`inode`, of user `uid`) but whose
+    process is still to be found among the user's (`find_peer`, off the event loop)."""
+
+    inode: int
+    uid: int
+
+
+def kernel_peer(conn: Any, c: dict[str, Any]) -> tuple[int, int, int] | PeerSearch | None:
     """(pid, uid, gid) of the process at the other end of `conn`, as the kernel says:
-    SO_PEERCRED on the Unix socket, the socket's owner on the loopback port (gid -1);
-    None on the network port, or when the kernel does not name the process."""
+    SO_PEERCRED on the Unix socket, the socket's owner on the loopback port (gid -1; the
+    process the client states, when it holds the socket, else a `PeerSearch`); None on
+    the network port, or when the kernel does not name the socket."""
     if conn.listener == "unix":
         peer: tuple[int, int, int] | None = conn.peer
         return peer
@@ -229,9 +245,20 @@ def kernel_peer(conn: Any, c: dict[str, Any]) -> tuple[int, int, int] | None:
     local = conn.transport.get_extra_info("sockname")
     if not (isinstance(remote, tuple) and isinstance(local, tuple)):
         return None
-    hint = c.get("pid") if isinstance(c.get("pid"), int) else None
-    found = loopback_peer((str(remote[0]), int(remote[1])), (str(local[0]), int(local[1])), hint)
-    return None if found is None else (found[0], found[1], -1)
+    found = socket_inode((str(remote[0]), int(remote[1])), (str(local[0]), int(local[1])))
+    if found is None:
+        return None
+    inode, uid = found
+    hint = c.get("pid")
+    if isinstance(hint, int) and hint > 0 and holds_socket(hint, inode):
+        return hint, uid, -1
+    return PeerSearch(inode, uid)
+
+
+def find_peer(search: PeerSearch) -> tuple[int, int, int] | None:
+    """The process of a `PeerSearch`, or None (then the client is a network client)."""
+    pid = socket_owner(search.inode, search.uid)
+    return None if pid is None else (pid, search.uid, -1)
 
 
 def identity_tokens(home: RuntimeHome) -> dict[str, str]:

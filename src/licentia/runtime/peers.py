@@ -1,6 +1,6 @@
 """What the kernel says about a local peer: the process at the other end of a loopback
-TCP connection (as `ss -p` finds it: the peer socket's inode in /proc/net/tcp or tcp6,
-then the process holding that inode among its file descriptors), and the session a
+TCP connection (as `ss -p` finds it: the peer socket's inode from sock_diag, or from
+/proc/net/tcp or tcp6, then the process holding that inode among its file descriptors), and the session a
 process runs in (its environment as the kernel keeps it in /proc/PID/environ, its
 logind session from /proc/PID/cgroup, and the remote-access daemons among its ancestors).
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,45 @@ def _hex_address(host: str, port: int) -> str:
     return f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
 
 
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 1
+_NLMSG_HEADER = struct.Struct("=IHHII")
+_NO_COOKIE = 0xFFFFFFFF
+
+
+def _diag_inode(peer: tuple[str, int], local: tuple[str, int]) -> tuple[int, int] | None:
+    """`socket_inode` by the kernel's sock_diag netlink interface (what `ss` uses): one
+    exact lookup of the 4-tuple, where /proc/net/tcp lists every connection."""
+    family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+
+    def raw(host: str) -> bytes:
+        return socket.inet_pton(family, host.split("%")[0]).ljust(16, b"\0")
+
+    sockid = struct.pack("!HH", peer[1], local[1]) + raw(peer[0]) + raw(local[0]) \
+        + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    head = _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as s:
+        s.settimeout(1.0)
+        s.send(head + req)
+        data = s.recv(65536)
+    if len(data) < _NLMSG_HEADER.size + 4 + 48 + 20 or _NLMSG_HEADER.unpack_from(data)[1] != _SOCK_DIAG_BY_FAMILY:
+        return None  # an error message: no such connection
+    # inet_diag_msg: family, state, timer, retrans (4 bytes), the socket id (48), expires,
+    # rqueue, wqueue (12), uid, inode
+    uid, inode = struct.unpack_from("=II", data, _NLMSG_HEADER.size + 4 + 48 + 12)
+    return (inode, uid) if inode else None
+
+
 def socket_inode(peer: tuple[str, int], local: tuple[str, int], proc: Path = _PROC) -> tuple[int, int] | None:
-    """(inode, uid) of the socket at `peer` connected to our `local` end, or None."""
+    """(inode, uid) of the socket at `peer` connected to our `local` end, or None: asked
+    of sock_diag, else read from /proc/net/tcp and tcp6."""
+    if proc == _PROC:
+        try:
+            return _diag_inode(peer, local)
+        except OSError:
+            pass  # no netlink here (a sandbox): the slower table
     want_local, want_remote = _hex_address(*peer), _hex_address(*local)
     for table in ("tcp", "tcp6"):
         try:
@@ -86,28 +124,43 @@ def loopback_peer(peer: tuple[str, int], local: tuple[str, int], hint: int | Non
     inode, uid = found
     if hint is not None and hint > 0 and holds_socket(hint, inode, proc):
         return hint, uid
+    pid = socket_owner(inode, uid, proc)
+    return None if pid is None else (pid, uid)
+
+
+def socket_owner(inode: int, uid: int, proc: Path = _PROC) -> int | None:
+    """The process holding socket `inode` of user `uid`, looked for among that user's
+    processes (the socket belongs to its creator's user); None if none is visible. It
+    reads every descriptor of those processes: call it off the event loop."""
     try:
         pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
     except OSError:
         return None
-    for pid in pids:  # the socket belongs to its creator's user: look among that user's processes
+    for pid in pids:
         try:
-            owner = os.stat(proc / str(pid)).st_uid
+            owner = os.stat(f"{proc}/{pid}").st_uid
         except OSError:
             continue
         if owner == uid and holds_socket(pid, inode, proc):
-            return pid, uid
+            return pid
     return None
 
 
 # ====================================================================== sessions
 
 
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def environ(pid: int, proc: Path = _PROC) -> dict[str, str] | None:
     """The environment process `pid` started with, as the kernel keeps it, or None."""
-    try:
-        raw = (proc / str(pid) / "environ").read_bytes()
-    except OSError:
+    raw = _read(f"{proc}/{pid}/environ")
+    if raw is None:
         return None
     out: dict[str, str] = {}
     for part in raw.split(b"\0"):
@@ -119,9 +172,8 @@ def environ(pid: int, proc: Path = _PROC) -> dict[str, str] | None:
 
 def _stat(pid: int, proc: Path) -> tuple[str, int] | None:
     """(command name, parent pid) of `pid`."""
-    try:
-        data = (proc / str(pid) / "stat").read_bytes()
-    except OSError:
+    data = _read(f"{proc}/{pid}/stat")
+    if data is None:
         return None
     open_, close = data.find(b"("), data.rfind(b")")
     if open_ < 0 or close < 0:
@@ -133,12 +185,28 @@ def _stat(pid: int, proc: Path) -> tuple[str, int] | None:
         return None
 
 
-def _logind_session(pid: int, proc: Path) -> str:
-    try:
-        raw = (proc / str(pid) / "cgroup").read_bytes()
-    except OSError:
+_MARKER_BYTES = tuple((m.lower(), b"\0" + m.encode() + b"=") for m in TERMINAL_SERVER_MARKERS)
+
+
+def _marker(pid: int, proc: Path) -> str:
+    """The terminal-server marker in the environment of `pid` ("xrdp_session:VALUE"), or ""."""
+    raw = _read(f"{proc}/{pid}/environ")
+    if not raw:
         return ""
-    m = _SESSION_SCOPE.search(raw)
+    raw = b"\0" + raw
+    for name, key in _MARKER_BYTES:
+        at = raw.find(key)
+        if at >= 0:
+            end = raw.find(b"\0", at + len(key))
+            value = raw[at + len(key):end if end >= 0 else len(raw)].decode(errors="replace").strip()
+            if value:
+                return f"{name}:{value}"
+    return ""
+
+
+def _logind_session(pid: int, proc: Path) -> str:
+    raw = _read(f"{proc}/{pid}/cgroup")
+    m = _SESSION_SCOPE.search(raw) if raw else None
     return m.group(1).decode() if m else ""
 
 
@@ -159,25 +227,22 @@ def process_session(pid: int, machine_root: Path, proc: Path = _PROC) -> tuple[S
         kind, sid = SessionKind.LOCAL, ""
     if kind is SessionKind.TERMINAL_SERVER:
         return kind, sid
-    current, seen = pid, 0
-    while seen < _MAX_ANCESTORS:
+    st = _stat(pid, proc)
+    seen = 0
+    while st is not None and st[1] > 1 and seen < _MAX_ANCESTORS:
+        current = st[1]
         st = _stat(current, proc)
         if st is None:
             break
-        name, parent = st
-        if current != pid:
-            if name in TERMINAL_SERVER_DAEMONS:
-                return SessionKind.TERMINAL_SERVER, f"{name}:{current}"
-            penv = environ(current, proc) or {}
-            for marker in TERMINAL_SERVER_MARKERS:
-                value = penv.get(marker, "").strip()
-                if value:
-                    return SessionKind.TERMINAL_SERVER, f"{marker.lower()}:{value}"
-            if name in _REMOTE_SHELLS and kind is SessionKind.LOCAL:
-                kind = SessionKind.REMOTE_DESKTOP
-        if parent <= 1:
-            break
-        current, seen = parent, seen + 1
+        name = st[0]
+        if name in TERMINAL_SERVER_DAEMONS:
+            return SessionKind.TERMINAL_SERVER, f"{name}:{current}"
+        marker = _marker(current, proc)
+        if marker:
+            return SessionKind.TERMINAL_SERVER, marker
+        if name in _REMOTE_SHELLS and kind is SessionKind.LOCAL:
+            kind = SessionKind.REMOTE_DESKTOP
+        seen += 1
     return kind, sid
 
 

@@ -49,7 +49,7 @@ from licentia.runtime.events import Events
 from licentia.runtime.grants import LocalGrants
 from licentia.runtime.home import RuntimeHome
 from licentia.runtime.housekeeping import Housekeeping
-from licentia.runtime.ident import Identities, identity_tokens, kernel_peer
+from licentia.runtime.ident import Identities, PeerSearch, find_peer, identity_tokens, kernel_peer
 from licentia.runtime.licenses import Changes, Loaded
 from licentia.runtime.network import NetworkClient
 from licentia.runtime.queries import Queries
@@ -293,14 +293,24 @@ class Runtime:
 
     # ================================================================== hello and keep-alive
 
-    def op_hello(self, conn: Connection, msg: Message) -> Message:
+    def op_hello(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
         if not set(msg["versions"]) & set(SUPPORTED_VERSIONS):
             raise LicentiaError(ErrorCode.PROTOCOL_ERROR,
                                 f"this runtime speaks protocol versions {list(SUPPORTED_VERSIONS)}")
+        peer = kernel_peer(conn, msg["client"])
+        if isinstance(peer, PeerSearch):  # a look through the user's processes: not on the loop
+            return self._hello_after(conn, msg, peer)
+        return self._hello(conn, msg, peer)
+
+    async def _hello_after(self, conn: Connection, msg: Message, search: PeerSearch) -> Message:
+        peer = await asyncio.get_running_loop().run_in_executor(None, find_peer, search)
+        return self._hello(conn, msg, peer)
+
+    def _hello(self, conn: Connection, msg: Message, peer: tuple[int, int, int] | None) -> Message:
         version = max(set(msg["versions"]) & set(SUPPORTED_VERSIONS))
         c: dict[str, Any] = msg["client"]
         ident = conn.ident = self.identities.identify(c, c.get("kind", "program"), listener=conn.listener,
-                                                      peer=kernel_peer(conn, c), peer_host=conn.peer_host,
+                                                      peer=peer, peer_host=conn.peer_host,
                                                       number=self.connection_count)
         conn.forget_log_lines()
         reply: Message = {
