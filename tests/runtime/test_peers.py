@@ -15,7 +15,13 @@ import pytest
 from hypothesis import given, strategies as st
 
 from licentia.model import SessionKind
-from licentia.runtime.peers import loopback_peer, narrower, process_session
+from licentia.runtime.peers import (
+    loopback_peer,
+    narrower,
+    process_session,
+    socket_inode,
+    table_inode,
+)
 
 _CONNECT = "import socket, sys\ns = socket.create_connection((sys.argv[1], int(sys.argv[2])))\nsys.stdin.read()\n"
 
@@ -41,6 +47,8 @@ def test_the_kernel_names_the_process_at_the_other_end_of_a_loopback_connection(
                 assert loopback_peer(peer, local, hint=os.getpid()) == (child.pid, os.getuid())
                 assert loopback_peer(peer, local, hint=child.pid) == (child.pid, os.getuid())
                 assert loopback_peer((peer[0], 1), local) is None  # no such connection
+                # sock_diag and the /proc/net table name the same socket
+                assert socket_inode(peer, local) == table_inode(peer, local) is not None
         finally:
             child.kill()
             child.wait()

@@ -83,6 +83,11 @@ def socket_inode(peer: tuple[str, int], local: tuple[str, int], proc: Path = _PR
             return _diag_inode(peer, local)
         except OSError:
             pass  # no netlink here (a sandbox): the slower table
+    return table_inode(peer, local, proc)
+
+
+def table_inode(peer: tuple[str, int], local: tuple[str, int], proc: Path = _PROC) -> tuple[int, int] | None:
+    """`socket_inode` from /proc/net/tcp and tcp6 (every connection of the namespace)."""
     want_local, want_remote = _hex_address(*peer), _hex_address(*local)
     for table in ("tcp", "tcp6"):
         try:
