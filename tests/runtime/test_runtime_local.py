@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -194,11 +196,13 @@ def test_hot_path_refusals_take_the_general_path_once(tmp_path: Path, root: Path
                 raise AssertionError("a second seat of quantity 1 was granted")
             except LicentiaError as exc:
                 assert exc.code is ErrorCode.NO_MORE_LICENSES
-        try:
-            b.request("release", handle=held)  # not b's handle
-            raise AssertionError("released another client's handle")
-        except LicentiaError as exc:
-            assert exc.code is ErrorCode.INVALID_HANDLE
+        # not the handle of another process (both connections here are this process's)
+        other = subprocess.run([sys.executable, "-c", (
+            "import sys\nfrom licentia.protocol.client import Client\nfrom licentia.model import LicentiaError\n"
+            f"c = Client(('127.0.0.1', {address[1]}))\nc.hello({{'kind': 'program'}})\n"
+            f"try:\n    c.request('release', handle={held})\nexcept LicentiaError as exc:\n    print(int(exc.code))\n"
+        )], capture_output=True, text=True, check=True, timeout=60)
+        assert other.stdout.strip() == str(int(ErrorCode.INVALID_HANDLE)), other
         assert a.request("release", handle=held)["ok"] is True
         try:
             a.request("release", handle=held)

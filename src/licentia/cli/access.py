@@ -37,13 +37,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     rel = sub.add_parser("release", help="free a seat as administrator (see `licentia sessions`)")
     rel.add_argument("handle", type=int)
+    _network_admin_options(rel)
     rel.set_defaults(handler=cmd_release)
 
     ses = sub.add_parser("sessions", help="who holds which license: program, PID, user, host, since")
     ses.add_argument("--firm-code", type=int)
     ses.add_argument("--product-code", type=int)
     ses.add_argument("--json", action="store_true")
+    _network_admin_options(ses)
     ses.set_defaults(handler=cmd_sessions)
+
+
+def _network_admin_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", metavar="HOST:PORT", help="a network server, administered over its port")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="with --server: a file holding the server home's admin.token (or reader.token)")
+
+
+def _admin_client(args: argparse.Namespace) -> Any:
+    from licentia.sdk.admin import admin_client, network_admin_client, token_from
+
+    if args.server:
+        if not args.token_file:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--server needs --token-file",
+                                "copy the server home's admin.token (or reader.token) and name it")
+        return network_admin_client(args.server, token_from(args.token_file))
+    return admin_client(home_from(args))
 
 
 def _use_home(args: argparse.Namespace) -> None:
@@ -105,16 +124,14 @@ def cmd_access(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from licentia.sdk.admin import admin_client
-
-    with admin_client(home_from(args)) as client:
+    with _admin_client(args) as client:
         client.request("admin.release", handle=args.handle)
     print(f"released handle {args.handle}; its program learns it at its next check")
     return 0
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    from licentia.sdk.admin import admin_client, program_client
+    from licentia.sdk.admin import program_client
 
     home = home_from(args)
     fields: dict[str, Any] = {}
@@ -123,9 +140,9 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     if args.product_code is not None:
         fields["product"] = args.product_code
     try:
-        client = admin_client(home)
+        client = _admin_client(args)
     except LicentiaError as exc:
-        if exc.code is not ErrorCode.ACCESS_DENIED:
+        if exc.code is not ErrorCode.ACCESS_DENIED or args.server:
             raise
         client = program_client(home)
     with client:

@@ -118,6 +118,8 @@ class ErrorCode(IntEnum):
     # network server administration: access lists, directory (1300-1399)
     ACCESS_LIST_DENIED = 1300
 
+    # who a client is: identities, ownership of seats (1410-1419)
+    IDENTITY_REFUSED = 1410
     # the runtime's life and flows (1420-1429)
     PORT_IN_USE = 1420
     LISTEN_FAILED = 1421
@@ -156,6 +158,7 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.TMR_GROUP_NO_PART: "apply the group update on each of the three upstreams: each applies the part for the container it holds",
     ErrorCode.TMR_GROUP_INCOMPLETE: "apply the group update on every upstream named above and combine the three new receipts again",
     ErrorCode.ACCESS_LIST_DENIED: "the server's access list keeps this seat from you; ask its administrator (`licentia acl check` shows which rule decides)",
+    ErrorCode.IDENTITY_REFUSED: "the runtime does not accept who this client says it is; connect as yourself (a program states its own process, an administrator uses the runtime's token)",
     ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",
     ErrorCode.CONTAINER_BLACKLISTED: "the vendor listed this container as lost or stolen; contact the vendor",
     ErrorCode.FEATURE_MAP_INCOMPATIBLE: "the license does not include this feature; ask the vendor for an upgrade",

@@ -99,6 +99,9 @@ CLIENT: Spec = {
     "station": (False, STATION),
     "session": (False, OneOf(*SESSION_KINDS)),
     "in_vm": (False, bool),
+    # an identity the server issued on an earlier connection, proved by its secret
+    "resume": (False, {"client_id": (True, str), "secret": (True, bytes)}),
+    "token": (False, str),  # the runtime's admin or reader token (network administration)
 }
 
 REQUESTS: dict[str, Spec] = {
@@ -143,7 +146,7 @@ REQUESTS: dict[str, Spec] = {
 
 # What a successful reply carries, for the docs and for peers that check (not enforced).
 REPLIES: dict[str, tuple[str, ...]] = {
-    HELLO: ("version", "server", "client_id", "keepalive"),
+    HELLO: ("version", "server", "client_id", "secret", "resumed", "role", "watch", "keepalive"),
     ACCESS: ("handle", "container", "location", "mode", "valid_until", "units", "proof", "kx", "mac"),
     RELEASE: (),
     DECREMENT: ("units", "valid_until", "proof", "kx", "mac"),

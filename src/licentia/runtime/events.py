@@ -5,10 +5,10 @@ their programs' backs (to say why), and the pids of network holders (for display
 from __future__ import annotations
 
 import collections
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from licentia.core.seats import Event, SeatTable, Session
+from licentia.core.seats import Event, Holder, SeatTable, Session
 from licentia.model import ErrorCode, LicentiaError
 from licentia.runtime.external import REMOVED
 from licentia.runtime.usagelog import UsageLog
@@ -141,11 +141,15 @@ class Events:
             freed += 1
         return freed
 
-    def recent_events(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        """Recent grants, denials and releases as plain data, oldest first."""
+    def recent_events(self, since: int = 0, limit: int = 1000,
+                      visible: Callable[[Holder], bool] | None = None) -> list[dict[str, Any]]:
+        """Recent grants, denials and releases as plain data, oldest first; with
+        `visible`, only the seat events of the holders it accepts."""
         out: list[dict[str, Any]] = []
         for seq, ev in self.recent:
             if seq <= since:
+                continue
+            if visible is not None and (isinstance(ev, dict) or not visible(ev.holder)):
                 continue
             if isinstance(ev, dict):
                 out.append({"seq": seq, **ev})

@@ -68,6 +68,8 @@ class GrantsHost(Protocol):
 
     def _seats_changed(self) -> None: ...
 
+    def after_release(self, events: tuple[Any, ...]) -> None: ...
+
 
 class LocalGrants:
     def __init__(self, rt: GrantsHost) -> None:
@@ -383,7 +385,11 @@ class LocalGrants:
         rt = self.rt
         if handle >= REMOTE_BASE:
             return rt.network.release(msg["id"], rt.network.held(handle, ident), ReleaseReason.PROGRAM)
-        rel = rt.seats.release(handle, time.time(), holder=None if ident.kind == "admin" else ident.holder)
+        if ident.role == "admin" and handle in rt.seats and not ident.owns(rt.seats.get(handle).holder):
+            rel = rt.seats.force_release(handle, time.time())  # logged as the administrator's release
+            rt.after_release(rel.events)
+            return ok_frame(self._pack(msg["id"]))
+        rel = rt.seats.release(handle, time.time(), holder=ident.holder)
         ev = rel.events[0]
         log = rt.log
         assert log is not None
@@ -404,7 +410,7 @@ class LocalGrants:
             sess = rt.seats.get(handle)
         except LicentiaError:
             raise rt.events.not_held(handle) from None
-        if ident.kind != "admin" and not sess.holder.same_as(ident.holder):
+        if ident.role != "admin" and not sess.holder.same_as(ident.holder):
             raise rt.events.not_held(handle)
         return sess
 

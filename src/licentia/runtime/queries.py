@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,15 @@ class Admin(Protocol):
     """A connection as the queries see it."""
 
     ident: Ident | None
+
+
+def _own_rows(ident: Ident | None) -> Callable[[dict[str, Any]], bool] | None:
+    """Which session rows a client may see: None for all (an administrator, a reader, a
+    program on this machine), else a test for its own (a client with a server-issued id)."""
+    if ident is None or ident.role != "holder" or ident.client_id is None:
+        return None
+    cid = ident.client_id
+    return lambda row: row.get("client") == cid
 
 
 class QueriesHost(Protocol):
@@ -59,9 +68,10 @@ class Queries:
     def op_admin_release(self, conn: Admin, msg: Message) -> Message | Awaitable[Message]:
         ident = conn.ident
         assert ident is not None
-        if ident.kind != "admin":
+        if ident.role != "admin":
             raise LicentiaError(ErrorCode.ACCESS_DENIED, "force-releasing a seat needs an admin connection",
-                                "use `licentia release HANDLE` as the runtime's user or root")
+                                "use `licentia release HANDLE` as the runtime's user or root, or the "
+                                "runtime's admin.token over the network")
         return self.admin_release(msg["handle"], msg["id"])
 
     def admin_release(self, handle: int, rid: int = 0) -> Message | Awaitable[Message]:
@@ -81,24 +91,47 @@ class Queries:
         return {"id": rid, "ok": True}
 
     def op_sessions(self, conn: Admin, msg: Message) -> Message:
-        return {"id": msg["id"], "ok": True,
-                "sessions": self.session_rows(msg.get("firm"), msg.get("product"), msg.get("container"))}
+        rows = self.session_rows(msg.get("firm"), msg.get("product"), msg.get("container"))
+        mine = _own_rows(conn.ident)
+        if mine is not None:
+            rows = [r for r in rows if mine(r)]
+        return {"id": msg["id"], "ok": True, "sessions": rows}
 
     def op_info(self, conn: Admin, msg: Message) -> Message:
         what = msg["what"]
         reply: Message = {"id": msg["id"], "ok": True}
+        mine = _own_rows(conn.ident)
+        if mine is None:
+            if what == "server":
+                reply["server"] = self.server_info()
+            elif what == "containers":
+                reply["containers"] = self.container_rows()
+            else:
+                reply["items"] = self.item_rows(msg.get("firm"))
+            return reply
+        # a client that is no administrator sees what its own seats are on, nothing more
+        own = [r for r in self.session_rows() if mine(r)]
         if what == "server":
-            reply["server"] = self.server_info()
+            rt = self.rt
+            reply["server"] = {"host": rt.host_name, "client_timeout": rt.config.client_timeout,
+                               "sessions": len(own)}
         elif what == "containers":
-            reply["containers"] = self.container_rows()
+            held = {r["container"] for r in own}
+            reply["containers"] = [r for r in self.container_rows() if r["serial"] in held]
         else:
-            reply["items"] = self.item_rows(msg.get("firm"))
+            held_items = {(r["container"], r["item"]) for r in own}
+            reply["items"] = [r for r in self.item_rows(msg.get("firm"))
+                              if (r["container"], r["item_id"]) in held_items]
         return reply
 
     def op_events(self, conn: Admin, msg: Message) -> Message:
         since = msg.get("since", 0)
         limit = max(1, min(msg.get("limit", 100), 1000))
-        out = self.recent_events(since, limit)
+        ident = conn.ident
+        if ident is None or ident.role != "holder" or ident.client_id is None:
+            out = self.recent_events(since, limit)
+        else:
+            out = self.rt.events.recent_events(since, limit, visible=ident.owns)
         return {"id": msg["id"], "ok": True, "events": out, "next": out[-1]["seq"] if out else since}
 
     # ================================================================== what they show

@@ -52,7 +52,7 @@ from licentia.runtime.events import Events
 from licentia.runtime.grants import LocalGrants
 from licentia.runtime.home import RuntimeHome
 from licentia.runtime.housekeeping import Housekeeping
-from licentia.runtime.ident import Identities
+from licentia.runtime.ident import Identities, PeerSearch, find_peer, identity_tokens, kernel_peer
 from licentia.runtime.licenses import Changes, Loaded
 from licentia.runtime.network import NetworkClient
 from licentia.runtime.portuser import in_use
@@ -136,6 +136,7 @@ class Runtime:
         self._take_lock()
         self.client_id = home.client_id()
         key = self._runtime_key()
+        self.identities.use_key(key, identity_tokens(home))
         self.log = self.events.log = UsageLog(home.usage_log, key, rotate_bytes=config.log_rotate_bytes)
         self.log.on_pending = self.housekeeping.log_pending
         loop = asyncio.get_running_loop()
@@ -341,28 +342,46 @@ class Runtime:
 
     # ================================================================== hello and keep-alive
 
-    def op_hello(self, conn: Connection, msg: Message) -> Message:
+    def op_hello(self, conn: Connection, msg: Message) -> Message | Awaitable[Message]:
         if not set(msg["versions"]) & set(SUPPORTED_VERSIONS):
             raise LicentiaError(ErrorCode.PROTOCOL_ERROR,
                                 f"this runtime speaks protocol versions {list(SUPPORTED_VERSIONS)}")
+        peer = kernel_peer(conn, msg["client"])
+        if isinstance(peer, PeerSearch):  # a look through the user's processes: not on the loop
+            return self._hello_after(conn, msg, peer)
+        return self._hello(conn, msg, peer)
+
+    async def _hello_after(self, conn: Connection, msg: Message, search: PeerSearch) -> Message:
+        peer = await asyncio.get_running_loop().run_in_executor(None, find_peer, search)
+        return self._hello(conn, msg, peer)
+
+    def _hello(self, conn: Connection, msg: Message, peer: tuple[int, int, int] | None) -> Message:
         version = max(set(msg["versions"]) & set(SUPPORTED_VERSIONS))
         c: dict[str, Any] = msg["client"]
         ident = conn.ident = self.identities.identify(c, c.get("kind", "program"), listener=conn.listener,
-                                                      peer=conn.peer, peer_host=conn.peer_host,
+                                                      peer=peer, peer_host=conn.peer_host,
                                                       number=self.connection_count)
         conn.forget_log_lines()
-        return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
-                "client_id": ident.client_id, "timeout": self.config.client_timeout,
-                "keepalive": self.config.keepalive_for(self.config.client_timeout),
-                "location": "network" if conn.listener == "network" else "local",
-                "station": list(ident.station), "session": ident.session.value}
+        reply: Message = {
+            "id": msg["id"], "ok": True, "version": version, "server": self.host_name,
+            "client_id": ident.client_id, "timeout": self.config.client_timeout,
+            "keepalive": self.config.keepalive_for(self.config.client_timeout),
+            "location": "network" if conn.listener == "network" else "local",
+            "station": list(ident.station), "session": ident.session.value, "role": ident.role,
+            # how the runtime knows the client still lives: its process, or its keep-alives
+            "watch": "process" if ident.holder.process is not None else "keepalive"}
+        if ident.secret is not None:
+            reply["secret"] = ident.secret
+            reply["resumed"] = bool(isinstance(c.get("resume"), dict) and c["resume"].get("client_id")
+                                    == ident.client_id)
+        return reply
 
     def op_keepalive(self, conn: Connection, msg: Message) -> Message:
         ident = conn.ident
         assert ident is not None
         now = time.time()
         lost: list[int] = []
-        if ident.client_id is not None:
+        if ident.client_id is not None:  # only the sender's own seats: its id is the server's to give
             self.seats.heartbeat(ident.client_id, now)
             for handle in msg.get("handles", ()):
                 if handle not in self.seats or self.seats.get(handle).holder.client_id != ident.client_id:

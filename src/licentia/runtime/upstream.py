@@ -1,7 +1,8 @@
 """Client mode: this runtime's connections to the network servers of its search list.
 
 One TLS connection per server, opened on first need and again after it breaks. The
-runtime says who it is once (`hello` with kind `runtime` and its stable client id) and
+runtime says who it is once (`hello` with kind `runtime`, proving the client id the
+server issued it before, kept in the home under state/servers/) and
 then forwards its programs' requests, each naming the program it acts for. Seats taken
 on a server are kept alive by this runtime's keep-alives for as long as the programs
 holding them live.
@@ -19,6 +20,7 @@ from licentia.protocol.aio import AsyncClient
 from licentia.protocol.frames import Message
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.home import RuntimeHome
+from licentia.runtime.ident import load_identity, save_identity
 from licentia.runtime.tlsfiles import client_context_for
 
 UNREACHABLE = frozenset({ErrorCode.NETWORK_FAULT, ErrorCode.SERVER_NOT_FOUND, ErrorCode.NO_LOCAL_RUNTIME})
@@ -52,12 +54,13 @@ class Upstream:
             try:
                 ctx = client_context_for(self.home, self.config, self.address)
                 c = await AsyncClient.connect(self.address, ssl_context=ctx, timeout=self.config.connect_timeout)
-                reply = await c.hello({
-                    "kind": "runtime",
-                    "client_id": self.client_id,
-                    "host": socket.gethostname(),
-                    "station": {"host_id": self.host_id},
-                })
+                hello: dict[str, Any] = {"kind": "runtime", "host": socket.gethostname(),
+                                         "station": {"host_id": self.host_id}}
+                resume = load_identity(self.home, self.address)
+                if resume is not None:
+                    hello["resume"] = resume
+                reply = await c.hello(hello)
+                save_identity(self.home, self.address, reply)
             except LicentiaError as exc:
                 self.reachable = False
                 self.last_error = exc

@@ -22,7 +22,7 @@ from enum import StrEnum  # loaded already: the error codes are an IntEnum
 
 from licentia.model.errors import ErrorCode, LicentiaError
 from licentia.protocol.client import Client
-from licentia.sdk.connect import Target, hello_client, targets, tls_context
+from licentia.sdk.connect import Target, hello_client, issued_identity, targets, tls_context
 from licentia.sdk.proof import NONCE_SIZE
 from licentia.sdk.verify import (
     ProofKeys,
@@ -336,6 +336,7 @@ class _Link:
         self.licenses: dict[int, License] = {}
         self.keepalive_interval = 30.0
         self._keepalive = False
+        self.identity: dict[str, Any] | None = None  # the server-issued client id and its secret
 
     def connect(self) -> Client:
         with self.lock:
@@ -345,16 +346,17 @@ class _Link:
             ctx = tls_context(self.target) if self.target.network else None
             c = Client(self.target.address, ssl_context=ctx)
             try:
-                reply = c.hello(hello_client(self.target))
+                reply = c.hello(hello_client(self.target, resume=self.identity))
             except BaseException:
                 c.close()
                 raise
             interval = reply.get("keepalive")
             if isinstance(interval, int | float) and interval > 0:
                 self.keepalive_interval = float(interval)
+            self.identity = issued_identity(reply)  # proved again after a reconnect: the seats stay
             self.client = c
             self.keys = None  # a new connection agrees new keys
-            if self.target.network and not self._keepalive:
+            if (self.target.network or reply.get("watch") == "keepalive") and not self._keepalive:
                 self._keepalive = True
                 _start_thread(self._keep_alive, "licentia-keepalive")
             return c

@@ -1,7 +1,9 @@
-"""Administration over the runtime's Unix socket (for `licentia sessions`, `release`, `status`).
+"""Administration over the runtime's Unix socket (for `licentia sessions`, `release`, `status`),
+or over a network server's port with its token.
 
-The runtime accepts admin requests only from its own user or root, as the kernel
-reports the peer of its Unix socket.
+On the socket the runtime accepts admin requests only from its own user or root, as the
+kernel reports the peer; on the network port, from a client whose hello carries the
+server home's `admin.token` (or `reader.token`, to look only).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from licentia.sdk.connect import (
     hello_client,
     process_start,
     program_name,
+    targets,
+    tls_context,
     user_name,
 )
 
@@ -56,3 +60,26 @@ def program_client(home: Path) -> Client:
         client.close()
         raise
     return client
+
+
+def network_admin_client(address: str, token: str) -> Client:
+    """An administrator's connection to the network server at `address` (host:port),
+    trusted as a program trusts it (LICENTIA_SERVER_PIN, LICENTIA_CA_FILE, or the pin
+    kept from the first use), authenticated with the server's `token`."""
+    target = targets({**os.environ, "LICENTIA_SERVER": address})[0]
+    client = Client(address, ssl_context=tls_context(target))
+    try:
+        client.hello({"kind": "admin", "token": token, "program": program_name(), "user": user_name()})
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def token_from(path: str) -> str:
+    """A token kept in a file (never on a command line, where `ps` shows it)."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"cannot read the token file {path}: {exc.strerror}",
+                            "copy the server home's admin.token (or reader.token) to this machine") from None

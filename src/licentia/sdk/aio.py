@@ -14,7 +14,7 @@ import weakref
 
 from licentia.model.errors import ErrorCode, LicentiaError
 from licentia.sdk.access import Event, Held, access_fields, blacklisted, check_args, firm_key_for
-from licentia.sdk.connect import Target, hello_client, targets, tls_context
+from licentia.sdk.connect import Target, hello_client, issued_identity, targets, tls_context
 from licentia.sdk.proof import NONCE_SIZE
 from licentia.sdk.verify import ProofKeys, verify_grant
 
@@ -39,6 +39,7 @@ class _AsyncLink:
         self.licenses: dict[int, AsyncLicense] = {}
         self.keepalive_interval = 30.0
         self._keepalive: asyncio.Task[None] | None = None
+        self.identity: dict[str, Any] | None = None  # the server-issued client id and its secret
 
     async def connect(self) -> Any:
         async with self.lock:
@@ -50,16 +51,17 @@ class _AsyncLink:
             ctx = tls_context(self.target) if self.target.network else None
             c = await AsyncClient.connect(self.target.address, ssl_context=ctx)
             try:
-                reply = await c.hello(hello_client(self.target))
+                reply = await c.hello(hello_client(self.target, resume=self.identity))
             except BaseException:
                 await c.close()
                 raise
             interval = reply.get("keepalive")
             if isinstance(interval, int | float) and interval > 0:
                 self.keepalive_interval = float(interval)
+            self.identity = issued_identity(reply)  # proved again after a reconnect: the seats stay
             self.client = c
             self.keys = None  # a new connection agrees new keys
-            if self.target.network and self._keepalive is None:
+            if (self.target.network or reply.get("watch") == "keepalive") and self._keepalive is None:
                 self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
             return c
 

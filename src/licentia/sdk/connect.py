@@ -145,8 +145,11 @@ def user_name() -> str:
 _SESSIONS = {"local": "local console", "remote-desktop": "remote desktop", "terminal-server": "terminal server session"}
 
 
-def hello_client(target: Target, program: str | None = None, program_version: str | None = None) -> dict[str, Any]:
-    """What the program says about itself in `hello`."""
+def hello_client(target: Target, program: str | None = None, program_version: str | None = None,
+                 resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the program says about itself in `hello` (the runtime checks it against what
+    the kernel says, and the session it finds itself); `resume`, the identity an earlier
+    hello reply issued (`client_id` and `secret`), keeps the seats taken under it."""
     client: dict[str, Any] = {
         "kind": "program",
         "pid": os.getpid(),
@@ -160,7 +163,6 @@ def hello_client(target: Target, program: str | None = None, program_version: st
     env = session_environment()
     if target.network:
         # a server cannot look at this machine: say what it needs to count by station
-        client["client_id"] = "prog-" + os.urandom(16).hex()
         kind = _SESSIONS.get(env.get("LICENTIA_SESSION", "").strip().lower(), "local console")
         session_id = env.get("LICENTIA_SESSION_ID") or env.get("XDG_SESSION_ID") or ""
         client["session"] = kind
@@ -168,7 +170,17 @@ def hello_client(target: Target, program: str | None = None, program_version: st
                              "session_id": session_id if kind == "terminal server session" else ""}
     else:
         client["env"] = env
+    if resume:
+        client["resume"] = resume
     return client
+
+
+def issued_identity(reply: dict[str, Any]) -> dict[str, Any] | None:
+    """The identity a hello reply issued (to prove on the next connection), if any."""
+    cid, secret = reply.get("client_id"), reply.get("secret")
+    if isinstance(cid, str) and isinstance(secret, bytes):
+        return {"client_id": cid, "secret": secret}
+    return None
 
 
 def tls_context(target: Target) -> Any:
