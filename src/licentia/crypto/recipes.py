@@ -15,7 +15,6 @@ Choices:
 
 from __future__ import annotations
 
-import hmac
 import os
 
 TYPE_CHECKING = False
@@ -391,6 +390,8 @@ def check_password(stored: str, password: str) -> bool:
         salt, expected = base64.urlsafe_b64decode(salt_text), base64.urlsafe_b64decode(hash_text)
     except ValueError:
         return False
+    import hmac
+
     return hmac.compare_digest(_stretch(password, salt, cost), expected)
 
 
