@@ -142,23 +142,43 @@ def test_the_seed_example_through_a_runtime(tmp_path: Path, root: Path, vendor: 
         server.stop()
 
 
+def _as_nobody(port: int, firm: int) -> dict[str, Any]:
+    """A program of another user (uid 65534, "nobody") taking a license over loopback TCP:
+    the runtime learns the user from the kernel, not from the program."""
+    code = ("import json, licentia\n"
+            "try:\n"
+            f"    lic = licentia.access({firm}, 7, verify=False)\n"
+            "    print(json.dumps({'handle': lic.info.handle}))\n"
+            "except licentia.LicentiaError as exc:\n"
+            "    print(json.dumps({'error': int(exc.code), 'message': exc.message}))\n")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run([*nobody, sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/",
+                          env=base_env(PYTHONPATH=os.pathsep.join(sys.path), LICENTIA_RUNTIME=f"127.0.0.1:{port}"))
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = __import__("json").loads(done.stdout)
+    return result
+
+
 def test_programs_on_the_server_go_through_the_list(tmp_path: Path, root: Path, vendor: Vendor,
                                                     procs: Procs) -> None:
     """A program on the runtime's own machine (the plain access path) is judged by the list
-    too, and the list is reloaded without a restart."""
+    too, by the user the kernel names, and the list is reloaded without a restart."""
     home = tmp_path / "home"
     make_home(home, root, vendor, [ProductItem(product_code=7, quantity=5)])
     rt = Runtime(procs, home, root)
+    port = int(rt.status["local_port"])
     env = {"LICENTIA_HOME": str(home)}
     opts = {"firm_code": vendor.firm, "product_code": 7, "verify": False}
-    assert Program(procs, root, {**env, "USER": "mallory"}, **opts).granted  # no list yet
-    assert cli(home, "acl", "add", "no-mallory", "--deny", "--user", "mallory").returncode == 0
+    me = __import__("pwd").getpwuid(os.getuid()).pw_name
+    assert "handle" in _as_nobody(port, vendor.firm)  # no list yet
+    assert cli(home, "acl", "add", "no-nobody", "--deny", "--user", "nobody").returncode == 0
     rt.logged("the list", lambda e: e.get("event") == "acl-changed" and e.get("rules") == 1)
-    refused = Program(procs, root, {**env, "USER": "mallory"}, **opts).first
-    assert refused["error"] == 1300 and 'rule "no-mallory"' in refused["message"]
-    assert Program(procs, root, {**env, "USER": "ann"}, **opts).granted
-    assert cli(home, "acl", "add", "ann-max", "--user", "ann", "--max", "1").returncode == 0
+    refused = _as_nobody(port, vendor.firm)
+    assert refused["error"] == 1300 and 'rule "no-nobody"' in refused["message"]
+    # a program cannot name itself into another user: USER is not who it is
+    assert Program(procs, root, {**env, "USER": "nobody"}, **opts).granted
+    assert cli(home, "acl", "add", "me-max", "--user", me, "--max", "1").returncode == 0
     rt.logged("the list", lambda e: e.get("event") == "acl-changed" and e.get("rules") == 2)
-    refused = Program(procs, root, {**env, "USER": "ann"}, **opts).first  # ann holds her one seat already
-    assert refused["error"] == 1300 and "ann-max" in refused["message"]
+    refused = Program(procs, root, {**env, "USER": "someone-else"}, **opts).first  # the one seat is held already
+    assert refused["error"] == 1300 and "me-max" in refused["message"]
     rt.stop()
