@@ -118,9 +118,13 @@ class ErrorCode(IntEnum):
     # network server administration: access lists, directory (1300-1399)
     ACCESS_LIST_DENIED = 1300
 
+    # the TMR system: upstreams and front ends (1450-1459)
+    TMR_FRONT_END_ONLY = 1450  # a TMR upstream answers its constituents to authenticated front ends only
+
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
+    ErrorCode.TMR_FRONT_END_ONLY: "a TMR upstream serves its front ends only; ask a front end (`licentia tmr serve`) instead, or give the front end a client certificate from the upstream's [tmr] front_end_ca",
     ErrorCode.UNAUTHORIZED: "send a valid API token (Authorization: Bearer …); the first one is in the central home's admin.token",
     ErrorCode.FORBIDDEN: "this API token's role does not allow that; ask an administrator for an operator or admin token",
     ErrorCode.TICKET_INVALID: "check the ticket as printed on your order (five groups of five characters)",

@@ -32,6 +32,7 @@ CHECK: Final = "check"
 KEEPALIVE: Final = "keepalive"
 SESSIONS: Final = "sessions"
 INFO: Final = "info"
+TMR_ITEMS: Final = "tmr.items"  # a TMR upstream's constituents, to its front ends
 ADMIN_RELEASE: Final = "admin.release"
 EVENTS: Final = "events"
 
@@ -122,6 +123,7 @@ REQUESTS: dict[str, Spec] = {
     INFO: {"what": (True, OneOf("server", "containers", "items")), "firm": (False, int)},
     ADMIN_RELEASE: {"handle": (True, int)},
     EVENTS: {"since": (False, int), "limit": (False, int)},
+    TMR_ITEMS: {},
 }
 
 # What a successful reply carries, for the docs and for peers that check (not enforced).

@@ -108,6 +108,10 @@ class Runtime:
             "admin.release": self.queries.op_admin_release,
             "events": self.queries.op_events,
         }
+        if config.tmr_role == "upstream":  # a TMR upstream shows its constituents to its front ends
+            from licentia.runtime.tmrupstream import TmrUpstream
+
+            handlers["tmr.items"] = TmrUpstream(self).op_items
         self.router = Router(handlers, self._note_problem, self._spawn)
         self.dispatch = self.router.dispatch
 
@@ -250,6 +254,10 @@ class Runtime:
 
             cert, key = server_files(home, config)
             ctx = server_context(cert, key)
+            if config.tmr_role == "upstream":
+                from licentia.runtime.tmrupstream import accept_front_ends
+
+                ctx = accept_front_ends(ctx, config.path(home.path, config.tmr_front_end_ca))
             self.certificate_pin = certificate_pin(cert)
             server = await loop.create_server(lambda: Connection(self, "network").protocol(), config.network_address,
                                               config.network_port, ssl=ctx, backlog=backlog, reuse_address=True,

@@ -455,6 +455,16 @@ class SeatStore:
 
         return await self._run(attempt)
 
+    async def session(self, handle: int) -> Session | None:
+        """The session of `handle`, or None when it is not held (a linearizable read)."""
+        hkey = self._p + b"h/%d" % handle
+
+        async def attempt(c: aetcd.Client) -> Session | None:
+            got = await c.get(hkey)
+            return None if got is None else _session_from_record(handle, got.value)[0]
+
+        return await self._run(attempt)
+
     async def sessions(self) -> list[Session]:
         """Every handle held through any front end, oldest first."""
         prefix = self._p + b"h/"
