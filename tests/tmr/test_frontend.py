@@ -1,0 +1,289 @@
+"""The TMR system with real processes: three upstream runtimes, each beside one member of
+a real etcd cluster, and two front ends (`licentia tmr serve`); clients speak the network
+protocol over TLS to the front ends, as a client runtime does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.runtime.harness import (
+    Procs,
+    Runtime,
+    Vendor,
+    base_env,
+    machine,
+    make_home,
+    processes,
+    wait_for,
+)
+from tests.tmr.conftest import _need_etcd
+from tests.tmr.etcd import EtcdCluster
+
+from licentia.model import ErrorCode, LicentiaError, ProductItem
+from licentia.protocol.client import Client
+from licentia.protocol.tls import client_context
+
+LICENTIA = [sys.executable, "-c", "import sys; from licentia.cli.main import main; sys.exit(main(sys.argv[1:]))"]
+QUANTITY = 3
+UNITS = 100
+ITEM = ProductItem(product_code=9, quantity=QUANTITY, units=UNITS, tmr_id=1)
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_ca(d: Path, name: str) -> tuple[Path, Path]:
+    """A CA and a client certificate it signed (what an administrator's CA gives a front end)."""
+    d.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = d / f"{name}-ca.pem", d / f"{name}-ca.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(ca_key),
+             "-out", str(ca), "-days", "2", "-subj", f"/CN={name} CA")
+    key, csr, cert = d / f"{name}-fe.key", d / f"{name}-fe.csr", d / f"{name}-fe.pem"
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key),
+             "-out", str(csr), "-subj", f"/CN={name} front end")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-out", str(cert), "-days", "2")
+    return ca, cert
+
+
+@dataclass
+class FrontEndProc:
+    procs: Procs
+    state: Path
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> None:
+        status = self.state / "front-end.json"
+        status.unlink(missing_ok=True)
+        log = open(self.state.parent / f"{self.state.name}.log", "ab")  # noqa: SIM115
+        self.proc = proc = self.procs.spawn([*LICENTIA, "tmr", "serve", "--state",
+                                             str(self.state), *self.args], env=base_env(), stdout=log, stderr=log)
+
+        def ready() -> dict[str, Any] | None:
+            if proc.poll() is not None:
+                raise AssertionError(f"the front end exited: {self.output()}")
+            try:
+                doc: dict[str, Any] = json.loads(status.read_text())
+            except (OSError, ValueError):
+                return None
+            return doc if doc.get("pid") == proc.pid else None
+
+        self.status = wait_for("the front end to start", ready)
+
+    def output(self) -> str:
+        try:
+            return (self.state.parent / f"{self.state.name}.log").read_text()[-3000:]
+        except OSError:
+            return ""
+
+    def read_status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads((self.state / "front-end.json").read_text())
+        return doc
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.status['network_port']}"
+
+    def client(self, client_id: str) -> Client:
+        """A connection as a client runtime makes it: TLS with the front end's pin, then hello."""
+        c = Client(self.address, ssl_context=client_context(fingerprint=self.status["certificate_pin"]), timeout=15)
+        c.hello({"kind": "runtime", "client_id": client_id, "host": "client-host", "station": {"host_id": "h-1"}})
+        return c
+
+    def available(self) -> bool:
+        try:
+            items = self.read_status()["items"]
+        except (OSError, ValueError):
+            return False
+        return any(i["available"] for i in items)
+
+
+@dataclass
+class System:
+    procs: Procs
+    etcd: EtcdCluster
+    upstreams: list[Runtime]
+    front_ends: list[FrontEndProc]
+    ca: Path
+    fe_cert: Path
+    tmp: Path
+
+
+def program(n: int) -> dict[str, Any]:
+    return {"kind": "program", "pid": 1000 + n, "program": f"app{n}", "user": "u", "host": "client-host",
+            "station": {"host_id": "h-1", "vm_id": "", "session_id": ""}, "session": "local console", "in_vm": False}
+
+
+def access(c: Client, n: int = 1, **extra: Any) -> dict[str, Any]:
+    return c.request("access", firm=10_001, product=9, mode="per-access", where="local", client=program(n), **extra)
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[System]:
+    _need_etcd()
+    root = machine(tmp_path / "machine")
+    vendor = Vendor(tmp_path / "vendor")
+    ca, fe_cert = make_ca(tmp_path / "pki", "site")
+    with EtcdCluster() as etcd, processes() as procs:
+        urls = [f"http://{e}" for e in etcd.endpoints]
+        ups = []
+        for i in range(3):
+            home = tmp_path / f"up{i + 1}"
+            make_home(home, root, vendor, [ITEM])
+            flags = ["--network", "--network-port", "0", "--network-address", "127.0.0.1", "--tmr-role", "upstream",
+                     "--tmr-front-end-ca", str(ca)]
+            for u in urls:
+                flags += ["--tmr-etcd", u]
+            ups.append(Runtime(procs, home, root, *flags))
+        fes = []
+        for i in range(2):
+            args = ["--port", "0", "--address", "127.0.0.1", "--certificate", str(fe_cert),
+                    "--private-key", str(fe_cert.with_suffix(".key")), "--poll-interval", "0.3",
+                    "--client-timeout", "5"]
+            for e in urls:
+                args += ["--etcd", e]
+            for up in ups:
+                args += ["--upstream", up.network_address]
+            fe = FrontEndProc(procs, tmp_path / f"fe{i + 1}", args)
+            fe.start()
+            fes.append(fe)
+        for fe in fes:
+            wait_for("the TMR item in the virtual container", fe.available)
+        yield System(procs, etcd, ups, fes, ca, fe_cert, tmp_path)
+
+
+def _error(call: Any) -> int:
+    with pytest.raises(LicentiaError) as info:
+        call()
+    return int(info.value.code)
+
+
+def kill_upstream(s: System, i: int) -> None:
+    s.upstreams[i].stop(9)
+    s.etcd.kill(i)
+
+
+def test_upstream_serves_front_ends_only_and_front_end_shows_the_virtual_container(system: System) -> None:
+    s = system
+    up = s.upstreams[0]
+    # an ordinary client (no client certificate) asking the upstream for its constituents: refused
+    pin = client_context(pin_file=s.tmp / "pin-up1")
+    plain = Client(up.network_address, ssl_context=pin, timeout=10)
+    plain.hello({"kind": "runtime", "client_id": "client-runtime-1", "host": "h"})
+    assert _error(lambda: plain.request("tmr.items")) == ErrorCode.TMR_FRONT_END_ONLY
+    # ... and asking it for the license itself: the constituent is no license of its own
+    assert _error(lambda: access(plain)) == ErrorCode.REDUNDANCY_SERVER_MISSING
+    plain.close()
+    # a certificate from another CA is no front end's either
+    _other_ca, other_cert = make_ca(s.tmp / "pki", "other")
+    ctx = client_context(pin_file=s.tmp / "pin-up1")
+    ctx.load_cert_chain(str(other_cert), str(other_cert.with_suffix(".key")))
+    with pytest.raises(LicentiaError):
+        foreign = Client(up.network_address, ssl_context=ctx, timeout=10)
+        foreign.hello({"kind": "runtime", "client_id": "client-runtime-2", "host": "h"})
+        foreign.request("tmr.items")
+
+    # the front end shows the TMR item, from all three upstreams, in its virtual container 131-…
+    st = s.front_ends[0].read_status()
+    assert st["serial"].startswith("131-") and st["serial"] == s.front_ends[1].read_status()["serial"]
+    [item] = st["items"]
+    assert item["available"] and item["quantity"] == QUANTITY and len(item["upstreams"]) == 3
+    assert all(m["healthy"] for m in st["etcd"]) and all(u["reachable"] for u in st["upstreams"])
+    shown = subprocess.run([*LICENTIA, "tmr", "status", "--state", str(s.front_ends[0].state)],
+                           capture_output=True, text=True, env=base_env(), check=True).stdout
+    assert f"virtual container {st['serial']}" in shown and "TMR license 1: served, quantity 3" in shown
+
+    # a client runtime uses it like a network server: seats counted across both front ends
+    a, b = s.front_ends[0].client("client-runtime-a"), s.front_ends[1].client("client-runtime-b")
+    h1 = access(a, 1)["handle"]
+    h2 = access(b, 2)["handle"]
+    got = access(a, 3)
+    assert got["container"] == st["serial"] and got["units"] == UNITS
+    assert _error(lambda: access(b, 4)) == ErrorCode.NO_MORE_LICENSES  # quantity 3, over two front ends
+    assert a.request("decrement", handle=h1, units=7)["units"] == UNITS - 7
+    assert b.request("check", handle=h2)["units"] == UNITS - 7
+    assert _error(lambda: b.request("release", handle=h1)) == ErrorCode.INVALID_HANDLE  # not b's
+    a.request("release", handle=h1)
+    assert access(b, 4)["handle"]
+    a.close()
+    b.close()
+
+
+def test_one_dead_upstream_is_not_seen_two_take_the_item_away_one_back_returns_it(system: System) -> None:
+    s = system
+    fe = s.front_ends[0]
+    c = fe.client("client-runtime-a")
+    held = access(c, 1)["handle"]
+
+    kill_upstream(s, 0)  # runtime and etcd member
+    for n in range(6):  # no client sees an error, whenever the front end notices
+        h = access(c, 2)["handle"]
+        assert c.request("decrement", handle=held, units=1)["units"] == UNITS - 1 - n
+        c.request("keepalive", handles=[held, h])
+        c.request("release", handle=h)
+    wait_for("upstream 1 marked unreachable", lambda: not fe.read_status()["upstreams"][0]["reachable"])
+    st = fe.read_status()
+    assert st["items"][0]["available"] and sorted(st["items"][0]["upstreams"]) == sorted(
+        u.network_address for u in s.upstreams[1:])
+    assert access(c, 3)["handle"]
+
+    kill_upstream(s, 1)  # a second: the item is gone and accesses get 130
+    wait_for("the item to go", lambda: not fe.available())
+    assert _error(lambda: access(c, 4)) == ErrorCode.REDUNDANCY_SERVER_MISSING
+    assert not c.request("check", handle=held)["valid"]
+    shown = subprocess.run([*LICENTIA, "tmr", "status", "--state", str(fe.state)],
+                           capture_output=True, text=True, env=base_env(), check=True).stdout
+    assert "MISSING (error 130)" in shown and "UNREACHABLE" in shown
+
+    s.etcd.restart(1)  # one back: the item returns, with the seats and units etcd kept
+    s.upstreams[1].start()
+    wait_for("the item to return", fe.available)
+    c2 = wait_for("a client to attach again", lambda: _attach(fe, "client-runtime-a"))
+    assert c2.request("check", handle=held)["units"] == UNITS - 6
+    assert access(c2, 5)["handle"]
+
+
+def _attach(fe: FrontEndProc, client_id: str) -> Client | None:
+    try:
+        return fe.client(client_id)
+    except LicentiaError:
+        return None
+
+
+def test_a_dead_client_runtimes_seats_come_back_after_its_lease(system: System) -> None:
+    s = system
+    fe1, fe2 = s.front_ends
+    dead = fe1.client("client-runtime-dead")
+    for n in range(QUANTITY):
+        access(dead, n)
+    other = fe2.client("client-runtime-alive")
+    assert _error(lambda: access(other, 9)) == ErrorCode.NO_MORE_LICENSES
+    dead.close()  # it says nothing more (a killed client runtime): its lease (5 s) runs out
+
+    def granted() -> bool:
+        try:
+            other.request("keepalive")
+            return bool(access(other, 9)["handle"])
+        except LicentiaError as exc:
+            assert exc.code is ErrorCode.NO_MORE_LICENSES
+            return False
+
+    t0 = time.monotonic()
+    wait_for("the dead client's seats to come back", granted, timeout=20, interval=0.5)
+    assert time.monotonic() - t0 >= 2  # not freed at once: the lease's time runs first
