@@ -5,6 +5,7 @@ protocol over TLS to the front ends, as a client runtime does."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -146,7 +147,8 @@ def system(tmp_path: Path) -> Iterator[System]:
         for i in range(3):
             home = tmp_path / f"up{i + 1}"
             make_home(home, root, vendor, [ITEM])
-            flags = ["--network", "--network-port", "0", "--network-address", "127.0.0.1", "--tmr-role", "upstream",
+            # a fixed port: a restarted upstream is found where the front ends look for it
+            flags = ["--network", "--network-port", str(_free_port()), "--network-address", "127.0.0.1", "--tmr-role", "upstream",
                      "--tmr-front-end-ca", str(ca)]
             for u in urls:
                 flags += ["--tmr-etcd", u]
@@ -166,6 +168,12 @@ def system(tmp_path: Path) -> Iterator[System]:
         for fe in fes:
             wait_for("the TMR item in the virtual container", fe.available)
         yield System(procs, etcd, ups, fes, ca, fe_cert, tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _error(call: Any) -> int:
