@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from tests.runtime.harness import (
     Procs,
+    Program,
     Runtime,
     Vendor,
     base_env,
@@ -123,6 +124,7 @@ class System:
     front_ends: list[FrontEndProc]
     ca: Path
     fe_cert: Path
+    vendor: Vendor
     tmp: Path
 
 
@@ -167,7 +169,7 @@ def system(tmp_path: Path) -> Iterator[System]:
             fes.append(fe)
         for fe in fes:
             wait_for("the TMR item in the virtual container", fe.available)
-        yield System(procs, etcd, ups, fes, ca, fe_cert, tmp_path)
+        yield System(procs, etcd, ups, fes, ca, fe_cert, vendor, tmp_path)
 
 
 def _free_port() -> int:
@@ -295,3 +297,35 @@ def test_a_dead_client_runtimes_seats_come_back_after_its_lease(system: System) 
     t0 = time.monotonic()
     wait_for("the dead client's seats to come back", granted, timeout=20, interval=0.5)
     assert time.monotonic() - t0 >= 2  # not freed at once: the lease's time runs first
+
+
+def test_a_client_runtime_moves_to_the_twin_when_its_front_end_dies(system: System) -> None:
+    s = system
+    fe1, fe2 = s.front_ends
+    from licentia.runtime import searchlist
+
+    other_root = machine(s.tmp / "client-machine")
+    client_home = s.tmp / "client"
+    for fe in (fe1, fe2):  # no virtual address here: the search list names both twins
+        searchlist.add(client_home / "servers.json", fe.address)
+        pins = client_home / "tls" / "pins"
+        pins.mkdir(parents=True, exist_ok=True)
+    client = Runtime(s.procs, client_home, other_root)
+    prog = Program(s.procs, other_root, {"LICENTIA_HOME": str(client_home)}, firm_code=10_001, product_code=9,
+                   firm_key=str(s.vendor.public_file))
+    assert "error" not in prog.first, prog.first
+    # verified: a constituent's signature over the program's challenge, with its license
+    assert prog.first["location"] == "network" and prog.first["verified"], prog.first
+    assert prog.first["server"] == fe1.address
+    assert prog.ask("decrement 2") == {"units": UNITS - 2}
+
+    fe1.kill()
+    t0 = time.monotonic()
+    assert prog.ask("decrement 1") == {"units": UNITS - 3}  # served again by the twin, same seat
+    served_again = time.monotonic() - t0
+    print(f"front end killed: the program's next decrement served after {served_again * 1000:.0f} ms")
+    assert prog.ask("check")["valid"] is True
+    time.sleep(6)  # longer than the client lease: the twin's keep-alives kept the seat
+    assert prog.ask("check")["valid"] is True
+    assert [r["location"] for r in client.sessions()] == [f"server {fe2.address}"]
+    assert prog.ask("release") == {"released": True}

@@ -33,6 +33,7 @@ KEEPALIVE: Final = "keepalive"
 SESSIONS: Final = "sessions"
 INFO: Final = "info"
 TMR_ITEMS: Final = "tmr.items"  # a TMR upstream's constituents, to its front ends
+TMR_PROVE: Final = "tmr.prove"  # a TMR upstream's constituent proves a front end's grant
 ADMIN_RELEASE: Final = "admin.release"
 EVENTS: Final = "events"
 
@@ -124,6 +125,8 @@ REQUESTS: dict[str, Spec] = {
     ADMIN_RELEASE: {"handle": (True, int)},
     EVENTS: {"since": (False, int), "limit": (False, int)},
     TMR_ITEMS: {},
+    TMR_PROVE: {"firm": (True, int), "tmr_id": (True, int), "nonce": (True, bytes), "handle": (True, int),
+                "units": (False, int), "valid_until": (False, int)},
 }
 
 # What a successful reply carries, for the docs and for peers that check (not enforced).

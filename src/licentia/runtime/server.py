@@ -111,7 +111,9 @@ class Runtime:
         if config.tmr_role == "upstream":  # a TMR upstream shows its constituents to its front ends
             from licentia.runtime.tmrupstream import TmrUpstream
 
-            handlers["tmr.items"] = TmrUpstream(self).op_items
+            upstream = TmrUpstream(self)
+            handlers["tmr.items"] = upstream.op_items
+            handlers["tmr.prove"] = upstream.op_prove
         self.router = Router(handlers, self._note_problem, self._spawn)
         self.dispatch = self.router.dispatch
 

@@ -23,6 +23,7 @@ from licentia.core.evaluate import evaluate
 from licentia.model import ErrorCode, ItemRequest, LicentiaError
 from licentia.protocol.frames import Message
 from licentia.runtime.config import RuntimeConfig
+from licentia.runtime.licenses import make_proof
 from licentia.runtime.tokens import RuntimeContainers
 
 __all__ = ["TmrUpstream", "accept_front_ends", "front_end_of"]
@@ -68,10 +69,7 @@ class TmrUpstream:
         self.rt = rt
 
     def op_items(self, conn: Any, msg: Message) -> Message:
-        if front_end_of(conn) is None:
-            raise LicentiaError(ErrorCode.TMR_FRONT_END_ONLY,
-                                "this TMR upstream shows its constituents to its front ends only "
-                                "(a TLS client certificate from its [tmr] front_end_ca)")
+        _front_end_only(conn)
         now = int(time.time())
         request = ItemRequest()
         items: list[dict[str, Any]] = []
@@ -91,3 +89,28 @@ class TmrUpstream:
                         "reason": verdict.reason if verdict.error is not None else "",
                     })
         return {"id": msg["id"], "ok": True, "items": items, "at": now}
+
+    def op_prove(self, conn: Any, msg: Message) -> Message:
+        """The constituent's signature over a program's challenge for a grant the front end
+        made (`licentia.sdk.proof`): with its license and container key, the program checks
+        that a container holding the firm's TMR license vouches for the answer."""
+        _front_end_only(conn)
+        firm, tmr_id = msg["firm"], msg["tmr_id"]
+        for serial, ld in sorted(self.rt.containers.loaded.items()):
+            entry_firm = ld.content.firms.get(firm)
+            if entry_firm is None or not ld.content.sign_key:
+                continue
+            for item_id, entry in sorted(entry_firm.items.items()):
+                if entry.item.tmr_id == tmr_id:
+                    units, until = msg.get("units"), msg.get("valid_until")
+                    proof = make_proof(ld.content, msg["nonce"], msg["handle"], firm, item_id, units, until)
+                    return {"id": msg["id"], "ok": True, "license": entry.license, "container": serial,
+                            "item": item_id, "container_key": ld.public_key, "proof": proof}
+        raise LicentiaError(ErrorCode.ENTRY_NOT_FOUND, f"no constituent of TMR license {tmr_id} (firm {firm}) here")
+
+
+def _front_end_only(conn: Any) -> None:
+    if front_end_of(conn) is None:
+        raise LicentiaError(ErrorCode.TMR_FRONT_END_ONLY,
+                            "this TMR upstream shows its constituents to its front ends only "
+                            "(a TLS client certificate from its [tmr] front_end_ca)")

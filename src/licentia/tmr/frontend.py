@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -295,7 +296,8 @@ class FrontEnd:
         conn.ident = ident
         return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
                 "client_id": ident.client_id, "timeout": timeout, "keepalive": self.config.keepalive_for(timeout),
-                "location": "network", "station": list(ident.station), "session": ident.session.value}
+                "location": "network", "station": list(ident.station), "session": ident.session.value,
+                "tmr": self.fe.serial}
 
     def op_keepalive(self, conn: Connection, msg: Message) -> Awaitable[Message]:
         return self._keepalive(conn, msg)
@@ -304,7 +306,11 @@ class FrontEnd:
         ident = _ident(conn)
         alive = await self.store.keep_alive(ident.client_id or "")
         handles = list(msg.get("handles", ()))
-        lost = [] if alive else handles
+        lost = handles
+        if alive and handles:  # each handle still this client's (it may have been freed elsewhere)
+            sessions = await asyncio.gather(*(self.store.session(h) for h in handles))
+            lost = [h for h, sess in zip(handles, sessions, strict=True)
+                    if sess is None or sess.holder.client_id != ident.client_id]
         timeout = self.fe.client_timeout
         return {"id": msg["id"], "ok": True, "interval": self.config.keepalive_for(timeout), "timeout": timeout,
                 "lost": lost}
@@ -341,9 +347,39 @@ class FrontEnd:
         grant = await self.store.access(key=self.key_of(v), quantity=v.item.quantity, mode=mode,
                                         station=ident.station, holder=ident.holder, session=ident.session, now=now)
         units = await self.store.units(self.key_of(v), v.item)
-        return {"id": msg["id"], "ok": True, "handle": grant.handle, "container": self.fe.serial, "item": v.tmr_id,
-                "location": "network", "server": self.host_name, "mode": mode.value,
-                "valid_until": valid_until(v.item, ItemState()), "units": units, "tmr_id": v.tmr_id}
+        until = valid_until(v.item, ItemState())
+        reply = {"id": msg["id"], "ok": True, "handle": grant.handle, "container": self.fe.serial, "item": v.tmr_id,
+                 "location": "network", "server": self.host_name, "mode": mode.value, "valid_until": until,
+                 "units": units, "tmr_id": v.tmr_id, "virtual_container": self.fe.serial}
+        return await self._proved(reply, v, msg, grant.handle)
+
+    async def _proved(self, reply: Message, v: VirtualItem, msg: Message, handle: int) -> Message:
+        """`reply` with the proof a program's challenge (`nonce`) asks for: signed by one
+        agreeing upstream's constituent (the first of the configured order that answers),
+        with its license and container key, as a network server's own container would."""
+        nonce = msg.get("nonce")
+        if not isinstance(nonce, bytes):
+            return reply
+        fields: dict[str, Any] = {"firm": v.firm, "tmr_id": v.tmr_id, "nonce": nonce, "handle": handle}
+        for name in ("units", "valid_until"):
+            if reply.get(name) is not None:
+                fields[name] = reply[name]
+        last: LicentiaError | None = None
+        for address in self.fe.upstreams:
+            up = self.upstreams[address]
+            if address not in v.agreeing or up.client is None or up.client.closed:
+                continue
+            try:
+                proof = await up.client.request("tmr.prove", timeout=max(1.0, self.fe.poll_interval * 2), **fields)
+            except LicentiaError as exc:
+                last = exc
+                continue
+            for name in ("license", "container", "item", "container_key", "proof"):
+                reply[name] = proof[name]
+            return reply
+        raise LicentiaError(ErrorCode.REDUNDANCY_SERVER_MISSING,
+                            f"no upstream of TMR license {v.tmr_id} proves the answer"
+                            + (f": {last.message}" if last is not None else ""))
 
     async def _held(self, conn: Connection, handle: int) -> tuple[Ident, Any, VirtualItem]:
         ident = _ident(conn)
@@ -367,10 +403,13 @@ class FrontEnd:
     async def _decrement(self, conn: Connection, msg: Message) -> Message:
         ident, _sess, v = await self._held(conn, msg["handle"])
         assert v.item is not None
-        request_id = str(msg.get("request") or f"{conn.number}-{msg['handle']}-{msg['id']}")
+        # one receipt per decrement request: the protocol's request ids are per connection, so
+        # they would name two decrements alike across the twins
+        request_id = secrets.token_hex(12)
         left = await self.store.decrement(self.key_of(v), v.item, msg["units"], client_id=ident.client_id or "",
                                           request_id=request_id)
-        return {"id": msg["id"], "ok": True, "units": left, "valid_until": valid_until(v.item, ItemState())}
+        reply = {"id": msg["id"], "ok": True, "units": left, "valid_until": valid_until(v.item, ItemState())}
+        return await self._proved(reply, v, msg, msg["handle"])
 
     def op_check(self, conn: Connection, msg: Message) -> Awaitable[Message]:
         return self._check(conn, msg)
@@ -388,8 +427,9 @@ class FrontEnd:
             raise
         assert v.item is not None
         units = await self.store.units(self.key_of(v), v.item)
-        return {"id": msg["id"], "ok": True, "valid": True, "events": [], "units": units,
-                "valid_until": valid_until(v.item, ItemState())}
+        reply = {"id": msg["id"], "ok": True, "valid": True, "events": [], "units": units,
+                 "valid_until": valid_until(v.item, ItemState())}
+        return await self._proved(reply, v, msg, msg["handle"])
 
     def op_info(self, conn: Connection, msg: Message) -> Message:
         return {"id": msg["id"], "ok": True, **self.status()}
