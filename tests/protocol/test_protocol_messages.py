@@ -32,6 +32,8 @@ GOOD = [
     request(11, "admin.release", handle=7),
     request(12, "events", since=0, limit=100),
     request(13, "release", handle=7, added_by_a_newer_client=True),  # unknown fields are ignored
+    request(14, "tmr.items"),
+    request(15, "tmr.prove", firm=10, tmr_id=1, nonce=b"n" * 32, handle=7, units=5),
 ]
 
 

@@ -329,3 +329,92 @@ def test_a_client_runtime_moves_to_the_twin_when_its_front_end_dies(system: Syst
     assert prog.ask("check")["valid"] is True
     assert [r["location"] for r in client.sessions()] == [f"server {fe2.address}"]
     assert prog.ask("release") == {"released": True}
+
+
+def _etcd_state(s: System, serial: str) -> tuple[int, int | None, int]:
+    """(seats in use, units remaining, handles held) of the TMR item, read from etcd itself."""
+    import asyncio
+
+    from licentia.core.seats import ItemKey
+    from licentia.tmr.seats import SeatStore
+
+    async def read() -> tuple[int, int | None, int]:
+        async with SeatStore([f"http://{e}" for e in s.etcd.endpoints], op_timeout=10) as store:
+            key = ItemKey(serial, 10_001, 9, 1)
+            return await store.used(key), await store.units(key, ITEM), len(await store.sessions())
+
+    return asyncio.run(read())
+
+
+def test_randomized_faults_keep_the_invariants(system: System) -> None:
+    """Kill/restart upstreams (runtime and etcd member), stop/continue etcd members, kill and
+    restart front ends at random while three client runtimes access, decrement and release;
+    after every step: never more seats than the quantity, every acknowledged decrement
+    counted exactly once (the ones whose answer was lost at most once), no held seat lost."""
+    import random
+
+    s = system
+    rng = random.Random(int(time.time()))
+    serial = s.front_ends[0].read_status()["serial"]
+    held: dict[str, list[int]] = {f"client-{i}": [] for i in range(3)}
+    conns: dict[str, Client] = {}
+    acked = unsure = 0
+    down: int | None = None  # the upstream (runtime + etcd member) down or stopped, one at a time
+    stopped = False
+
+    def client(cid: str) -> Client:
+        c = conns.get(cid)
+        if c is None:
+            fe = rng.choice([f for f in s.front_ends if f.proc is not None and f.proc.poll() is None])
+            c = conns[cid] = fe.client(cid)
+        return c
+
+    for step in range(12):
+        fault = rng.choice(["upstream", "etcd-stop", "front-end", "none"])
+        if down is not None:  # bring the last one back first
+            if stopped:
+                s.etcd.cont(down)
+            else:
+                s.etcd.restart(down)
+                s.upstreams[down].start()
+            down, stopped = None, False
+        elif fault == "upstream":
+            down = rng.randrange(3)
+            kill_upstream(s, down)
+        elif fault == "etcd-stop":
+            down, stopped = rng.randrange(3), True
+            s.etcd.stop(down)
+        if fault == "front-end":
+            fe = rng.choice(s.front_ends)
+            fe.kill()
+            for cid in list(conns):
+                conns.pop(cid).close()
+            fe.start()
+        for cid, handles in held.items():
+            for _ in range(3):
+                op = rng.choice(["access", "decrement", "release", "keepalive"])
+                try:
+                    c = client(cid)
+                    if op == "access":
+                        handles.append(access(c, len(handles))["handle"])
+                    elif op == "decrement" and handles:
+                        unsure += 1
+                        c.request("decrement", handle=handles[0], units=1)
+                        unsure, acked = unsure - 1, acked + 1
+                    elif op == "release" and handles:
+                        c.request("release", handle=handles[-1])
+                        handles.pop()
+                    else:
+                        assert c.request("keepalive", handles=handles)["lost"] == []
+                except LicentiaError as exc:
+                    if exc.code is ErrorCode.NETWORK_FAULT and fault == "front-end":
+                        conns.pop(cid).close()  # its front end died: it attaches to the other
+                    elif exc.code is not ErrorCode.NO_MORE_LICENSES:
+                        raise AssertionError(f"step {step} ({fault}), {op}: {exc}") from None
+        used, units, sessions = _etcd_state(s, serial)
+        ours = sum(len(h) for h in held.values())
+        assert used <= QUANTITY, f"step {step}: {used} seats in use of {QUANTITY}"
+        assert sessions == ours == used, f"step {step}: etcd holds {sessions} handles, the clients {ours}"
+        assert units is not None and UNITS - acked - unsure <= units <= UNITS - acked, (
+            f"step {step}: {units} units left after {acked} acknowledged decrements ({unsure} unanswered)")
+    print(f"faults: 12 steps, {acked} decrements acknowledged, {unsure} unanswered")

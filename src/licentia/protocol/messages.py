@@ -141,6 +141,8 @@ REPLIES: dict[str, tuple[str, ...]] = {
     INFO: ("server", "containers", "items"),
     ADMIN_RELEASE: (),
     EVENTS: ("events", "next"),
+    TMR_ITEMS: ("items", "at"),
+    TMR_PROVE: ("license", "container", "item", "container_key", "proof"),
 }
 
 
