@@ -6,8 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from licentia.crypto import new_signing_key, signing_public_key
 from licentia.model import ErrorCode, ProductItem
