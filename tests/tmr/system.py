@@ -145,7 +145,7 @@ def kill_upstream(s: System, i: int) -> None:
 
 
 @contextmanager
-def tmr_system(tmp_path: Path) -> Iterator[System]:
+def tmr_system(tmp_path: Path, item: ProductItem = ITEM) -> Iterator[System]:
     """Three upstream runtimes beside a 3-member etcd cluster, two front ends, all started."""
     root = machine(tmp_path / "machine")
     vendor = Vendor(tmp_path / "vendor")
@@ -155,7 +155,7 @@ def tmr_system(tmp_path: Path) -> Iterator[System]:
         ups = []
         for i in range(3):
             home = tmp_path / f"up{i + 1}"
-            make_home(home, root, vendor, [ITEM])
+            make_home(home, root, vendor, [item])
             # a fixed port: a restarted upstream is found where the front ends look for it
             flags = ["--network", "--network-port", str(_free_port()), "--network-address", "127.0.0.1", "--tmr-role", "upstream",
                      "--tmr-front-end-ca", str(ca)]
