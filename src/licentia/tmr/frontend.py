@@ -24,10 +24,8 @@ import signal
 import socket
 import ssl
 import time
-import tomllib
-import zlib
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,81 +42,13 @@ from licentia.runtime.connection import Connection
 from licentia.runtime.ident import Ident, Identities, acting_for
 from licentia.runtime.router import Handler, Router
 from licentia.runtime.tlsfiles import certificate_pin
+from licentia.tmr.config import FrontEndConfig, load_config
 from licentia.tmr.seats import SeatStore
 from licentia.tmr.virtual import Constituent, VirtualItem, decide, parse_report
 
-__all__ = ["FrontEnd", "FrontEndConfig", "load_config"]
+__all__ = ["FrontEnd", "FrontEndConfig", "load_config", "run"]
 
 MODES = {m.value: m for m in AccessMode}
-
-
-@dataclass(frozen=True)
-class FrontEndConfig:
-    etcd: tuple[str, ...]
-    upstreams: tuple[str, ...]
-    certificate: Path  # the client certificate the upstreams accept
-    private_key: Path
-    home: Path  # pins of the upstreams, the server certificate, front-end.json
-    address: str = "0.0.0.0"
-    port: int = 22350
-    upstream_ca: Path | None = None  # trust the upstreams by this CA, else by pins on first use
-    client_timeout: float = 30.0
-    poll_interval: float = 1.0
-    serial_number: int | None = None  # of the virtual container 131-N (default: from the etcd members)
-    prefix: str = "/licentia/tmr/v1/"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def serial(self) -> str:
-        n = self.serial_number
-        if n is None:
-            n = zlib.crc32(",".join(sorted(self.etcd)).encode()) & 0x7FFFFFFF
-        return f"131-{n}"
-
-    def check(self) -> FrontEndConfig:
-        if len(self.upstreams) != 3:
-            raise LicentiaError(ErrorCode.INVALID_PARAMETER,
-                                f"a TMR front end needs [tmr] upstreams with three addresses, not {len(self.upstreams)}")
-        if len(self.etcd) != 3:
-            raise LicentiaError(ErrorCode.INVALID_PARAMETER,
-                                f"a TMR front end needs [tmr] etcd with the three members' URLs, not {len(self.etcd)}")
-        if self.client_timeout < 5:
-            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "client_timeout must be at least 5 s")
-        return self
-
-
-def load_config(path: Path | None, home: Path, **overrides: Any) -> FrontEndConfig:
-    """The front end's settings from `tmr.toml` (written by `licentia tmr init`), with the
-    command line's `overrides` (None: not given)."""
-    doc: dict[str, Any] = {}
-    if path is not None:
-        try:
-            doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"cannot read {path}: {exc}") from None
-    tmr, net = doc.get("tmr", {}), doc.get("network", {})
-    base = path.parent if path is not None else Path.cwd()
-
-    def p(value: Any) -> Path | None:
-        return None if not value else (base / str(value)).resolve()
-
-    values: dict[str, Any] = {
-        "etcd": tuple(tmr.get("etcd", ())), "upstreams": tuple(tmr.get("upstreams", ())),
-        "certificate": p(tmr.get("certificate")), "private_key": p(tmr.get("private_key")),
-        "upstream_ca": p(tmr.get("upstream_ca")), "home": home,
-        "address": str(net.get("address", "0.0.0.0")), "port": int(net.get("port", 22350)),
-        "client_timeout": float(net.get("client_timeout", 30.0)),
-    }
-    if "serial_number" in tmr:
-        values["serial_number"] = int(tmr["serial_number"])
-    for k, v in overrides.items():
-        if v is not None:
-            values[k] = tuple(v) if isinstance(v, list) else v
-    if values["certificate"] is None or values["private_key"] is None:
-        raise LicentiaError(ErrorCode.INVALID_PARAMETER,
-                            "a TMR front end needs its client certificate and key ([tmr] certificate, private_key)",
-                            "the upstreams' [tmr] front_end_ca must have signed the certificate")
-    return FrontEndConfig(**values).check()
 
 
 @dataclass
