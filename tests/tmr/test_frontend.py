@@ -85,6 +85,8 @@ def test_upstream_serves_front_ends_only_and_front_end_shows_the_virtual_contain
     assert b.request("check", handle=h2)["units"] == UNITS - 7
     assert _error(lambda: b.request("release", handle=h1)) == ErrorCode.INVALID_HANDLE  # not b's
     a.request("release", handle=h1)
+    # the request is judged against the item as any server judges it
+    assert _error(lambda: access(b, 4, feature=1)) == ErrorCode.FEATURE_MAP_INCOMPATIBLE
     assert access(b, 4)["handle"]
     a.close()
     b.close()

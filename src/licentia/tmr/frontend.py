@@ -29,10 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from licentia.core.evaluate import valid_until
+from licentia.core.clock import VirtualClock
+from licentia.core.evaluate import evaluate, valid_until
 from licentia.core.seats import ItemKey
 from licentia.fsutil import atomic_write
-from licentia.model import AccessMode, Environment, ErrorCode, ItemState, LicentiaError
+from licentia.model import (
+    AccessMode,
+    Environment,
+    ErrorCode,
+    ItemRequest,
+    ItemState,
+    LicentiaError,
+    parse_version,
+)
 from licentia.protocol.aio import AsyncClient
 from licentia.protocol.frames import Message
 from licentia.protocol.messages import SUPPORTED_VERSIONS
@@ -274,9 +283,18 @@ class FrontEnd:
         assert v.item is not None
         mode = MODES[msg.get("mode", "per-access")]
         now = time.time()
+        # the request against the item (features, versions, maintenance, VM); the item's own
+        # validity is the upstreams' verdict, its units the store's
+        units = await self.store.units(self.key_of(v), v.item)
+        version = msg.get("version")
+        request = ItemRequest(feature_code=msg.get("feature", 0), version=parse_version(version) if version else None,
+                              release_date=msg.get("release_date"), in_vm=ident.in_vm)
+        verdict = evaluate(v.item, ItemState(units_remaining=units), request, VirtualClock(), int(now),
+                           tmr_upstream=True)
+        if verdict.error is not None:
+            raise LicentiaError(verdict.error, f"TMR license {v.tmr_id}: {verdict.reason}")
         grant = await self.store.access(key=self.key_of(v), quantity=v.item.quantity, mode=mode,
                                         station=ident.station, holder=ident.holder, session=ident.session, now=now)
-        units = await self.store.units(self.key_of(v), v.item)
         until = valid_until(v.item, ItemState())
         reply = {"id": msg["id"], "ok": True, "handle": grant.handle, "container": self.fe.serial, "item": v.tmr_id,
                  "location": "network", "server": self.host_name, "mode": mode.value, "valid_until": until,
