@@ -8,7 +8,9 @@ from pathlib import Path
 
 from licentia.fsutil import atomic_write
 from licentia.model import ErrorCode, LicentiaError
-from licentia.tmr.layout import Host, Layout, render
+from licentia.tmr.layout import HOME, Host, Layout, render
+
+STATE = f"{HOME}/tmr"  # the front end's state directory, as the systemd unit of `tmr init` runs it
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -46,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "server (`licentia server add HOST:PORT`).",
     )
     serve.add_argument("--config", help="the front end's tmr.toml (from `licentia tmr init`)")
-    serve.add_argument("--state", required=True, help="directory for its server certificate, pins and front-end.json")
+    serve.add_argument("--state", default=STATE,
+                       help=f"directory for its server certificate, pins and front-end.json (default {STATE})")
     serve.add_argument("--etcd", action="append", metavar="URL", help="an etcd member (give three; else tmr.toml's)")
     serve.add_argument("--upstream", action="append", metavar="HOST:PORT",
                        help="an upstream runtime's network port (give three; else tmr.toml's)")
@@ -60,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.set_defaults(handler=cmd_serve)
 
     status = ts.add_parser("status", help="show a front end's upstreams, etcd members and virtual container")
-    status.add_argument("--state", required=True, help="the front end's --state directory")
+    status.add_argument("--state", default=STATE, help=f"the front end's --state directory (default {STATE})")
     status.add_argument("--json", action="store_true", help="print the status JSON")
     status.set_defaults(handler=cmd_status)
 
