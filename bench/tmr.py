@@ -11,10 +11,12 @@ loopback (tests/tmr/etcd.py), at 10 and 100 concurrent clients.
 
 Q is twice the concurrency, so a pair rarely waits for a seat. All clients run in this one
 asyncio process (one gRPC channel per client side), closed loop, one pair in flight each.
-The TMR front end itself (its protocol, TLS, the upstreams) is not built yet; its figure
-against this floor will be measured when it is.
+- front end (`--front-end`): the same pairs as a client runtime sends them to a TMR front end
+  (`licentia tmr serve`, TLS, one connection per client) of a real system on loopback
+  (tests/tmr/system.py: three upstream runtimes, two front ends), against the bare loop on
+  that system's cluster.
 
-Run alone: .venv/bin/python bench/tmr.py [--conc 10,100] [--window 5]
+Run alone: .venv/bin/python bench/tmr.py [--conc 10,100] [--window 5] [--front-end]
 """
 
 from __future__ import annotations
@@ -118,13 +120,73 @@ async def store(endpoints: list[str], conc: int, warmup: float, window: float, c
                 await s.close_client(h.client_id)
 
 
+async def front_end(address: str, pin: str, conc: int, warmup: float, window: float) -> dict[str, Any]:
+    from tests.tmr.system import program
+
+    from licentia.protocol.aio import AsyncClient
+    from licentia.protocol.tls import client_context
+
+    clients = []
+    for i in range(conc):
+        c = await AsyncClient.connect(address, ssl_context=client_context(fingerprint=pin), timeout=30)
+        await c.hello({"kind": "runtime", "client_id": f"bench-client-{conc}-{i:04d}", "host": "bench"})
+        clients.append(c)
+
+    async def pair(i: int) -> None:
+        c = clients[i]
+        g = await c.request("access", firm=10_001, product=9, mode="per-access", where="local", client=program(i))
+        await c.request("release", handle=g["handle"])
+
+    async def keep_alive() -> None:  # what a client runtime does: its lease lives on its keep-alives
+        while True:
+            await asyncio.sleep(1.0)
+            await asyncio.gather(*(c.request("keepalive") for c in clients))
+
+    ka = asyncio.ensure_future(keep_alive())
+    try:
+        return await _closed_loop(conc, pair, warmup, window)
+    finally:
+        ka.cancel()
+        for c in clients:
+            await c.close()
+
+
+def main_front_end(concs: list[int], warmup: float, window: float) -> int:
+    import tempfile
+
+    from tests.tmr.system import tmr_system
+
+    from licentia.model import ProductItem
+
+    rows = []
+    doc: dict[str, Any] = {"versions": B.versions(), "window_s": window, "results": []}
+    item = ProductItem(product_code=9, quantity=2 * max(concs), tmr_id=1)
+    with tempfile.TemporaryDirectory(prefix="licentia-bench-tmr-") as tmp, tmr_system(Path(tmp), item) as s:
+        fe = s.front_ends[0]
+        for conc in concs:
+            floor = asyncio.run(bare(s.etcd.endpoints, conc, warmup, window))
+            ours = asyncio.run(front_end(fe.address, fe.status["certificate_pin"], conc, warmup, window))
+            ratio = ours["pairs_s"] / floor["pairs_s"] if floor["pairs_s"] else 0.0
+            rows.append([conc, "bare aetcd (floor)", floor["pairs_s"], floor["p50_ms"], floor["p99_ms"], "1.00"])
+            rows.append([conc, "TMR front end", ours["pairs_s"], ours["p50_ms"], ours["p99_ms"], f"{ratio:.2f}"])
+            doc["results"].append({"conc": conc, "bare_aetcd": floor, "front_end": {**ours, "ratio": round(ratio, 2)}})
+    print("TMR front end: access+release pairs/s through `licentia tmr serve` (loopback, this machine)")
+    print(B.table(["clients", "path", "pairs/s", "p50 ms", "p99 ms", "/ floor"], rows,
+                  right=[True, False, True, True, True, True]))
+    print(f"results: {B.write_results('tmr-front-end', doc)}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conc", default="10,100", help="concurrent clients, comma-separated")
     parser.add_argument("--window", type=float, default=5.0, help="measured seconds per figure")
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--front-end", action="store_true", help="through a TMR front end of a real system")
     args = parser.parse_args()
     concs = [int(c) for c in args.conc.split(",")]
+    if args.front_end:
+        return main_front_end(concs, args.warmup, args.window)
     rows = []
     doc: dict[str, Any] = {"versions": B.versions(), "window_s": args.window, "results": []}
     with EtcdCluster() as cluster:

@@ -39,6 +39,8 @@ GOOD = [
     request(18, "borrow.list"),
     request(19, "borrow.take", request=b"LCBQ"),
     request(20, "borrow.give-back", receipt=b"LCBT"),
+    request(21, "tmr.items"),
+    request(22, "tmr.prove", firm=10, tmr_id=1, nonce=b"n" * 32, handle=7, units=5),
 ]
 
 

@@ -127,3 +127,25 @@ def test_layout_refuses_what_cannot_work() -> None:
     assert "listen-client-urls: http://0.0.0.0:2379" in conf
     assert "advertise-client-urls: http://u1.example.net:2379" in conf
     assert "keepalived.conf" not in " ".join(render(dns))  # no virtual address: none
+
+
+def test_the_front_end_reads_the_tmr_toml_that_init_writes(tmp_path: Path) -> None:
+    from licentia.tmr.config import load_config
+
+    ups = [Host(f"up{i}", f"10.0.0.1{i}") for i in (1, 2, 3)]
+    fes = [Host(f"fe{i}", f"10.0.0.2{i}") for i in (1, 2)]
+    files = render(Layout(upstreams=(ups[0], ups[1], ups[2]), front_ends=(fes[0], fes[1]), cluster_token="t",
+                          virtual_address="10.0.0.100/24", interface="eth0", etcd_client_port=2379,
+                          etcd_peer_port=2380, network_port=22350, etcd_data_dir="/var/lib/licentia/etcd"))
+    path = tmp_path / "tmr.toml"
+    path.write_text(files["fe1/tmr.toml"])
+    config = load_config(path, tmp_path / "state")
+    assert config.upstreams == ("10.0.0.11:22350", "10.0.0.12:22350", "10.0.0.13:22350")
+    assert config.etcd == ("http://10.0.0.11:2379", "http://10.0.0.12:2379", "http://10.0.0.13:2379")
+    assert config.port == 22350 and config.certificate.name == "tmr-front-end.crt"
+    twin = tmp_path / "twin.toml"
+    twin.write_text(files["fe2/tmr.toml"])
+    assert load_config(twin, tmp_path / "s2").serial == config.serial  # the twins show one virtual container
+    with pytest.raises(LicentiaError) as info:  # two upstreams are not a TMR system
+        load_config(path, tmp_path / "state", upstreams=["10.0.0.11:22350", "10.0.0.12:22350"])
+    assert info.value.code is ErrorCode.INVALID_PARAMETER and "three" in info.value.message

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from licentia.fsutil import atomic_write
 from licentia.model import ErrorCode, LicentiaError
-from licentia.tmr.layout import Host, Layout, render
+from licentia.tmr.layout import HOME, Host, Layout, render
+
+STATE = f"{HOME}/tmr"  # the front end's state directory, as the systemd unit of `tmr init` runs it
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,6 +39,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                       help="etcd's data directory on each upstream ('{name}' becomes the member's name)")
     init.add_argument("--cluster-token", help="etcd's initial cluster token (default: a random one)")
     init.set_defaults(handler=cmd_init)
+
+    serve = ts.add_parser(
+        "serve",
+        help="run a TMR front end: the virtual container 131-… on the network port",
+        description="Serve the TMR items that at least two of the three upstreams report identically, "
+        "with seats and unit counters in etcd (docs/tmr.md). Client runtimes add it like any network "
+        "server (`licentia server add HOST:PORT`).",
+    )
+    serve.add_argument("--config", help="the front end's tmr.toml (from `licentia tmr init`)")
+    serve.add_argument("--state", default=STATE,
+                       help=f"directory for its server certificate, pins and front-end.json (default {STATE})")
+    serve.add_argument("--etcd", action="append", metavar="URL", help="an etcd member (give three; else tmr.toml's)")
+    serve.add_argument("--upstream", action="append", metavar="HOST:PORT",
+                       help="an upstream runtime's network port (give three; else tmr.toml's)")
+    serve.add_argument("--certificate", help="the front end's client certificate (PEM)")
+    serve.add_argument("--private-key", help="its private key (PEM)")
+    serve.add_argument("--upstream-ca", help="trust the upstreams by this CA (default: pin on first use)")
+    serve.add_argument("--address", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="network port (default 22350; 0: any free one)")
+    serve.add_argument("--client-timeout", type=float, help="a silent client's seats are freed after this (s)")
+    serve.add_argument("--poll-interval", type=float, help="how often the upstreams are asked (s, default 1)")
+    serve.set_defaults(handler=cmd_serve)
+
+    status = ts.add_parser("status", help="show a front end's upstreams, etcd members and virtual container")
+    status.add_argument("--state", default=STATE, help=f"the front end's --state directory (default {STATE})")
+    status.add_argument("--json", action="store_true", help="print the status JSON")
+    status.set_defaults(handler=cmd_status)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -74,4 +103,58 @@ def cmd_init(args: argparse.Namespace) -> int:
     for rel in sorted(files):
         print(f"  {out / rel}")
     print(f"next: copy each host's directory as {out / 'README.txt'} says")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from licentia.tmr.frontend import load_config, run
+
+    config = load_config(
+        Path(args.config) if args.config else None, Path(args.state).resolve(),
+        etcd=args.etcd, upstreams=args.upstream,
+        certificate=Path(args.certificate).resolve() if args.certificate else None,
+        private_key=Path(args.private_key).resolve() if args.private_key else None,
+        upstream_ca=Path(args.upstream_ca).resolve() if args.upstream_ca else None,
+        address=args.address, port=args.port, client_timeout=args.client_timeout, poll_interval=args.poll_interval,
+    )
+    print(f"TMR front end: virtual container {config.serial}; upstreams {', '.join(config.upstreams)}", flush=True)
+    asyncio.run(run(config))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    path = Path(args.state) / "front-end.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise LicentiaError(ErrorCode.SERVER_NOT_FOUND,
+                            f"no front end status in {path}", "is `licentia tmr serve --state` running there?") from None
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(f"TMR front end {doc['server']} (pid {doc['pid']}), port {doc.get('network_port')}: "
+          f"virtual container {doc['serial']}")
+    print("upstreams:")
+    for up in doc["upstreams"]:
+        state = "reachable" if up["reachable"] else f"UNREACHABLE ({up['error']})"
+        cons = ", ".join(f"{k} {v}" for k, v in sorted(up.get("constituents", {}).items())) or "no TMR items"
+        print(f"  {up['address']:<22} {state}; {cons}")
+    print("etcd members:")
+    for m in doc["etcd"]:
+        print(f"  {m['endpoint']:<28} {'healthy' if m['healthy'] else 'UNHEALTHY'}")
+    print(f"virtual container {doc['serial']}:")
+    if not doc["items"]:
+        print("  (no TMR items reported)")
+    for it in doc["items"]:
+        if it["available"] and it["error"] is None:
+            what = f"served, quantity {it['quantity']}, from {', '.join(it['upstreams'])}"
+        elif it["available"]:
+            what = f"refused: error {it['error']} {it['reason']}"
+        else:
+            what = f"MISSING (error 130): {it['reason']}"
+        print(f"  firm {it['firm']} product {it['product']} TMR license {it['tmr_id']}: {what}")
     return 0

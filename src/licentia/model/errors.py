@@ -132,6 +132,9 @@ class ErrorCode(IntEnum):
     BORROW_ENDED = 1445  # the borrow has ended (returned or expired)
     BORROW_NO_CONTAINER = 1446  # the client machine has no soft container to take the seat
 
+    # the TMR system: upstreams and front ends (1450-1459)
+    TMR_FRONT_END_ONLY = 1450  # a TMR upstream answers its constituents to authenticated front ends only
+
     # TMR group updates: the three constituents of a TMR license together (1460-1469)
     TMR_GROUP_INVALID = 1460
     TMR_GROUP_NO_PART = 1461
@@ -140,6 +143,7 @@ class ErrorCode(IntEnum):
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
+    ErrorCode.TMR_FRONT_END_ONLY: "a TMR upstream serves its front ends only; ask a front end (`licentia tmr serve`) instead, or give the front end a client certificate from the upstream's [tmr] front_end_ca",
     ErrorCode.UNAUTHORIZED: "send a valid API token (Authorization: Bearer …); the first one is in the central home's admin.token",
     ErrorCode.FORBIDDEN: "this API token's role does not allow that; ask an administrator for an operator or admin token",
     ErrorCode.TICKET_INVALID: "check the ticket as printed on your order (five groups of five characters)",

@@ -32,6 +32,8 @@ CHECK: Final = "check"
 KEEPALIVE: Final = "keepalive"
 SESSIONS: Final = "sessions"
 INFO: Final = "info"
+TMR_ITEMS: Final = "tmr.items"  # a TMR upstream's constituents, to its front ends
+TMR_PROVE: Final = "tmr.prove"  # a TMR upstream's constituent proves a front end's grant
 ADMIN_RELEASE: Final = "admin.release"
 EVENTS: Final = "events"
 RESCAN: Final = "rescan"
@@ -142,6 +144,9 @@ REQUESTS: dict[str, Spec] = {
     # ... and of the lending server
     BORROW_TAKE: {"request": (True, bytes)},
     BORROW_GIVE_BACK: {"receipt": (True, bytes)},
+    TMR_ITEMS: {},
+    TMR_PROVE: {"firm": (True, int), "tmr_id": (True, int), "nonce": (True, bytes), "handle": (True, int),
+                "units": (False, int), "valid_until": (False, int)},
 }
 
 # What a successful reply carries, for the docs and for peers that check (not enforced).
@@ -163,6 +168,8 @@ REPLIES: dict[str, tuple[str, ...]] = {
     BORROW_LIST: ("held", "lent", "unconfirmed_returns"),
     BORROW_TAKE: ("certificate", "borrow", "until"),
     BORROW_GIVE_BACK: ("freed", "state"),
+    TMR_ITEMS: ("items", "at"),
+    TMR_PROVE: ("license", "container", "item", "container_key", "proof"),
 }
 
 

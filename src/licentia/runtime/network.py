@@ -228,7 +228,12 @@ class NetworkClient:
         self.log_remote("release", hold, reason=reason.value)
         self.rt._seats_changed()
         try:
-            await self.upstream(hold.server).request("release", handle=hold.remote_handle)
+            try:
+                await self.upstream(hold.server).request("release", handle=hold.remote_handle)
+            except LicentiaError as exc:
+                if not (unreachable(exc) and await self.move_to_twin(hold)):
+                    raise
+                await self.upstream(hold.server).request("release", handle=hold.remote_handle)
         except LicentiaError as exc:
             if exc.code is not ErrorCode.INVALID_HANDLE:
                 self.rt._note_problem(f"releasing handle {hold.remote_handle} on {hold.server}: {exc.message}")
@@ -243,6 +248,8 @@ class NetworkClient:
         except LicentiaError as exc:
             if unreachable(exc):
                 self.mark_server_lost(hold.server)
+                if await self.move_to_twin(hold):  # a TMR front end's twin holds the same seat
+                    return await self.forward(msg, hold, op, **fields)
             elif exc.code is ErrorCode.INVALID_HANDLE:
                 self.remote_gone(hold, "freed on the server")
             raise
@@ -268,6 +275,32 @@ class NetworkClient:
         notices |= set(reply.get("events") or [])
         reply["events"] = sorted(notices)
         return reply
+
+    async def move_to_twin(self, hold: RemoteHold) -> bool:
+        """Move `hold` to another server of the search list that holds the same seat: only
+        between TMR front ends of one virtual container (their hello says which), which keep
+        their seats in one store (docs/tmr.md), and only where the twin knows the handle as
+        this client's."""
+        virtual = self.upstream(hold.server).tmr
+        if not virtual:
+            return False
+        for address in self.servers_to_ask_now():
+            if address == hold.server:
+                continue
+            twin = self.upstream(address)
+            try:
+                await twin.client()
+                if twin.tmr != virtual:
+                    continue
+                reply = await twin.request("keepalive", handles=[hold.remote_handle])
+            except LicentiaError:
+                continue
+            if hold.remote_handle not in (reply.get("lost") or ()):
+                self.rt._note_problem(f"handle {hold.handle}: server {hold.server} lost, its twin {address} serves it")
+                hold.server = address
+                self.rt._seats_changed()
+                return True
+        return False
 
     def mark_server_lost(self, address: str) -> None:
         for hold in self.remote.values():
@@ -315,6 +348,8 @@ class NetworkClient:
                     reply = await up.request("keepalive", handles=[h.remote_handle for h in holds])
                 except LicentiaError:
                     self.mark_server_lost(address)
+                    for hold in holds:
+                        await self.move_to_twin(hold)
                     continue
                 lost = set(reply.get("lost") or ())
                 for hold in holds:

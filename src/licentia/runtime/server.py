@@ -125,6 +125,12 @@ class Runtime:
             "borrow.take": self.borrowing.op_take,
             "borrow.give-back": self.borrowing.op_give_back,
         }
+        if config.tmr_role == "upstream":  # a TMR upstream shows its constituents to its front ends
+            from licentia.runtime.tmrupstream import TmrUpstream
+
+            upstream = TmrUpstream(self)
+            handlers["tmr.items"] = upstream.op_items
+            handlers["tmr.prove"] = upstream.op_prove
         self.router = Router(handlers, self._note_problem, self._spawn)
         self.dispatch = self.router.dispatch
 
@@ -283,6 +289,10 @@ class Runtime:
 
             cert, key = server_files(home, config)
             ctx = server_context(cert, key)
+            if config.tmr_role == "upstream":
+                from licentia.runtime.tmrupstream import accept_front_ends
+
+                ctx = accept_front_ends(ctx, config.path(home.path, config.tmr_front_end_ca))
             self.certificate_pin = certificate_pin(cert)
             server = await _bound("the network port", config.network_address, config.network_port, "tcp",
                                   loop.create_server(lambda: Connection(self, "network").protocol(),

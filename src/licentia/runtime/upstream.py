@@ -38,6 +38,7 @@ class Upstream:
         self.server_timeout = 120.0
         self.reachable: bool | None = None  # None: never tried
         self.last_error: LicentiaError | None = None
+        self.tmr = ""  # a TMR front end's virtual container (its twins serve the same seats)
 
     @property
     def keepalive_interval(self) -> float:
@@ -68,6 +69,7 @@ class Upstream:
             timeout = reply.get("timeout")
             if isinstance(timeout, int | float) and timeout > 0:
                 self.server_timeout = float(timeout)
+            self.tmr = str(reply.get("tmr") or "")
             self._client = c
             self.reachable = True
             self.last_error = None

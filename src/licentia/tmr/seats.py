@@ -455,6 +455,16 @@ class SeatStore:
 
         return await self._run(attempt)
 
+    async def session(self, handle: int) -> Session | None:
+        """The session of `handle`, or None when it is not held (a linearizable read)."""
+        hkey = self._p + b"h/%d" % handle
+
+        async def attempt(c: aetcd.Client) -> Session | None:
+            got = await c.get(hkey)
+            return None if got is None else _session_from_record(handle, got.value)[0]
+
+        return await self._run(attempt)
+
     async def sessions(self) -> list[Session]:
         """Every handle held through any front end, oldest first."""
         prefix = self._p + b"h/"
@@ -489,23 +499,24 @@ class SeatStore:
         return await self._run(attempt)
 
     async def decrement(
-        self, key: ItemKey, item: ProductItem, units: int, *, client_id: str, request_id: str
+        self, key: ItemKey, item: ProductItem, units: int, *, client_id: str, request_id: str | None
     ) -> int:
         """Spend `units` of `key` and return what remains (32, 1011 when too few).
 
         `request_id` names this decrement for `client_id`: a retry with the same id
         (a lost answer, another front end) is answered from its receipt, never spent
-        twice. The receipt lives as long as the client's lease."""
+        twice. The receipt lives as long as the client's lease. Without `request_id` no
+        receipt is kept (a retry would spend again)."""
         if await self.units(key, item) is None:
             core_decrement(item, ItemState(), units)  # raises: no unit counter
         ukey = self._item_prefix(key) + b"u"
         ckey = self._p + b"c/" + _enc(client_id)
-        rkey = self._p + b"d/" + _enc(client_id) + b"/" + _enc(request_id)
+        rkey = None if request_id is None else self._p + b"d/" + _enc(client_id) + b"/" + _enc(request_id)
 
         async def attempt(c: aetcd.Client) -> int:
             t = c.transactions
             lease_id = await self._lease_of(c, client_id, ckey)
-            receipt = await c.get(rkey)
+            receipt = None if rkey is None else await c.get(rkey)
             if receipt is not None:
                 return int(receipt.value)
             got = await c.get(ukey)
@@ -514,12 +525,12 @@ class SeatStore:
             state = core_decrement(item, ItemState(units_remaining=int(got.value)), units)
             left = state.units_remaining
             assert left is not None
-            ok, _resp = await c.transaction(
-                compare=[t.mod(ukey) == got.mod_revision, t.create(rkey) == 0,
-                         t.value(ckey) == b"%x" % lease_id],
-                success=[t.put(ukey, b"%d" % left), t.put(rkey, b"%d" % left, lease=lease_id)],
-                failure=[],
-            )
+            compare = [t.mod(ukey) == got.mod_revision, t.value(ckey) == b"%x" % lease_id]
+            success = [t.put(ukey, b"%d" % left)]
+            if rkey is not None:
+                compare.append(t.create(rkey) == 0)
+                success.append(t.put(rkey, b"%d" % left, lease=lease_id))
+            ok, _resp = await c.transaction(compare=compare, success=success, failure=[])
             if not ok:
                 raise _Retry
             return left
