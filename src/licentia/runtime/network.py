@@ -101,6 +101,9 @@ class NetworkClient:
         self.rt = rt
         self.remote: dict[int, RemoteHold] = {}
         self.next_remote = REMOTE_BASE
+        # below the ceiling, handles are reserved on disk (licentia.runtime.handles)
+        self.remote_ceiling: int | float = float("inf")
+        self.reserve_remote: Callable[[int], int] | None = None
         self.upstreams: dict[str, Upstream] = {}
         self.discovered = Discovered()
         self.servers_stamp: tuple[int, int] | None = None
@@ -190,6 +193,8 @@ class NetworkClient:
                     self.mark_server_lost(address)
                 continue
             handle = self.next_remote
+            if handle >= self.remote_ceiling and self.reserve_remote is not None:
+                self.remote_ceiling = self.reserve_remote(handle)
             self.next_remote += 1
             hold = RemoteHold(handle, address, int(reply["handle"]), holder, ident.station, msg["firm"],
                               msg["product"], mode.value, str(reply.get("container", "")), int(reply.get("item", 0)),

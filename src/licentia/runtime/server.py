@@ -43,6 +43,7 @@ from licentia.model import AccessMode, Environment, ErrorCode, Fingerprint, Lice
 from licentia.protocol.frames import Message
 from licentia.protocol.messages import CLIENT, REQUESTS, SUPPORTED_VERSIONS
 from licentia.runtime.cloud import RuntimeCloud
+from licentia.runtime import handles
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.connection import Connection
 from licentia.runtime.events import Events
@@ -51,6 +52,7 @@ from licentia.runtime.home import RuntimeHome
 from licentia.runtime.housekeeping import Housekeeping
 from licentia.runtime.ident import Identities
 from licentia.runtime.licenses import Changes, Loaded
+from licentia.runtime.limits import ConnectionLimits
 from licentia.runtime.network import NetworkClient
 from licentia.runtime.queries import Queries
 from licentia.runtime.router import Handler, Router
@@ -108,7 +110,8 @@ class Runtime:
             "admin.release": self.queries.op_admin_release,
             "events": self.queries.op_events,
         }
-        self.router = Router(handlers, self._note_problem, self._spawn)
+        self.limits = ConnectionLimits(self)
+        self.router = Router(handlers, self._note_problem, self._spawn, config)
         self.dispatch = self.router.dispatch
 
     # ================================================================== life
@@ -127,6 +130,7 @@ class Runtime:
         self.containers.apply_scan(result)
         await self.tokens.start()
         self.housekeeping.restore()
+        handles.install(self)  # no handle given twice, across crashes too
         await self.cloud.start()
         self.network.reload_servers()
         self.log.note({"event": "start", "host": self.host_name, "pid": os.getpid(),
@@ -140,6 +144,7 @@ class Runtime:
             loop.create_task(self._every(config.log_checkpoint_interval, hk.checkpoint_log)),
             loop.create_task(self._every(max(config.reap_interval, 1.0) * 2, hk.rescan)),
             loop.create_task(self.network.keepalive_loop()),
+            loop.create_task(self._every(min(1.0, config.hello_timeout / 4), self.limits.sweep)),
         ]
         hk.reap_now()  # programs that ended while the runtime was down
         self.central_sync.start()
@@ -253,7 +258,7 @@ class Runtime:
             self.certificate_pin = certificate_pin(cert)
             server = await loop.create_server(lambda: Connection(self, "network").protocol(), config.network_address,
                                               config.network_port, ssl=ctx, backlog=backlog, reuse_address=True,
-                                              ssl_handshake_timeout=10.0)
+                                              ssl_handshake_timeout=config.hello_timeout)
             self._servers.append(server)
             port = _bound_port(server)
             self.ports["network_port"] = port
