@@ -260,3 +260,27 @@ def test_check_and_decrement_count_as_keepalives(tmp_path: Path, root: Path, ven
             assert client.request("check", handle=handle)["valid"]
             time.sleep(0.5)
         assert rt.sessions(), "the seat was freed although the client asked all along"
+
+
+def test_a_server_that_drops_the_tls_handshake_is_a_network_fault_not_a_security_problem() -> None:
+    import threading
+
+    from licentia.model import LicentiaError
+    from licentia.protocol.client import Client
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def drop() -> None:  # a server that dies as the handshake starts
+        conn, _ = listener.accept()
+        conn.recv(1)
+        conn.close()
+
+    t = threading.Thread(target=drop, daemon=True)
+    t.start()
+    ctx = ssl.create_default_context()
+    with pytest.raises(LicentiaError) as caught:
+        Client(("127.0.0.1", port), ssl_context=ctx, server_hostname="licentia", timeout=20).hello({"kind": "program"})
+    t.join(20)
+    listener.close()
+    assert caught.value.code == ErrorCode.NETWORK_FAULT, caught.value

@@ -74,7 +74,15 @@ def _port(value: object, address: object) -> int:
 
 def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = False) -> LicentiaError:
     """The `LicentiaError` for a connection that could not be made; `handshake`:
-    the connection was made and its TLS handshake failed."""
+    the connection was made and its TLS handshake failed. A handshake the server refused
+    or whose certificate failed is a security problem (109); one cut short (the server
+    closed the connection or died, or did not answer in time) is a network fault (100)."""
+    if handshake and _dropped(exc):
+        return LicentiaError(
+            ErrorCode.NETWORK_FAULT,
+            f"the connection to {endpoint} dropped during the TLS handshake ({_reason(exc)})",
+            "the server closed the connection or stopped; check that it runs, then try again",
+        )
     if handshake:
         return LicentiaError(
             ErrorCode.SECURITY_PROBLEM, f"the TLS handshake with {endpoint} failed: {_reason(exc)}"
@@ -82,6 +90,15 @@ def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = F
     if endpoint.path is not None:
         return LicentiaError(ErrorCode.NO_LOCAL_RUNTIME, f"no runtime answers on {endpoint.path} ({_reason(exc)})")
     return LicentiaError(ErrorCode.SERVER_NOT_FOUND, f"no license server answers at {endpoint} ({_reason(exc)})")
+
+
+def _dropped(exc: BaseException) -> bool:
+    """A connection cut (reset, closed, timed out), not a refused handshake (ssl is not
+    imported here: a protected program loads this module at start)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & {"SSLEOFError", "SSLZeroReturnError"}:
+        return True
+    return "SSLError" not in names and isinstance(exc, ConnectionError | TimeoutError | EOFError)
 
 
 def _reason(exc: BaseException) -> str:
