@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from tests.runtime.harness import Procs, Program, Runtime, Vendor, make_home, wait_for
+from tests.runtime.harness import Procs, Runtime, Vendor, make_home
 
 from licentia.model import ErrorCode, ProductItem
 from licentia.protocol.frames import FrameDecoder, encode
@@ -78,6 +78,13 @@ class Raw:
 
 @pytest.fixture
 def served(tmp_path: Path, root: Path, vendor: Vendor, procs: Procs) -> Iterator[tuple[Runtime, Path]]:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=PRODUCT, quantity=1000, units=100)])
+    yield Runtime(procs, home, root), home
+
+
+@pytest.fixture
+def timed(tmp_path: Path, root: Path, vendor: Vendor, procs: Procs) -> Iterator[tuple[Runtime, Path]]:
     home = tmp_path / "home"
     make_home(home, root, vendor, [ProductItem(product_code=PRODUCT, quantity=1000, units=100)])
     yield Runtime(procs, home, root, "--hello-timeout", "2", "--idle-timeout", "3"), home
@@ -151,8 +158,8 @@ def test_frames_over_the_program_limit_close_the_connection(served: tuple[Runtim
     assert c.closed()
 
 
-def test_a_connection_that_never_says_hello_is_closed(served: tuple[Runtime, Path]) -> None:
-    rt, _ = served
+def test_a_connection_that_never_says_hello_is_closed(timed: tuple[Runtime, Path]) -> None:
+    rt, _ = timed
     c = Raw(local(rt))
     reply = c.read()  # nothing sent: the runtime says why and closes
     assert reply is not None and reply["code"] == 1402, reply
@@ -160,8 +167,8 @@ def test_a_connection_that_never_says_hello_is_closed(served: tuple[Runtime, Pat
 
 
 def test_an_idle_connection_holding_nothing_is_closed_one_holding_a_seat_is_not(
-        served: tuple[Runtime, Path], vendor: Vendor) -> None:
-    rt, _ = served
+        timed: tuple[Runtime, Path], vendor: Vendor) -> None:
+    rt, _ = timed
     idle, holding = Raw(local(rt)), Raw(rt.socket)  # no pid on the TCP one: a holder of its own
     idle.hello()
     holding.hello()

@@ -42,8 +42,8 @@ from licentia.fsutil import atomic_write
 from licentia.model import AccessMode, Environment, ErrorCode, Fingerprint, LicentiaError
 from licentia.protocol.frames import Message
 from licentia.protocol.messages import CLIENT, REQUESTS, SUPPORTED_VERSIONS
-from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime import handles
+from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.connection import Connection
 from licentia.runtime.events import Events
