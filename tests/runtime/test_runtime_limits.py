@@ -35,13 +35,16 @@ def raw(version: int, body: bytes) -> bytes:
 class Raw:
     """A bare connection speaking frames (no SDK): what an attacker or a broken client sends."""
 
-    def __init__(self, address: str | tuple[str, int]) -> None:
-        if isinstance(address, str):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        else:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.settimeout(20)
-        self.sock.connect(address)
+    def __init__(self, address: str | tuple[str, int], *, tls: bool = False) -> None:
+        sock = socket.socket(socket.AF_UNIX if isinstance(address, str) else socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(20)
+        sock.connect(address)
+        if tls:  # an attacker does not check the server: only the handshake done
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            sock = ctx.wrap_socket(sock, server_hostname="licentia")
+        self.sock = sock
         self.decoder = FrameDecoder(16 << 20)
         self.pending: list[dict[str, Any]] = []
 
@@ -200,6 +203,45 @@ def test_connections_over_the_per_peer_limit_are_refused_and_the_unix_socket_sti
     unix.send(frame({"id": 2, "op": "access", "firm": vendor.firm, "product": PRODUCT}))
     answered = unix.read()
     assert answered is not None and answered["ok"], answered
+
+
+def test_a_tls_connection_that_never_says_hello_is_closed(tmp_path: Path, root: Path, vendor: Vendor,
+                                                          procs: Procs) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=PRODUCT, quantity=10)])
+    rt = Runtime(procs, home, root, "--network", "--network-port", "0", "--hello-timeout", "2")
+    c = Raw(("127.0.0.1", int(rt.status["network_port"])), tls=True)  # the handshake done, then silence
+    reply = c.read()
+    assert reply is not None and reply["code"] == 1402, reply
+    assert c.closed()
+
+
+class FewDescriptors(Procs):
+    """Children started with a limit of 400 open files."""
+
+    def spawn(self, args: list[str], **kwargs: Any) -> Any:
+        return super().spawn(["prlimit", "--nofile=400:400", "--", *args], **kwargs)
+
+
+def test_at_the_descriptor_limit_new_tcp_connections_are_shed_and_the_unix_socket_serves(
+        tmp_path: Path, root: Path, vendor: Vendor) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=PRODUCT, quantity=10)])
+    procs = FewDescriptors()
+    try:
+        rt = Runtime(procs, home, root)
+        flood = [Raw(local(rt)) for _ in range(450)]  # more than the runtime's descriptors
+        newest = flood[-1].read()
+        assert newest is not None and newest["code"] == 1400, newest
+        unix = Raw(rt.socket)
+        unix.hello()
+        unix.send(frame({"id": 2, "op": "access", "firm": vendor.firm, "product": PRODUCT}))
+        answered = unix.read()
+        assert answered is not None and answered["ok"], answered
+        for c in flood:
+            c.close()
+    finally:
+        procs.close()
 
 
 def test_a_keepalive_naming_too_many_handles_is_refused(served: tuple[Runtime, Path]) -> None:

@@ -67,7 +67,7 @@ class Router:
         if too_deep(msg):
             raise LicentiaError(ErrorCode.INVALID_PARAMETER,
                                 f"the request nests maps and lists deeper than {MAX_DEPTH} levels")
-        if any(type(k) is not str for k in msg):
+        if not _text_keys(msg):
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, "the request's field names must be text")
         op = validate_request(msg)
         if op == "keepalive" and len(msg.get("handles", ())) > self.max_keepalive_handles:
@@ -155,8 +155,15 @@ _FAST: dict[str, Callable[[Message], bool]] = {"access": _fast_access, "release"
                                                "decrement": _fast_decrement}
 
 
-def _fits(msg: Message, types: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> bool:
+def _text_keys(msg: dict[Any, Any]) -> bool:
+    """Whether every field name is text (typed Any: the compiled router checks, not raises)."""
+    return all(type(k) is str for k in msg)
+
+
+def _fits(msg: dict[Any, Any], types: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> bool:
     for name, value in msg.items():
+        if type(name) is not str:
+            return False  # `_validate` says what is wrong
         allowed = types.get(name)
         if allowed is not None and type(value) not in allowed:
             return False
