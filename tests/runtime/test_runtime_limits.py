@@ -320,9 +320,10 @@ def test_a_server_that_drops_the_tls_handshake_is_a_network_fault_not_a_security
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
-    def drop() -> None:  # a server that dies as the handshake starts
+    def drop() -> None:  # a server that dies in the handshake: it read the ClientHello, then it is gone
         conn, _ = listener.accept()
-        conn.recv(1)
+        listener.close()
+        conn.recv(1 << 16)
         conn.close()
 
     t = threading.Thread(target=drop, daemon=True)
@@ -331,5 +332,4 @@ def test_a_server_that_drops_the_tls_handshake_is_a_network_fault_not_a_security
     with pytest.raises(LicentiaError) as caught:
         Client(("127.0.0.1", port), ssl_context=ctx, server_hostname="licentia", timeout=20).hello({"kind": "program"})
     t.join(20)
-    listener.close()
     assert caught.value.code == ErrorCode.NETWORK_FAULT, caught.value

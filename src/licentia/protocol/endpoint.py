@@ -72,12 +72,14 @@ def _port(value: object, address: object) -> int:
     return port
 
 
-def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = False) -> LicentiaError:
+def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = False,
+                  server_gone: bool = False) -> LicentiaError:
     """The `LicentiaError` for a connection that could not be made; `handshake`:
     the connection was made and its TLS handshake failed. A handshake the server refused
-    or whose certificate failed is a security problem (109); one cut short (the server
-    closed the connection or died, or did not answer in time) is a network fault (100)."""
-    if handshake and _dropped(exc):
+    or whose certificate failed is a security problem (109); one cut short (the connection
+    timed out, or closed or reset by a server that no longer accepts connections:
+    `server_gone`, see `closed_early`) is a network fault (100)."""
+    if handshake and (server_gone or _dropped(exc)):
         return LicentiaError(
             ErrorCode.NETWORK_FAULT,
             f"the connection to {endpoint} dropped during the TLS handshake ({_reason(exc)})",
@@ -93,12 +95,17 @@ def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = F
 
 
 def _dropped(exc: BaseException) -> bool:
-    """A connection cut (reset, closed, timed out), not a refused handshake (ssl is not
-    imported here: a protected program loads this module at start)."""
+    """A handshake that timed out: no answer, not a refusal."""
+    return isinstance(exc, TimeoutError) and "SSLError" not in {c.__name__ for c in type(exc).__mro__}
+
+
+def closed_early(exc: BaseException) -> bool:
+    """The server closed or reset the connection during the handshake: it refused this TLS
+    version (asyncio servers close without an alert), or it stopped. The caller tells
+    which by connecting again (`server_gone`). ssl is not imported here: a protected
+    program loads this module at start."""
     names = {c.__name__ for c in type(exc).__mro__}
-    if names & {"SSLEOFError", "SSLZeroReturnError"}:
-        return True
-    return "SSLError" not in names and isinstance(exc, ConnectionError | TimeoutError | EOFError)
+    return bool(names & {"SSLEOFError", "SSLZeroReturnError"}) or isinstance(exc, ConnectionError)
 
 
 def _reason(exc: BaseException) -> str:
