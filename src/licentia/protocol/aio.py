@@ -12,7 +12,13 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from licentia.model import ErrorCode, LicentiaError
-from licentia.protocol.endpoint import DEFAULT_TIMEOUT, Endpoint, closed_early, connect_error, parse_address
+from licentia.protocol.endpoint import (
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    closed_early,
+    connect_error,
+    parse_address,
+)
 from licentia.protocol.frames import (
     CONNECTION_ID,
     MAX_FRAME,

@@ -20,7 +20,13 @@ import threading
 import time
 
 from licentia.model.errors import ErrorCode, LicentiaError
-from licentia.protocol.endpoint import DEFAULT_TIMEOUT, Endpoint, closed_early, connect_error, parse_address
+from licentia.protocol.endpoint import (
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    closed_early,
+    connect_error,
+    parse_address,
+)
 from licentia.protocol.frames import (
     CONNECTION_ID,
     MAX_FRAME,
