@@ -36,7 +36,7 @@ from licentia.runtime import procs
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.ident import Ident
 from licentia.runtime.licenses import ProofKeys
-from licentia.runtime.limits import ConnectionLimits
+from licentia.runtime.limits import KEEPALIVE_PACE, ConnectionLimits
 from licentia.runtime.replies import FRAME_HEAD
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
@@ -72,6 +72,8 @@ class Connection:
         self._queue: collections.deque[Message | ProtocolError] = collections.deque()
         self._paused: set[str] = set()  # why reading is paused: "queue", "write"
         self._sized = False  # the frame limit follows the identity once hello is done
+        self._keepalive_due = 0.0  # a keep-alive before this (monotonic) waits until it
+        self._later: asyncio.Handle | None = None  # the queue's next turn
         self.transport: asyncio.Transport | None = None
         self.ident: Ident | None = None
         self.peer: tuple[int, int, int] | None = None  # (pid, uid, gid) from the kernel
@@ -129,7 +131,7 @@ class Connection:
                     one = _unpackb(data[5:])
                 except Exception:
                     one = None  # the decoder below says what is wrong
-                if type(one) is dict and type(one.get("id")) is int:
+                if type(one) is dict and type(one.get("id")) is int and one.get("op") != "keepalive":
                     self.runtime.dispatch(self, one)
                     if not self._sized:
                         self._size_frames()
@@ -156,18 +158,32 @@ class Connection:
         self._serve()
 
     def _serve(self) -> None:
-        """Handle up to `frames_per_read` queued requests; the rest on the loop's next turn."""
+        """Handle up to `frames_per_read` queued requests; the rest on the loop's next turn.
+        A keep-alive sooner than `KEEPALIVE_PACE` after the one before waits until then."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         queue = self._queue
         dispatch = self.runtime.dispatch
         budget = self.runtime.config.frames_per_read
+        loop = asyncio.get_running_loop()
         while queue and budget:
-            budget -= 1
-            item = queue.popleft()
+            item = queue[0]
             if type(item) is dict:
+                if item.get("op") == "keepalive":
+                    now = time.monotonic()
+                    if now < self._keepalive_due:
+                        self._pause("queue")
+                        self._later = loop.call_later(self._keepalive_due - now, self._serve)
+                        return
+                    self._keepalive_due = now + KEEPALIVE_PACE
+                queue.popleft()
+                budget -= 1
                 dispatch(self, item)
                 if not self._sized:
                     self._size_frames()
                 continue
+            queue.popleft()
             assert isinstance(item, ProtocolError)
             self.send(error_reply(item.request_id, item.code, item.message, item.hint))
             if item.fatal:
@@ -177,7 +193,7 @@ class Connection:
                 return
         if queue:
             self._pause("queue")
-            asyncio.get_running_loop().call_soon(self._serve)
+            self._later = loop.call_soon(self._serve)
         elif "queue" in self._paused:
             self._resume("queue")
 
@@ -270,6 +286,9 @@ class Connection:
             self.admitted = False
             rt.limits.leave(self.listener, self.peer_host, self._buffered)
         self._queue.clear()
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         ident = self.ident
         if ident is not None and ident.holder.process is not None:
             rt.check_process_soon(ident.holder.process)

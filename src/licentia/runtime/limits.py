@@ -21,6 +21,9 @@ from licentia.runtime.config import RuntimeConfig
 
 FD_RESERVE = 256  # descriptors kept for the Unix socket's connections, files and databases
 MAX_DEPTH = 16  # nesting of maps and lists in a request (the catalogue needs 3)
+# a connection's keep-alives are handled at most this often (seconds; clients send one every
+# few seconds at most): one that comes sooner waits, the connection's reading paused
+KEEPALIVE_PACE = 0.25
 
 
 class LimitsHost(Protocol):
