@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from tests.runtime.harness import Procs, Runtime, Vendor, make_home
+from tests.runtime.harness import Procs, Runtime, Vendor, make_home, wait_for
 
 from licentia.model import ErrorCode, ProductItem
 from licentia.protocol.frames import FrameDecoder, encode
@@ -337,3 +337,28 @@ def test_a_server_that_drops_the_tls_handshake_is_a_network_fault_not_a_security
         Client(("127.0.0.1", port), ssl_context=ctx, server_hostname="licentia", timeout=20).hello({"kind": "program"})
     t.join(20)
     assert caught.value.code == ErrorCode.NETWORK_FAULT, caught.value
+
+
+def test_the_network_port_refuses_connections_over_the_per_peer_limit_before_tls(
+        tmp_path: Path, root: Path, vendor: Vendor, procs: Procs) -> None:
+    home = tmp_path / "home"
+    make_home(home, root, vendor, [ProductItem(product_code=PRODUCT, quantity=10)])
+    rt = Runtime(procs, home, root, "--network", "--network-port", "0", "--max-connections-per-peer", "3")
+    address = ("127.0.0.1", int(rt.status["network_port"]))
+    held = [Raw(address, tls=True) for _ in range(3)]
+    for c in held:
+        c.hello(kind="runtime", host="other")
+    with pytest.raises(OSError):  # closed at once: no handshake for a fourth
+        Raw(address, tls=True)
+    held.pop().close()
+    wait_for("the closed connection to be uncounted", lambda: _connects(address))
+
+
+def _connects(address: tuple[str, int]) -> bool:
+    try:
+        c = Raw(address, tls=True)
+    except OSError:
+        return False
+    c.hello(kind="runtime", host="other")
+    c.close()
+    return True

@@ -62,9 +62,10 @@ class ConnectionHost(Protocol):
 class Connection:
     """An asyncio protocol by its methods (`protocol()` hands it to asyncio)."""
 
-    def __init__(self, runtime: ConnectionHost, listener: str) -> None:
+    def __init__(self, runtime: ConnectionHost, listener: str, *, admitted: bool = False) -> None:
         self.runtime = runtime
         self.listener = listener  # "unix", "local" or "network"
+        self.counted = admitted  # counted in the limits as it was accepted (limits.AdmittingListener)
         self.decoder = FrameDecoder(runtime.config.max_program_frame)
         self.admitted = False
         self.opened = self.last_active = time.monotonic()
@@ -102,7 +103,7 @@ class Connection:
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple) and peer:
                 self.peer_host = str(peer[0])
-        refused = rt.limits.admit(self.listener, self.peer_host)
+        refused = "" if self.counted else rt.limits.admit(self.listener, self.peer_host)
         if refused:  # shed at once: the newest connection, which has not said who it is
             self.close_with(error_reply(CONNECTION_ID, ErrorCode.SERVER_BUSY, refused))
             return

@@ -10,9 +10,13 @@ opens (a refusal names why), `leave` when it closes, `buffered` as frames arrive
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import resource
+import socket
+import ssl
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from licentia.model import ErrorCode
@@ -118,6 +122,68 @@ class ConnectionLimits:
         if rt.seats.holds(holder):
             return True
         return any(hold.holder.same_as(holder) for hold in rt.network.remote.values())
+
+
+class AdmittingListener:
+    """The network port. A connection is counted, or refused over the limits, as it is
+    accepted, before its TLS handshake: one over them costs no handshake and no memory
+    (it is closed at once: before TLS there is no way to tell the client why)."""
+
+    def __init__(self, limits: ConnectionLimits, sock: socket.socket, context: ssl.SSLContext,
+                 factory: Callable[[], asyncio.Protocol], handshake_timeout: float) -> None:
+        self.limits = limits
+        self.sock = sock
+        self.context = context
+        self.factory = factory
+        self.handshake_timeout = handshake_timeout
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        sock.setblocking(False)
+
+    def start(self) -> None:
+        if not self._closed:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(64):  # a bounded step; the rest on the next turn
+            try:
+                conn, addr = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError:  # out of descriptors, say: accept again shortly
+                loop.remove_reader(self.sock.fileno())
+                loop.call_later(0.1, self.start)
+                return
+            peer = str(addr[0]) if isinstance(addr, tuple) and addr else ""
+            if self.limits.admit("network", peer):
+                conn.close()
+                continue
+            conn.setblocking(False)
+            task = loop.create_task(self._handshake(conn, peer))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _handshake(self, conn: socket.socket, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(self.factory, conn, ssl=self.context,
+                                               ssl_handshake_timeout=self.handshake_timeout)
+        except (Exception, asyncio.CancelledError):  # the connection never began: uncount it
+            self.limits.leave("network", peer, 0)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+        for task in list(self.tasks):
+            task.cancel()
 
 
 def too_deep(value: Any, depth: int = MAX_DEPTH) -> bool:

@@ -52,7 +52,7 @@ from licentia.runtime.home import RuntimeHome
 from licentia.runtime.housekeeping import Housekeeping
 from licentia.runtime.ident import Identities
 from licentia.runtime.licenses import Changes, Loaded
-from licentia.runtime.limits import ConnectionLimits
+from licentia.runtime.limits import AdmittingListener, ConnectionLimits
 from licentia.runtime.network import NetworkClient
 from licentia.runtime.queries import Queries
 from licentia.runtime.router import Handler, Router
@@ -93,6 +93,7 @@ class Runtime:
         self.grants = LocalGrants(self)
         self.queries = Queries(self)
         self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[AdmittingListener] = []
         self._datagram: asyncio.DatagramTransport | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Future[Any]] = set()
@@ -174,6 +175,8 @@ class Runtime:
                 await task
         for server in self._servers:
             server.close()
+        for listener in self._listeners:
+            listener.close()
         if self._datagram is not None:
             self._datagram.close()
         for conn in list(self.connections):
@@ -256,11 +259,15 @@ class Runtime:
             cert, key = server_files(home, config)
             ctx = server_context(cert, key)
             self.certificate_pin = certificate_pin(cert)
-            server = await loop.create_server(lambda: Connection(self, "network").protocol(), config.network_address,
-                                              config.network_port, ssl=ctx, backlog=backlog, reuse_address=True,
-                                              ssl_handshake_timeout=config.hello_timeout)
-            self._servers.append(server)
-            port = _bound_port(server)
+            # connections counted (and refused over the limits) before their TLS handshake
+            listener = AdmittingListener(
+                self.limits, socket.create_server(
+                    (config.network_address, config.network_port), backlog=backlog,
+                    family=socket.AF_INET6 if ":" in config.network_address else socket.AF_INET),
+                ctx, lambda: Connection(self, "network", admitted=True).protocol(), config.hello_timeout)
+            listener.start()
+            self._listeners.append(listener)
+            port = listener.port()
             self.ports["network_port"] = port
             self.ports["network_address"] = config.network_address
             self.ports["certificate_pin"] = self.certificate_pin
