@@ -362,3 +362,16 @@ def _connects(address: tuple[str, int]) -> bool:
     c.hello(kind="runtime", host="other")
     c.close()
     return True
+
+
+def test_a_program_silent_past_the_idle_timeout_connects_again(timed: tuple[Runtime, Path], vendor: Vendor,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    rt, home = timed
+    monkeypatch.setenv("LICENTIA_HOME", str(home))
+    from licentia.sdk.access import access
+
+    access(vendor.firm, PRODUCT, verify=False).release()  # its connection now holds nothing
+    time.sleep(3 + 2)  # past the idle timeout (3 s) and the sweep after it: the runtime closed it (1402)
+    lic = access(vendor.firm, PRODUCT, verify=False)
+    assert lic.handle > 0
+    lic.release()
