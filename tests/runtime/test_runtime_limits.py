@@ -366,7 +366,7 @@ def _connects(address: tuple[str, int]) -> bool:
 
 def test_a_program_silent_past_the_idle_timeout_connects_again(timed: tuple[Runtime, Path], vendor: Vendor,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    rt, home = timed
+    _, home = timed
     monkeypatch.setenv("LICENTIA_HOME", str(home))
     from licentia.sdk.access import access
 
