@@ -26,7 +26,7 @@ is O(handles reaped); `expire_clients` is O(network clients holding handles).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
@@ -352,12 +352,17 @@ class _StationUse:
 class SeatTable:
     """Seats of every item a runtime serves. Not thread-safe: one owner calls it."""
 
-    __slots__ = ("_clients", "_items", "_kept", "_last_seen", "_next_handle", "_processes", "_sessions")
+    __slots__ = ("_ceiling", "_clients", "_items", "_kept", "_last_seen", "_next_handle", "_processes", "_reserve",
+                 "_sessions")
 
     def __init__(self, *, first_handle: int = 1) -> None:
         if isinstance(first_handle, bool) or not isinstance(first_handle, int) or first_handle < 1:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, "the first handle must be a positive integer")
         self._next_handle = first_handle
+        # handles below the ceiling may be given; at it, `_reserve(next)` (the shell's, which
+        # records a new high-water mark durably) returns the next ceiling (see `reserve_handles`)
+        self._ceiling: int | float = float("inf")
+        self._reserve: Callable[[int], int] | None = None
         # handle -> (session, its station's counters); the counters link to the item's
         self._sessions: dict[int, tuple[Session, _StationUse]] = {}
         self._items: dict[ItemKey, _ItemUse] = {}
@@ -396,6 +401,8 @@ class SeatTable:
         if holder.client_id is not None:
             self._last_seen[holder.client_id] = now
         handle = self._next_handle
+        if handle >= self._ceiling and self._reserve is not None:
+            self._ceiling = self._reserve(handle)
         self._next_handle = handle + 1
         sess: Session = _make(Session, (handle, key, mode, station, holder, now))
         return _make(Grant, (sess, new_seat, self._attach(sess, item, use)))  # type: ignore[no-any-return]
@@ -491,6 +498,12 @@ class SeatTable:
             return [rec[0] for rec in self._sessions.values()]
         return [rec[0] for rec in self._sessions.values() if rec[0].key == key]
 
+    def holds(self, holder: Holder) -> bool:
+        """Whether `holder` (its network client, else its process) holds a handle."""
+        if holder.client_id is not None:
+            return holder.client_id in self._clients
+        return holder.process is not None and holder.process in self._processes
+
     def processes(self) -> list[ProcessId]:
         """Local processes holding handles: the shell checks these are still alive."""
         return list(self._processes)
@@ -502,6 +515,14 @@ class SeatTable:
     @property
     def next_handle(self) -> int:
         return self._next_handle
+
+    def reserve_handles(self, first: int, ceiling: int, reserve: Callable[[int], int]) -> None:
+        """Give handles from at least `first` on (never lower than now), below `ceiling`;
+        at the ceiling, `reserve(next handle)` must record a higher mark (durably, so a
+        restart after a crash starts above every handle given) and return it."""
+        self._next_handle = max(self._next_handle, first)
+        self._ceiling = ceiling
+        self._reserve = reserve
 
     # -- persistence ------------------------------------------------------
 

@@ -118,6 +118,11 @@ class ErrorCode(IntEnum):
     # network server administration: access lists, directory (1300-1399)
     ACCESS_LIST_DENIED = 1300
 
+    # the runtime's limits on connections and requests (1400-1409)
+    SERVER_BUSY = 1400
+    TOO_MANY_HANDLES = 1401
+    CONNECTION_TIMEOUT = 1402
+
     # who a client is: identities, ownership of seats (1410-1419)
     IDENTITY_REFUSED = 1410
     # the runtime's life and flows (1420-1429)
@@ -144,6 +149,12 @@ class ErrorCode(IntEnum):
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
     ErrorCode.TMR_FRONT_END_ONLY: "a TMR upstream serves its front ends only; ask a front end (`licentia tmr serve`) instead, or give the front end a client certificate from the upstream's [tmr] front_end_ca",
+    ErrorCode.SERVER_BUSY: "the runtime serves as many connections as its limits allow ([limits] in runtime.toml); "
+                           "try again later, or ask its administrator to raise them",
+    ErrorCode.TOO_MANY_HANDLES: "name fewer handles in one keep-alive ([limits] max_keepalive_handles), or none: "
+                                "a keep-alive keeps alive everything its connection holds",
+    ErrorCode.CONNECTION_TIMEOUT: "say hello at once after connecting, and send a request or a keep-alive before "
+                                  "the idle timeout ([limits] in runtime.toml); the SDK does both",
     ErrorCode.UNAUTHORIZED: "send a valid API token (Authorization: Bearer …); the first one is in the central home's admin.token",
     ErrorCode.FORBIDDEN: "this API token's role does not allow that; ask an administrator for an operator or admin token",
     ErrorCode.TICKET_INVALID: "check the ticket as printed on your order (five groups of five characters)",

@@ -12,7 +12,13 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from licentia.model import ErrorCode, LicentiaError
-from licentia.protocol.endpoint import DEFAULT_TIMEOUT, Endpoint, connect_error, parse_address
+from licentia.protocol.endpoint import (
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    closed_early,
+    connect_error,
+    parse_address,
+)
 from licentia.protocol.frames import (
     CONNECTION_ID,
     MAX_FRAME,
@@ -120,10 +126,12 @@ class AsyncClient:
                 )
             except (TimeoutError, OSError) as exc:
                 transport.close()
-                raise connect_error(ep, exc, handshake=True) from None
+                gone = closed_early(exc) and not await _accepts(ep, timeout)
+                raise connect_error(ep, exc, handshake=True, server_gone=gone) from None
             if tls is None:
                 transport.close()
-                raise connect_error(ep, ConnectionError("the connection closed"), handshake=True)
+                raise connect_error(ep, ConnectionError("the connection closed"), handshake=True,
+                                    server_gone=not await _accepts(ep, timeout))
             protocol.transport = tls
         return cls(protocol, timeout, max_frame)
 
@@ -197,3 +205,13 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         return f"<licentia AsyncClient {self.endpoint}{' closed' if self.closed else ''}>"
+
+
+async def _accepts(ep: Endpoint, timeout: float | None) -> bool:
+    """Whether the server still accepts connections (after it closed one in its handshake)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(ep.host, ep.port), min(timeout or 2.0, 2.0))
+    except (TimeoutError, OSError):
+        return False
+    writer.close()
+    return True

@@ -20,7 +20,13 @@ import threading
 import time
 
 from licentia.model.errors import ErrorCode, LicentiaError
-from licentia.protocol.endpoint import DEFAULT_TIMEOUT, Endpoint, connect_error, parse_address
+from licentia.protocol.endpoint import (
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    closed_early,
+    connect_error,
+    parse_address,
+)
 from licentia.protocol.frames import (
     CONNECTION_ID,
     MAX_FRAME,
@@ -110,7 +116,8 @@ class Client:
             return ssl_context.wrap_socket(sock, server_hostname=server_hostname or ep.host or "localhost")
         except OSError as exc:
             sock.close()
-            raise connect_error(ep, exc, handshake=True) from None
+            gone = closed_early(exc) and not _accepts(ep, self.timeout)
+            raise connect_error(ep, exc, handshake=True, server_gone=gone) from None
 
     # -- requests ------------------------------------------------------------
 
@@ -252,6 +259,15 @@ class Client:
 def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
     """A connected TCP socket to `host`:`port`: each address in turn, the last error raised."""
     return socket.create_connection((host, port), timeout=timeout)
+
+
+def _accepts(ep: Endpoint, timeout: float) -> bool:
+    """Whether the server still accepts connections (after it closed one in its handshake)."""
+    try:
+        _tcp_connect(ep.host, ep.port, min(timeout, 2.0)).close()
+    except OSError:
+        return False
+    return True
 
 
 def _again(error: LicentiaError) -> LicentiaError:

@@ -72,9 +72,19 @@ def _port(value: object, address: object) -> int:
     return port
 
 
-def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = False) -> LicentiaError:
+def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = False,
+                  server_gone: bool = False) -> LicentiaError:
     """The `LicentiaError` for a connection that could not be made; `handshake`:
-    the connection was made and its TLS handshake failed."""
+    the connection was made and its TLS handshake failed. A handshake the server refused
+    or whose certificate failed is a security problem (109); one cut short (the connection
+    timed out, or closed or reset by a server that no longer accepts connections:
+    `server_gone`, see `closed_early`) is a network fault (100)."""
+    if handshake and (server_gone or _dropped(exc)):
+        return LicentiaError(
+            ErrorCode.NETWORK_FAULT,
+            f"the connection to {endpoint} dropped during the TLS handshake ({_reason(exc)})",
+            "the server closed the connection or stopped; check that it runs, then try again",
+        )
     if handshake:
         return LicentiaError(
             ErrorCode.SECURITY_PROBLEM, f"the TLS handshake with {endpoint} failed: {_reason(exc)}"
@@ -82,6 +92,20 @@ def connect_error(endpoint: Endpoint, exc: BaseException, *, handshake: bool = F
     if endpoint.path is not None:
         return LicentiaError(ErrorCode.NO_LOCAL_RUNTIME, f"no runtime answers on {endpoint.path} ({_reason(exc)})")
     return LicentiaError(ErrorCode.SERVER_NOT_FOUND, f"no license server answers at {endpoint} ({_reason(exc)})")
+
+
+def _dropped(exc: BaseException) -> bool:
+    """A handshake that timed out: no answer, not a refusal."""
+    return isinstance(exc, TimeoutError) and "SSLError" not in {c.__name__ for c in type(exc).__mro__}
+
+
+def closed_early(exc: BaseException) -> bool:
+    """The server closed or reset the connection during the handshake: it refused this TLS
+    version (asyncio servers close without an alert), or it stopped. The caller tells
+    which by connecting again (`server_gone`). ssl is not imported here: a protected
+    program loads this module at start."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"SSLEOFError", "SSLZeroReturnError"}) or isinstance(exc, ConnectionError)
 
 
 def _reason(exc: BaseException) -> str:

@@ -94,7 +94,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("snapshot_delay", "runtime", "snapshot_delay", float, 1.0,
             "seconds after a seat change before the seat snapshot is written"),
     Setting("max_frame", "runtime", "max_frame", int, 1 << 20,
-            "largest request frame accepted, in bytes"),
+            "largest request frame of an admin connection (the runtime's own user on its Unix socket), in bytes"),
+    Setting("max_program_frame", "limits", "max_frame", int, 64 << 10,
+            "largest request frame of programs and network clients, in bytes (a larger one closes the connection)"),
+    Setting("max_connections", "limits", "max_connections", int, 4096,
+            "most connections served at once, on the TCP ports together and on the Unix socket each (also kept "
+            "below the file-descriptor limit; a connection over it is refused with 1400 and closed)"),
+    Setting("max_connections_per_peer", "limits", "max_connections_per_peer", int, 64,
+            "most connections at once from one address on the network port"),
+    Setting("max_buffered", "limits", "max_buffered", int, 64 << 20,
+            "bytes of incomplete request frames held in total across connections (a connection that would "
+            "go over it is closed); each connection holds at most one frame"),
+    Setting("hello_timeout", "limits", "hello_timeout", float, 10.0,
+            "seconds a connection (TLS handshake included) has to say hello before it is closed"),
+    Setting("idle_timeout", "limits", "idle_timeout", float, 600.0,
+            "seconds a connection that holds no seat may stay silent before it is closed"),
+    Setting("max_keepalive_handles", "limits", "max_keepalive_handles", int, 1024,
+            "most handles one keep-alive may name (a keep-alive naming none keeps alive all its client holds)"),
+    Setting("frames_per_read", "limits", "frames_per_read", int, 16,
+            "requests of one connection handled before the others get their turn (the rest wait, the "
+            "connection's reading paused)"),
     Setting("log_rotate_bytes", "log", "rotate_bytes", int, 16 << 20,
             "rotate the usage log (and sign its chain head) at this size"),
     Setting("log_checkpoint_interval", "log", "checkpoint_interval", float, 60.0,
@@ -196,6 +215,14 @@ class RuntimeConfig:
     group_commit: bool = True
     snapshot_delay: float = 1.0
     max_frame: int = 1 << 20
+    max_program_frame: int = 64 << 10
+    max_connections: int = 4096
+    max_connections_per_peer: int = 64
+    max_buffered: int = 64 << 20
+    hello_timeout: float = 10.0
+    idle_timeout: float = 600.0
+    max_keepalive_handles: int = 1024
+    frames_per_read: int = 16
     log_rotate_bytes: int = 16 << 20
     log_checkpoint_interval: float = 60.0
     log_flush_interval: float = 0.02
@@ -247,8 +274,17 @@ class RuntimeConfig:
                 _bad(f"{name} must be a positive number of seconds")
         if self.snapshot_delay < 0 or self.keepalive_interval < 0:
             _bad("snapshot_delay and keepalive_interval must not be negative")
-        if self.max_frame < 1024:
+        if self.max_frame < 1024 or self.max_program_frame < 1024:
             _bad("max_frame must be at least 1024 bytes")
+        if self.max_program_frame > self.max_frame:
+            _bad("[limits] max_frame must not be larger than [runtime] max_frame (the admin connections' limit)")
+        for name in ("max_connections", "max_connections_per_peer", "max_keepalive_handles", "frames_per_read"):
+            if getattr(self, name) < 1:
+                _bad(f"{name} must be at least 1")
+        if self.max_buffered < self.max_program_frame:
+            _bad("[limits] max_buffered must hold at least one frame ([limits] max_frame)")
+        if self.hello_timeout <= 0 or self.idle_timeout <= 0:
+            _bad("hello_timeout and idle_timeout must be positive numbers of seconds")
         if self.log_rotate_bytes < 4096:
             _bad("log rotate_bytes must be at least 4096")
         for name in ("token_watch_interval", "token_scan_interval", "cloud_refresh", "central_interval",

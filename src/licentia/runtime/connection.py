@@ -2,22 +2,27 @@
 connection keeps for its client (identity, proof keys, usage-log line templates).
 
 Requests go to the router in arrival order; a request that waits for the disk or a
-server does not hold up the others. Replies are small and a client reads them, so
-nothing is held back for back-pressure; a client that sends a frame over the limit, or
-bytes that are no frame, gets an error and, where the stream cannot be resynchronised,
-a closed connection."""
+server does not hold up the others. A connection is served fairly: at most
+`[limits] frames_per_read` requests of one read are handled before the other
+connections get their turn (reading paused until its queue is done), and reading pauses
+while the client does not read its replies (back-pressure). A frame over the limit
+(`[limits] max_frame` for programs and network clients, `[runtime] max_frame` for an
+admin connection) closes the connection; a frame that is no request gets an error reply
+and the frames after it are read on (licentia.runtime.limits has the other limits)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
+import time
 from typing import Any, Protocol
 
 import msgpack
 
 from licentia.core.seats import Event, ItemKey, ProcessId
-from licentia.model import AccessMode
+from licentia.model import AccessMode, ErrorCode
 from licentia.protocol.frames import (
     CONNECTION_ID,
     VERSION_BYTE,
@@ -31,6 +36,7 @@ from licentia.runtime import procs
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.ident import Ident
 from licentia.runtime.licenses import ProofKeys
+from licentia.runtime.limits import KEEPALIVE_PACE, ConnectionLimits
 from licentia.runtime.replies import FRAME_HEAD
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
@@ -45,6 +51,8 @@ class ConnectionHost(Protocol):
     config: RuntimeConfig
     connections: set[Any]
     connection_count: int
+    limits: ConnectionLimits
+    seats: Any
 
     def dispatch(self, conn: Any, msg: Message) -> None: ...
 
@@ -54,10 +62,19 @@ class ConnectionHost(Protocol):
 class Connection:
     """An asyncio protocol by its methods (`protocol()` hands it to asyncio)."""
 
-    def __init__(self, runtime: ConnectionHost, listener: str) -> None:
+    def __init__(self, runtime: ConnectionHost, listener: str, *, admitted: bool = False) -> None:
         self.runtime = runtime
         self.listener = listener  # "unix", "local" or "network"
-        self.decoder = FrameDecoder(runtime.config.max_frame)
+        self.counted = admitted  # counted in the limits as it was accepted (limits.AdmittingListener)
+        self.decoder = FrameDecoder(runtime.config.max_program_frame)
+        self.admitted = False
+        self.opened = self.last_active = time.monotonic()
+        self._buffered = 0  # bytes of an incomplete frame, as counted in the limits
+        self._queue: collections.deque[Message | ProtocolError] = collections.deque()
+        self._paused: set[str] = set()  # why reading is paused: "queue", "write"
+        self._sized = False  # the frame limit follows the identity once hello is done
+        self._keepalive_due = 0.0  # a keep-alive before this (monotonic) waits until it
+        self._later: asyncio.Handle | None = None  # the queue's next turn
         self.transport: asyncio.Transport | None = None
         self.ident: Ident | None = None
         self.peer: tuple[int, int, int] | None = None  # (pid, uid, gid) from the kernel
@@ -82,51 +99,134 @@ class Connection:
         self.number = rt.connection_count
         rt.connections.add(self)
         sock = transport.get_extra_info("socket")
-        if self.listener == "unix" and sock is not None:
-            self.peer = procs.peer_credentials(sock)
-        else:
+        if self.listener != "unix":
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple) and peer:
                 self.peer_host = str(peer[0])
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        refused = "" if self.counted else rt.limits.admit(self.listener, self.peer_host)
+        if refused:  # shed at once: the newest connection, which has not said who it is
+            self.close_with(error_reply(CONNECTION_ID, ErrorCode.SERVER_BUSY, refused))
+            return
+        self.admitted = True
+        if self.listener == "unix" and sock is not None:
+            self.peer = procs.peer_credentials(sock)
+        elif sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if not self.admitted:
+            return
+        self.last_active = time.monotonic()
+        ident = self.ident
+        if ident is not None and ident.client_id is not None:  # any request is a keep-alive
+            self.runtime.seats.heartbeat(ident.client_id, time.time())
         # the usual read: exactly one whole, good frame, and nothing held back from before
         # (FrameDecoder.feed's first step, without building a list)
         decoder = self.decoder
         end = len(data)
-        if end > 5 and type(data) is bytes and decoder.idle():
+        if end > 5 and type(data) is bytes and not self._queue and decoder.idle():
             length, version = _FRAME_HEAD_unpack_from(data)
             if length + 4 == end and version == VERSION_BYTE and length <= decoder.max_frame:
                 try:
                     one = _unpackb(data[5:])
                 except Exception:
                     one = None  # the decoder below says what is wrong
-                if type(one) is dict and type(one.get("id")) is int:
+                if type(one) is dict and type(one.get("id")) is int and one.get("op") != "keepalive":
                     self.runtime.dispatch(self, one)
+                    if not self._sized:
+                        self._size_frames()
                     return
-        try:
-            msgs = decoder.feed(data)
-        except ProtocolError as exc:
-            for msg in exc.messages:
-                self.runtime.dispatch(self, msg)
-            self.send(error_reply(exc.request_id, exc.code, exc.message, exc.hint))
-            if exc.fatal:
+        queue = self._queue
+        while True:  # every frame of the read: a request, or the error that stands for it
+            try:
+                queue.extend(decoder.feed(data))
+                break
+            except ProtocolError as exc:
+                queue.extend(exc.messages)
+                queue.append(exc)
+                if exc.fatal:
+                    break
+                data = b""
+        held = decoder.buffered
+        if held != self._buffered:
+            delta, self._buffered = held - self._buffered, held
+            if self.runtime.limits.over_buffer(delta):
+                queue.clear()
+                self.close_with(error_reply(CONNECTION_ID, ErrorCode.SERVER_BUSY,
+                                            "the runtime holds as many incomplete requests as it may"))
+                return
+        self._serve()
+
+    def _serve(self) -> None:
+        """Handle up to `frames_per_read` queued requests; the rest on the loop's next turn.
+        A keep-alive sooner than `KEEPALIVE_PACE` after the one before waits until then."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        queue = self._queue
+        dispatch = self.runtime.dispatch
+        budget = self.runtime.config.frames_per_read
+        loop = asyncio.get_running_loop()
+        while queue and budget:
+            item = queue[0]
+            if type(item) is dict:
+                if item.get("op") == "keepalive":
+                    now = time.monotonic()
+                    if now < self._keepalive_due:
+                        self._pause("queue")
+                        self._later = loop.call_later(self._keepalive_due - now, self._serve)
+                        return
+                    self._keepalive_due = now + KEEPALIVE_PACE
+                queue.popleft()
+                budget -= 1
+                dispatch(self, item)
+                if not self._sized:
+                    self._size_frames()
+                continue
+            queue.popleft()
+            assert isinstance(item, ProtocolError)
+            self.send(error_reply(item.request_id, item.code, item.message, item.hint))
+            if item.fatal:
+                queue.clear()
                 if self.transport is not None:
                     self.transport.close()
                 return
-            try:
-                msgs = self.decoder.feed(b"")
-            except ProtocolError as again:
-                self.send(error_reply(again.request_id, again.code, again.message, again.hint))
-                if again.fatal and self.transport is not None:
-                    self.transport.close()
-                return
-        dispatch = self.runtime.dispatch
-        for msg in msgs:
-            dispatch(self, msg)
+        if queue:
+            self._pause("queue")
+            self._later = loop.call_soon(self._serve)
+        elif "queue" in self._paused:
+            self._resume("queue")
+
+    def _size_frames(self) -> None:
+        """Once hello named the client: an admin connection may send larger frames."""
+        ident = self.ident
+        if ident is not None:
+            self._sized = True
+            if ident.kind == "admin":
+                self.decoder.max_frame = self.runtime.config.max_frame
+
+    def _pause(self, why: str) -> None:
+        t = self.transport
+        if not self._paused and t is not None and not t.is_closing():
+            with contextlib.suppress(RuntimeError, AttributeError):
+                t.pause_reading()
+        self._paused.add(why)
+
+    def _resume(self, why: str) -> None:
+        self._paused.discard(why)
+        t = self.transport
+        if not self._paused and t is not None and not t.is_closing():
+            with contextlib.suppress(RuntimeError, AttributeError):
+                t.resume_reading()
+
+    def close_with(self, reply: Message) -> None:
+        """Send `reply` (an error that says why) and close."""
+        t = self.transport
+        if t is not None and not t.is_closing():
+            with contextlib.suppress(Exception):
+                t.write(encode(reply))
+            t.close()
 
     def send(self, reply: Message | bytes) -> None:
         t = self.transport
@@ -171,10 +271,10 @@ class Connection:
         return None  # close the connection (what asyncio.Protocol does)
 
     def pause_writing(self) -> None:
-        pass  # replies are small and a client reads them; nothing to hold back
+        self._pause("write")  # the client does not read its replies: read no more requests
 
     def resume_writing(self) -> None:
-        pass
+        self._resume("write")
 
     def protocol(self) -> asyncio.Protocol:
         """This connection as the asyncio protocol it acts as."""
@@ -183,6 +283,13 @@ class Connection:
     def connection_lost(self, exc: Exception | None) -> None:
         rt = self.runtime
         rt.connections.discard(self)
+        if self.admitted:
+            self.admitted = False
+            rt.limits.leave(self.listener, self.peer_host, self._buffered)
+        self._queue.clear()
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         ident = self.ident
         if ident is not None and ident.holder.process is not None:
             rt.check_process_soon(ident.holder.process)

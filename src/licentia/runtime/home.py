@@ -8,6 +8,7 @@
       runtime.json          pid and the ports actually bound (while running)
       admin.token           bearer token for write calls of the JSON API
       state/seats.snapshot  the seat table, written atomically after changes
+      state/handles         high-water marks of handles (licentia.runtime.handles)
       state/runtime.key     the runtime's Ed25519 key (signs the usage log)
       state/client.id       this runtime's id as a network client of servers
       logs/usage.jsonl      the usage log (rotated files: usage-YYYYmmddTHHMMSS-SEQ.jsonl)

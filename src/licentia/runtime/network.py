@@ -102,6 +102,9 @@ class NetworkClient:
         self.rt = rt
         self.remote: dict[int, RemoteHold] = {}
         self.next_remote = REMOTE_BASE
+        # below the ceiling, handles are reserved on disk (licentia.runtime.handles)
+        self.remote_ceiling: int | float = float("inf")
+        self.reserve_remote: Callable[[int], int] | None = None
         self.upstreams: dict[str, Upstream] = {}
         self.discovered = Discovered()
         self.servers_stamp: tuple[int, int] | None = None
@@ -191,6 +194,8 @@ class NetworkClient:
                     self.mark_server_lost(address)
                 continue
             handle = self.next_remote
+            if handle >= self.remote_ceiling and self.reserve_remote is not None:
+                self.remote_ceiling = self.reserve_remote(handle)
             self.next_remote += 1
             hold = RemoteHold(handle, address, int(reply["handle"]), holder, ident.station, msg["firm"],
                               msg["product"], mode.value, str(reply.get("container", "")), int(reply.get("item", 0)),
@@ -345,13 +350,12 @@ class NetworkClient:
                     continue
                 last[address] = now
                 try:
-                    reply = await up.request("keepalive", handles=[h.remote_handle for h in holds])
+                    lost = await _keepalive(up, [h.remote_handle for h in holds])
                 except LicentiaError:
                     self.mark_server_lost(address)
                     for hold in holds:
                         await self.move_to_twin(hold)
                     continue
-                lost = set(reply.get("lost") or ())
                 for hold in holds:
                     if hold.remote_handle in lost:
                         self.remote_gone(hold, "freed on the server")
@@ -382,3 +386,23 @@ class NetworkClient:
     def upstream_rows(self) -> dict[str, dict[str, Any]]:
         return {a: {"reachable": u.reachable, "error": u.last_error.message if u.last_error else None}
                 for a, u in self.upstreams.items()}
+
+
+KEEPALIVE_HANDLES = 1000  # handles named per keep-alive (a server takes 1024 by default)
+
+
+async def _keepalive(up: Any, handles: list[int]) -> set[int]:
+    """Keep-alives to server `up` naming `handles`, a bounded number each; the handles it
+    says are lost. A server that takes fewer per keep-alive (1401) is sent one naming
+    none, which keeps alive all this client holds there (nothing is learnt lost)."""
+    lost: set[int] = set()
+    for start in range(0, max(len(handles), 1), KEEPALIVE_HANDLES):
+        try:
+            reply = await up.request("keepalive", handles=handles[start:start + KEEPALIVE_HANDLES])
+        except LicentiaError as exc:
+            if exc.code != ErrorCode.TOO_MANY_HANDLES:
+                raise
+            await up.request("keepalive")
+            return lost
+        lost.update(reply.get("lost") or ())
+    return lost

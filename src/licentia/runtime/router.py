@@ -6,13 +6,16 @@ its handler's answer, a reply or one to wait for, goes back on its connection.""
 from __future__ import annotations
 
 import asyncio
+import reprlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from licentia.model import AccessMode, ErrorCode, LicentiaError
 from licentia.protocol.frames import CONNECTION_ID, Message, error_reply
 from licentia.protocol.messages import validate_request
+from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.ident import Ident
+from licentia.runtime.limits import MAX_DEPTH, too_deep
 
 
 class Conn(Protocol):
@@ -30,8 +33,9 @@ Handler = Callable[[Any, Message], "Message | bytes | Awaitable[Message | bytes]
 
 class Router:
     def __init__(self, handlers: dict[str, Handler], note_problem: Callable[[str], None],
-                 spawn: Callable[[Awaitable[Any]], None]) -> None:
+                 spawn: Callable[[Awaitable[Any]], None], config: RuntimeConfig) -> None:
         self.handlers = handlers
+        self.max_keepalive_handles = config.max_keepalive_handles
         self._note_problem = note_problem
         self._spawn = spawn
 
@@ -40,7 +44,7 @@ class Router:
         try:
             raw_op: Any = msg.get("op")
             fast = _FAST.get(raw_op) if type(raw_op) is str else None
-            op: str = raw_op if fast is not None and fast(msg) else validate_request(msg)
+            op: str = raw_op if fast is not None and fast(msg) else self._validate(msg)
             if conn.ident is None and op != "hello":
                 raise LicentiaError(ErrorCode.PROTOCOL_ERROR, "say hello first: the first request names the client")
             result = self.handlers[op](conn, msg)
@@ -49,7 +53,7 @@ class Router:
             return
         except Exception as exc:  # a bug, not a refusal: say so, keep serving
             conn.send(error_reply(rid, ErrorCode.INTERNAL, f"the runtime failed on this request: {exc!r}"))
-            self._note_problem(f"request {msg.get('op')!r}: {exc!r}")
+            self._note_problem(f"request {_short(msg.get('op'))}: {exc!r}")
             return
         if type(result) is bytes or isinstance(result, dict):
             conn.send(result)
@@ -57,6 +61,19 @@ class Router:
             result.add_done_callback(lambda fut: self._answer(conn, rid, fut))
         else:
             self._spawn(self._finish(conn, rid, result))  # type: ignore[arg-type]
+
+    def _validate(self, msg: Message) -> str:
+        """`validate_request`, after the bounds of a request's shape and size."""
+        if too_deep(msg):
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER,
+                                f"the request nests maps and lists deeper than {MAX_DEPTH} levels")
+        if not _text_keys(msg):
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "the request's field names must be text")
+        op = validate_request(msg)
+        if op == "keepalive" and len(msg.get("handles", ())) > self.max_keepalive_handles:
+            raise LicentiaError(ErrorCode.TOO_MANY_HANDLES,
+                                f"a keep-alive may name at most {self.max_keepalive_handles} handles")
+        return op
 
     def _answer(self, conn: Conn, rid: int, fut: asyncio.Future[Message | bytes]) -> None:
         """`_finish` for a future: send its reply, or its error."""
@@ -86,6 +103,10 @@ class Router:
         if conn.open():
             conn.send(reply)
 
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 3, 60, 60
+_short = _repr.repr  # a value for the log, bounded
 
 # ====================================================================== inline checks
 
@@ -134,11 +155,20 @@ _FAST: dict[str, Callable[[Message], bool]] = {"access": _fast_access, "release"
                                                "decrement": _fast_decrement}
 
 
-def _fits(msg: Message, types: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> bool:
+def _text_keys(msg: dict[Any, Any]) -> bool:
+    """Whether every field name is text (typed Any: the compiled router checks, not raises)."""
+    return all(type(k) is str for k in msg)
+
+
+def _fits(msg: dict[Any, Any], types: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> bool:
     for name, value in msg.items():
+        if type(name) is not str:
+            return False  # `_validate` says what is wrong
         allowed = types.get(name)
         if allowed is not None and type(value) not in allowed:
             return False
+        if (type(value) is dict or type(value) is list) and too_deep(value, MAX_DEPTH - 1):
+            return False  # `_validate` says what is wrong
     for name in required:
         if name not in msg:
             return False

@@ -42,6 +42,7 @@ from licentia.fsutil import atomic_write
 from licentia.model import AccessMode, Environment, ErrorCode, Fingerprint, LicentiaError
 from licentia.protocol.frames import Message
 from licentia.protocol.messages import CLIENT, REQUESTS, SUPPORTED_VERSIONS
+from licentia.runtime import handles
 from licentia.runtime.acl import AccessGate
 from licentia.runtime.aclwatch import AclWatch
 from licentia.runtime.borrow import Borrowing
@@ -54,6 +55,7 @@ from licentia.runtime.home import RuntimeHome
 from licentia.runtime.housekeeping import Housekeeping
 from licentia.runtime.ident import Identities, PeerSearch, find_peer, identity_tokens, kernel_peer
 from licentia.runtime.licenses import Changes, Loaded
+from licentia.runtime.limits import AdmittingListener, ConnectionLimits
 from licentia.runtime.network import NetworkClient
 from licentia.runtime.portuser import in_use
 from licentia.runtime.queries import Queries
@@ -101,6 +103,7 @@ class Runtime:
         self.queries = Queries(self)
         self.borrowing = Borrowing(self)
         self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[AdmittingListener] = []
         self._datagram: asyncio.DatagramTransport | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Future[Any]] = set()
@@ -131,7 +134,8 @@ class Runtime:
             upstream = TmrUpstream(self)
             handlers["tmr.items"] = upstream.op_items
             handlers["tmr.prove"] = upstream.op_prove
-        self.router = Router(handlers, self._note_problem, self._spawn)
+        self.limits = ConnectionLimits(self)
+        self.router = Router(handlers, self._note_problem, self._spawn, config)
         self.dispatch = self.router.dispatch
 
     # ================================================================== life
@@ -151,6 +155,7 @@ class Runtime:
         self.containers.apply_scan(result)
         await self.tokens.start()
         self.housekeeping.restore()
+        handles.install(self)  # no handle given twice, across crashes too
         self.borrowing.start(time.time())
         self.acl_watch = AclWatch(self)
         self.acl_watch.start()
@@ -175,6 +180,7 @@ class Runtime:
             loop.create_task(self.network.keepalive_loop()),
             loop.create_task(self._every(max(config.reap_interval, 1.0), self.borrowing.tick)),
             loop.create_task(self._every(1.0, self.acl_watch.tick)),
+            loop.create_task(self._every(min(1.0, config.hello_timeout / 4), self.limits.sweep)),
         ]
         hk.reap_now()  # programs that ended while the runtime was down
         self.central_sync.start()
@@ -206,6 +212,8 @@ class Runtime:
             server.close()
         if self.http is not None:
             await self.http.stop()
+        for listener in self._listeners:
+            listener.close()
         if self._datagram is not None:
             self._datagram.close()
         for conn in list(self.connections):
@@ -294,13 +302,18 @@ class Runtime:
 
                 ctx = accept_front_ends(ctx, config.path(home.path, config.tmr_front_end_ca))
             self.certificate_pin = certificate_pin(cert)
-            server = await _bound("the network port", config.network_address, config.network_port, "tcp",
-                                  loop.create_server(lambda: Connection(self, "network").protocol(),
-                                                     config.network_address, config.network_port, ssl=ctx,
-                                                     backlog=backlog, reuse_address=True,
-                                                     ssl_handshake_timeout=10.0))
-            self._servers.append(server)
-            port = _bound_port(server)
+            # connections counted (and refused over the limits) before their TLS handshake
+            try:
+                sock = socket.create_server(
+                    (config.network_address, config.network_port), backlog=backlog,
+                    family=socket.AF_INET6 if ":" in config.network_address else socket.AF_INET)
+            except OSError as exc:
+                raise in_use(exc, "the network port", config.network_address, config.network_port, "tcp") from None
+            listener = AdmittingListener(
+                self.limits, sock, ctx, lambda: Connection(self, "network", admitted=True).protocol(), config.hello_timeout)
+            listener.start()
+            self._listeners.append(listener)
+            port = listener.port()
             self.ports["network_port"] = port
             self.ports["network_address"] = config.network_address
             self.ports["certificate_pin"] = self.certificate_pin

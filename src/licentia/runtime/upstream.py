@@ -76,15 +76,20 @@ class Upstream:
             return c
 
     async def request(self, op: str, /, **fields: Any) -> Message:
-        c = await self.client()
-        try:
-            return await c.request(op, timeout=self.config.connect_timeout + 5.0, **fields)
-        except LicentiaError as exc:
-            if exc.code in UNREACHABLE or c.closed:
-                self.reachable = False
-                self.last_error = exc
-                await self.close()
-            raise
+        for attempt in (1, 2):
+            c = await self.client()
+            try:
+                return await c.request(op, timeout=self.config.connect_timeout + 5.0, **fields)
+            except LicentiaError as exc:
+                if exc.code is ErrorCode.CONNECTION_TIMEOUT and attempt == 1:
+                    await self.close()  # closed by the server for silence: connect again, once
+                    continue
+                if exc.code in UNREACHABLE or c.closed:
+                    self.reachable = False
+                    self.last_error = exc
+                    await self.close()
+                raise
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         c, self._client = self._client, None

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 MODES = ("per-access", "per-station", "none", "exclusive")
 WHERE = ("local", "network", "local-first", "network-first")
-_RECONNECT = frozenset({ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME})
+# the runtime went away, or closed the connection for silence (1402): connect again, once
+_RECONNECT = frozenset({ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME, ErrorCode.CONNECTION_TIMEOUT})
 _UNREACHABLE = (ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME, ErrorCode.SERVER_NOT_FOUND)
 
 

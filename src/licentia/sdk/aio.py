@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from licentia.sdk.blacklist import ShippedBlacklist
     from licentia.sdk.verify import FirmKey, Verified
 
-_RECONNECT = frozenset({ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME})
+# the runtime went away, or closed the connection for silence (1402): connect again, once
+_RECONNECT = frozenset({ErrorCode.NETWORK_FAULT, ErrorCode.NO_LOCAL_RUNTIME, ErrorCode.CONNECTION_TIMEOUT})
 
 
 class _AsyncLink:

@@ -48,6 +48,7 @@ from licentia.protocol.tls import client_context
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.connection import Connection
 from licentia.runtime.ident import Ident, Identities, acting_for
+from licentia.runtime.limits import ConnectionLimits
 from licentia.runtime.router import Handler, Router
 from licentia.runtime.tlsfiles import certificate_pin
 from licentia.tmr.config import FrontEndConfig, load_config
@@ -57,6 +58,26 @@ from licentia.tmr.virtual import Constituent, VirtualItem, decide, parse_report
 __all__ = ["FrontEnd", "FrontEndConfig", "load_config", "run"]
 
 MODES = {m.value: m for m in AccessMode}
+
+
+class _SeatsInEtcd:
+    """What the runtime's connection parts ask of a seat table, for a front end whose seats
+    live in etcd: a request refreshes nothing here (a client's lease is kept alive by its
+    keep-alives), and an identified client counts as holding seats (they are in etcd), so
+    the idle timeout never closes a front end's client connection."""
+
+    def heartbeat(self, client_id: str, now: float) -> None:
+        return None
+
+    def holds(self, holder: Any) -> bool:
+        return True
+
+
+class _NoUpstreamSeats:
+    """A front end forwards no seats to other servers."""
+
+    def __init__(self) -> None:
+        self.remote: dict[int, Any] = {}
 
 
 @dataclass
@@ -96,7 +117,10 @@ class FrontEnd:
             "release": self.op_release, "decrement": self.op_decrement, "check": self.op_check,
             "info": self.op_info,
         }
-        self.router = Router(handlers, self._note_problem, self._spawn)
+        self.seats = _SeatsInEtcd()
+        self.network = _NoUpstreamSeats()
+        self.limits = ConnectionLimits(self)  # connections, buffers and the hello timeout
+        self.router = Router(handlers, self._note_problem, self._spawn, self.config)
         self.dispatch = self.router.dispatch
 
     # ================================================================== life
@@ -116,7 +140,7 @@ class FrontEnd:
         self.ports = {"network_port": int(sockets[0].getsockname()[1]), "network_address": fe.address,
                       "certificate_pin": certificate_pin(cert)}
         await self.poll()
-        self._tasks = [loop.create_task(self._poll_loop())]
+        self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._sweep_loop())]
         self.write_status()
 
     def _server_files(self) -> tuple[Path, Path]:
@@ -156,6 +180,11 @@ class FrontEnd:
             (self.fe.home / "front-end.json").unlink()
 
     # ================================================================== the upstreams
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.config.hello_timeout / 4))
+            self.limits.sweep()
 
     async def _poll_loop(self) -> None:
         while True:
