@@ -15,7 +15,7 @@ from typing import Any
 import schemathesis
 from central_helpers import T0, make_firm
 from hypothesis import HealthCheck, settings
-from schemathesis import checks
+from schemathesis import GenerationMode, checks
 
 from licentia.central.api import create_app
 from licentia.central.db import Database, sqlite_url
@@ -44,6 +44,7 @@ def _served() -> tuple[Any, str, Database]:
 APP, TOKEN, DB = _served()
 atexit.register(DB.dispose)
 schema = schemathesis.openapi.from_asgi("/api/openapi.json", APP)
+schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 
 
 @schema.parametrize()

@@ -90,7 +90,7 @@ def served(vendor: tuple[Path, Path]) -> Iterator[Served]:
 
 def test_central_serves_https_by_default_and_commands_pin_it_on_first_use(
         vendor: tuple[Path, Path], served: Served, tmp_path: Path) -> None:
-    home, passfile = vendor
+    home, _ = vendor
     url = f"https://127.0.0.1:{served.port}"
     assert f"on {url}/" in served.banner
     cert = home / "central" / "tls" / "central.crt"
