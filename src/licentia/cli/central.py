@@ -230,6 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if value < 1:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"--{name.replace('_', '-')} must be at least 1")
     home = central_home(args)
+    check_central_home(args, home)
     if args.insecure_http:
         if args.cert or args.key:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--insecure-http serves no certificate; drop --cert/--key")
@@ -238,6 +239,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls = tls_files(home, args.host, Path(args.cert) if args.cert else None, Path(args.key) if args.key else None)
     serve(home, load_firm(args), db_url=args.db, host=args.host, port=args.port, tls=tls, limits=limits)
     return 0
+
+
+def check_central_home(args: argparse.Namespace, home: Path) -> None:
+    """Refuse a central home, key, keystore or token another user can change (licentia.homes)."""
+    from licentia.cli.vendor import keystore_path
+    from licentia.homes import check_all
+
+    checks = [(home.parent, "licentia home", False), (home, "central home", False),
+              (home / "tls", "central TLS directory", False), (home / "tls" / "central.key", "central TLS key", True),
+              (home / "admin.token", "admin token", True), (home / "central.db", "central database", False),
+              (keystore_path(args), "firm keystore", False)]
+    if args.key:
+        checks.append((Path(args.key), "TLS key (--key)", True))
+    passphrase = getattr(args, "passphrase_file", None) or os.environ.get("LICENTIA_PASSPHRASE_FILE")
+    if passphrase:
+        checks.append((Path(passphrase), "passphrase file", False))
+    check_all(checks)
 
 
 def cmd_blacklist_export(args: argparse.Namespace) -> int:
