@@ -52,7 +52,7 @@ def test_a_file_owned_by_another_user_is_refused_even_if_private(tmp_path: Path)
     path.write_text("")
     os.chmod(path, 0o600)
     os.chown(path, NOBODY, NOBODY)
-    with pytest.raises(LicentiaError, match="is owned by .*uid 65534"):
+    with pytest.raises(LicentiaError, match=r"is owned by .*uid 65534"):
         check_private(path, "runtime configuration")
     link = tmp_path / "link"  # a link another user owns, to a file of ours
     mine = tmp_path / "mine"
