@@ -159,15 +159,41 @@ def test_another_certificate_on_the_same_address_is_refused(vendor: tuple[Path, 
         impostor.wait(30)
 
 
-def test_plain_http_only_when_asked(vendor: tuple[Path, Path]) -> None:
+def _get(port: int, head: bytes = b"") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + head + b"Connection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_plain_http_only_when_asked_and_the_limits_hold(vendor: tuple[Path, Path]) -> None:
     home, passfile = vendor
-    s = Served(home, passfile, "--insecure-http")
+    s = Served(home, passfile, "--insecure-http", "--limit-concurrency", "4", "--max-header-bytes", "4096")
     try:
         assert "plain HTTP" in s.banner
         url = f"http://127.0.0.1:{s.port}"
         assert run(home, "central", "product", "list", "--central", url).stdout.strip() == "[]"
         r = run(home, "central", "product", "list", "--central", url, "--central-pin", "sha256:" + "0" * 64, check=False)
         assert r.returncode != 0 and "https://" in r.stderr
+
+        assert _get(s.port).startswith(b"HTTP/1.1 200")
+        # a request head still incomplete after --max-header-bytes is refused (h11's limit), not waited for
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+            sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8192)
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 4") or answer == b"", answer
+        # four idle connections hold --limit-concurrency: the next request is answered 503 at once
+        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=30) for _ in range(4)]
+        try:
+            while not _get(s.port).startswith(b"HTTP/1.1 503"):  # until uvicorn has accepted all four
+                time.sleep(0.05)
+        finally:
+            for sock in idle:
+                sock.close()
+        while not _get(s.port).startswith(b"HTTP/1.1 200"):  # until it has seen them close
+            time.sleep(0.05)
     finally:
         s.stop()
     r = run(home, "central", "serve", "--insecure-http", "--cert", "x.crt", "--key", "x.key",
