@@ -85,3 +85,13 @@ def test_frame_bodies_are_bounded_before_validation(value: object) -> None:
         decoder.feed(_frame(body))
     assert not exc.value.fatal and "not msgpack" in exc.value.message
     assert decoder.feed(_frame(msgpack.packb({"id": 2, "op": "hello"}))) == [{"id": 2, "op": "hello"}]
+
+
+@pytest.mark.parametrize("ops", [
+    b"\x91\x81\xa2op" + b"\x91" * 1015 + b"\xc0",  # an operation named by a list 1,015 deep
+    b"\x91\x82\xa2op\xa4text\xa4text" + b"\x91" * 1015 + b"\xc0",  # a firm text that is such a list
+])
+def test_update_operations_nested_1000_deep_are_refused_not_a_recursion_error(ops: bytes) -> None:
+    """Found by `update_file` (operations sealed inside a valid update): the refusal put
+    repr(op) in its message, and the firm text went through str()."""
+    targets.update_file(b"\x02" + ops)

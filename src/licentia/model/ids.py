@@ -27,7 +27,8 @@ def product_code(value: int) -> int:
 
 def _uint32(value: int, what: str, *, allow_zero: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{what} must be an integer, got {value!r}")
+        got = repr(value)[:64] if isinstance(value, str | bytes | float | bool | None) else f"a {type(value).__name__}"
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{what} must be an integer, got {got}")
     if not (0 if allow_zero else 1) <= value <= UINT32_MAX:
         low = 0 if allow_zero else 1
         raise LicentiaError(
