@@ -1,7 +1,7 @@
 """The fuzz targets of fuzz/ under hypothesis: short runs of the same functions atheris runs
 for hours (`make fuzz`), from random bytes and from mutations of valid inputs. A target
 raises only for a finding (an exception other than the parser's typed error, or a 5xx from
-central); the findings of the atheris runs are kept below as regressions."""
+central); what the runs found is kept below as regressions."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def _frame(body: bytes) -> bytes:
 
 
 def test_an_op_nested_1000_deep_is_refused_not_a_recursion_error() -> None:
-    """Found by `request_validation`: validate_request put repr(op) in its message."""
+    """validate_request put repr(op) in its message: RecursionError at ~1,000 levels."""
     body = b"\x82\xa2id\x01\xa2op" + b"\x91" * 1020 + b"\xc0"
     (msg,) = FrameDecoder().feed(_frame(body))
     with pytest.raises(ProtocolError) as exc:
@@ -92,6 +92,6 @@ def test_frame_bodies_are_bounded_before_validation(value: object) -> None:
     b"\x91\x82\xa2op\xa4text\xa4text" + b"\x91" * 1015 + b"\xc0",  # a firm text that is such a list
 ])
 def test_update_operations_nested_1000_deep_are_refused_not_a_recursion_error(ops: bytes) -> None:
-    """Found by `update_file` (operations sealed inside a valid update): the refusal put
-    repr(op) in its message, and the firm text went through str()."""
+    """The same deep input through `update_file` (operations sealed inside a valid update):
+    the refusal put repr(op) in its message, and the firm text went through str()."""
     targets.update_file(b"\x02" + ops)
