@@ -18,11 +18,16 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def main() -> None:
-    import atheris
-
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
         sys.exit(2)
+    if sys.argv[1] == "--list":
+        from fuzz.targets import TARGETS
+
+        print("\n".join(TARGETS))
+        return
+    import atheris
+
     with atheris.instrument_imports(include=["licentia", "msgpack"]):
         import licentia.central.api
         import licentia.central.guard
@@ -34,9 +39,6 @@ def main() -> None:
         import licentia.vault.package  # noqa: F401
     from fuzz import seeds, targets
 
-    if sys.argv[1] == "--list":
-        print("\n".join(targets.TARGETS))
-        return
     name = sys.argv[1]
     target = targets.TARGETS[name]
     corpus = HERE / "corpus" / name
