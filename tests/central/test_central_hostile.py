@@ -81,3 +81,24 @@ def test_parse_json_raises_only_its_typed_error(raw: bytes) -> None:
         parse_json(raw)
     except LicentiaError as exc:
         assert exc.code == ErrorCode.INVALID_PARAMETER
+
+
+@pytest.mark.parametrize("serial", [130, 1.5, None, ["130-1"], b"130-1"])
+def test_a_self_signed_request_whose_serial_is_not_text_is_refused(http: TestClient, serial: object) -> None:
+    """Found by fuzz/request_file: anyone can sign a request with a key of their own, and a
+    serial that was not text raised AttributeError (500) inside the request reader."""
+    import base64
+
+    from licentia.core import updates
+    from licentia.crypto import new_signing_key, sign, signing_public_key
+    from licentia.crypto.artifacts import sign_artifact_with
+    from licentia.model import envelope as env
+
+    key = new_signing_key()
+    body = {"serial": serial, "firm_code": 6000010, "update_counter": 0, "box_public": b"\0" * 32,
+            "firm_public_key": None, "items": [], "created_at": 1_750_000_000, "environment": {}}
+    request = sign_artifact_with(updates.REQUEST_MAGIC, updates.VERSION, signing_public_key(key) + env.encode(body),
+                                 lambda data: sign(key, data))
+    for path in ("/api/sync", "/api/tickets/T-AAAAA-AAAAA-AAAAA/activate"):
+        r = http.post(path, json={"request": base64.b64encode(request).decode()})
+        assert 400 <= r.status_code < 500, r.text

@@ -5,6 +5,7 @@ central); what the runs found is kept below as regressions."""
 
 from __future__ import annotations
 
+import base64
 import struct
 
 import msgpack
@@ -95,3 +96,15 @@ def test_update_operations_nested_1000_deep_are_refused_not_a_recursion_error(op
     """The same deep input through `update_file` (operations sealed inside a valid update):
     the refusal put repr(op) in its message, and the firm text went through str()."""
     targets.update_file(b"\x02" + ops)
+
+
+FOUND = [  # atheris inputs: a serial that was not text raised AttributeError in ContainerSerial.parse
+    ("container_file", "AYamc2VyaWFsMqpjcmVhdGVkX2F0zmhO4YCoc2lnbl9rZXnEIGvpI3a552lQ+ZoRgz/aADjUTyiM7dal+TvKBy/hEBsOp2F0ZWRfYXTAqXNpZ25lZF9hdMClZmlybXOQ"),
+    ("receipt_file", "AYamc2VyaWFszzEzMC00MjQyqWZpcm0EY29kZc4AW42KrnVwZGF0ZV9jb3VudGVyAa11cGRhdGVfZGlnZXN0xCCVHe9vXJYpVjo9qsVn0kreDCDch9QzS7RgEORGZxi3jKVpdGVtc5GDp2l0ZW1faWQBrHByb2R1Y3RfY29kZSqmZGlnZXN0xCClq/EGHyDjYPcve2UOHvXBpXiUOUhhS4cYlxSy7pC5/aphcHBsaWVkX2F0zmhO4YE="),
+    ("request_file", "AYimc2VyaWFsyzEzMS00MjQyqWZpcm1fY29kZc4AW42KrnVwZGF0ZV9jb3VudGVyAKpib3hfcHVibGljxCDDiVDxNvTo2s8or1X8zvxF2ZisglFkcRYkT5SuQIr4fK9maXJtX3B1YmxpY19rZXnApWl0ZW1zkKpjcmVhdGVkX2F0zmhO4YCrZW52aXJvbm1lbnSBqGhvc3RuYW1lpGZ1eno="),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), FOUND)
+def test_what_the_atheris_runs_found(name: str, data: str) -> None:
+    targets.TARGETS[name](base64.b64decode(data))

@@ -88,6 +88,10 @@ class ContainerSerial:
 
     @classmethod
     def parse(cls, text: str) -> ContainerSerial:
+        if not isinstance(text, str):  # decoded from a file or a request: anything may come
+            raise LicentiaError(
+                ErrorCode.INVALID_PARAMETER, f"a container serial must be text, not a {type(text).__name__}"
+            )
         m = _SERIAL_RE.match(text.strip())
         if not m:
             raise LicentiaError(
