@@ -82,22 +82,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _keystore_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=22360)
-    serve.add_argument("--cert", help="the vendor's certificate (PEM; default: one central makes at its first start)")
-    serve.add_argument("--key", help="the private key of --cert (PEM)")
+    serve.add_argument("--cert", metavar="PEM", help="the vendor's certificate (PEM; default: one central makes at its first start)")
+    serve.add_argument("--key", metavar="PEM", help="the private key of --cert (PEM)")
     serve.add_argument("--insecure-http", action="store_true",
                        help="serve plain HTTP (only behind a TLS proxy: tokens and tickets would cross in clear)")
     from licentia.central.server import Limits
 
     d = Limits()
-    serve.add_argument("--limit-concurrency", type=int, default=d.limit_concurrency,
+    serve.add_argument("--limit-concurrency", type=int, metavar="N", default=d.limit_concurrency,
                        help=f"connections and requests at once; more are answered 503 (default {d.limit_concurrency})")
-    serve.add_argument("--timeout-keep-alive", type=int, default=d.timeout_keep_alive,
+    serve.add_argument("--timeout-keep-alive", type=int, metavar="SECONDS", default=d.timeout_keep_alive,
                        help=f"seconds an idle keep-alive connection stays open (default {d.timeout_keep_alive})")
-    serve.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes,
+    serve.add_argument("--max-header-bytes", type=int, metavar="BYTES", default=d.max_header_bytes,
                        help=f"bytes of an incomplete request head; more close the connection (default {d.max_header_bytes})")
-    serve.add_argument("--max-body", type=int, default=d.max_body,
+    serve.add_argument("--max-body", type=int, metavar="BYTES", default=d.max_body,
                        help=f"bytes of a request body; more are answered 413 (default {d.max_body})")
-    serve.add_argument("--backlog", type=int, default=d.backlog, help=f"listen backlog (default {d.backlog})")
+    serve.add_argument("--backlog", type=int, metavar="N", default=d.backlog, help=f"listen backlog (default {d.backlog})")
     serve.set_defaults(handler=cmd_serve)
 
     bl = cs.add_parser("blacklist", help="the blacklist of lost and stolen containers")
