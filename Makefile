@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck contracts imports pytest bench setup system native pure clean
+.PHONY: run test lint typecheck contracts imports pytest bench fuzz setup system native pure clean
 
 setup: system $(STAMP) native
 
@@ -28,7 +28,7 @@ run: setup
 	@$(BIN)/licentia demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -48,6 +48,15 @@ test: setup lint typecheck contracts imports pytest
 bench: setup
 	$(BIN)/python bench/run_all.py
 
-clean:
-	-@test -x $(BIN)/python && $(BIN)/python scripts/build_native.py --remove
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+# every fuzz target under atheris for FUZZ_TIME seconds each (fuzz/README.md); atheris sees
+# only Python code, so this runs the pure build (`make native` compiles again)
+FUZZ_TIME ?= 60
+fuzz: pure
+	@$(BIN)/python -m pip install -q -e '.[fuzz]'
+	@mkdir -p fuzz/logs
+	@for t in $$($(BIN)/python fuzz/run.py --list); do \
+		echo "== $$t ($(FUZZ_TIME) s)"; \
+		$(BIN)/python fuzz/run.py $$t -max_total_time=$(FUZZ_TIME) > fuzz/logs/$$t.log 2>&1; rc=$$?; \
+		grep -E "^Done|Uncaught|crash-" fuzz/logs/$$t.log; \
+		test $$rc -eq 0 || { echo "$$t: a finding, see fuzz/logs/$$t.log and fuzz/crashes/"; exit 1; }; \
+	done

@@ -14,7 +14,7 @@ from pathlib import Path
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     path = Path(path)
     directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o755)  # never group-writable, whatever the umask
     tmp = directory / f".{path.name}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:

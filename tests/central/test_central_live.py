@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from licentia.central.client import CentralClient
 from licentia.central.db import Activation
 from licentia.central.service import BUSY, Central
 from licentia.model import ErrorCode, LicentiaError
+from licentia.protocol.tls import client_context, fingerprint
 
 
 def test_online_round_trip_over_a_socket(central: Central) -> None:
@@ -102,7 +104,7 @@ def test_vendor_and_user_story_through_the_command(tmp_path: Path) -> None:
 
     run("vendor", "init", "--firm-code", "6000010", "--name", "Example Firm", "--passphrase-file", str(passfile))
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"  # central serves HTTPS with its own certificate; commands pin it
     server = subprocess.Popen(
         [*exe, "--home", str(home), "central", "serve", "--port", str(port), "--passphrase-file", str(passfile)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -112,10 +114,11 @@ def test_vendor_and_user_story_through_the_command(tmp_path: Path) -> None:
             if server.poll() is not None:
                 raise AssertionError(server.stdout.read() if server.stdout else "central exited")
             try:
-                with CentralClient(url, timeout=2) as c:
+                pin = fingerprint(ssl.PEM_cert_to_DER_cert((home / "central" / "tls" / "central.crt").read_text()))
+                with CentralClient(url, timeout=2, verify=client_context(fingerprint=pin)) as c:
                     c.health()
                 break
-            except LicentiaError:
+            except (LicentiaError, OSError, ValueError):
                 time.sleep(0.05)
         token_file = home / "central" / "admin.token"
         assert token_file.stat().st_mode & 0o777 == 0o600

@@ -1,4 +1,6 @@
-"""`licentia central serve` in a subprocess on 127.0.0.1, for the runtime's sync and cloud tests.
+"""`licentia central serve` in a subprocess on 127.0.0.1, for the runtime's sync and cloud tests
+(plain HTTP, `--insecure-http`: these tests are about sync and cloud seats; central over TLS
+has its own tests in tests/central/test_central_tls.py).
 
 One firm keystore per test module (`vendor init` once); each `LiveCentral` is a central
 process with its own home and SQLite database, stopped (or killed) by the test.
@@ -77,7 +79,7 @@ class LiveCentral:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "serve.log", "ab")  # noqa: SIM115
         self.proc = self.procs.spawn(
-            [*EXE, "--home", str(self.home), "central", "serve", "--port", str(self.port), "--keystore",
+            [*EXE, "--home", str(self.home), "central", "serve", "--insecure-http", "--port", str(self.port), "--keystore",
              str(self.keystore.file), "--passphrase-file", str(self.keystore.passphrase_file)],
             env=_env(), stdout=log, stderr=log)
         log.close()

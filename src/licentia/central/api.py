@@ -23,17 +23,18 @@ from typing import Any
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from licentia.central.guard import MAX_BODY, BodyLimit, parse_json
 from licentia.central.service import Central, Issued
 from licentia.model import ErrorCode, LicentiaError
 
 log = logging.getLogger("licentia.central")
 
 RANK = {"read-only": 1, "operator": 2, "admin": 3}
-MAX_BODY = 2 * 1024 * 1024
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 401,
@@ -374,8 +375,9 @@ def _path_names(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
 
-def create_app(central: Central, *, clock: Callable[[], int] | None = None) -> Starlette:
-    """The ASGI application. `clock` gives central's time (seconds); tests pass their own."""
+def create_app(central: Central, *, clock: Callable[[], int] | None = None, max_body: int = MAX_BODY) -> Starlette:
+    """The ASGI application. `clock` gives central's time (seconds); tests pass their own.
+    A request body over `max_body` bytes is answered 413 before any handler reads it."""
     now_of = clock or (lambda: int(time.time()))
     eps = endpoints(central)
     doc = openapi(eps, f"licentia central — {central.firm.name} (firm {central.firm.firm_code})")
@@ -388,7 +390,7 @@ def create_app(central: Central, *, clock: Callable[[], int] | None = None) -> S
                     actor = await run_in_threadpool(_authorize, central, request, ep.role)
                 body: dict[str, Any] = {}
                 if ep.method in ("POST", "PATCH", "PUT"):
-                    body = await _json_body(request)
+                    body = await _json_body(request, max_body)
                 call = Call(body, dict(request.path_params), dict(request.query_params), actor, now_of(),
                             str(request.base_url).rstrip("/"))
                 result = await run_in_threadpool(ep.handler, call)
@@ -424,7 +426,8 @@ def create_app(central: Central, *, clock: Callable[[], int] | None = None) -> S
             status_code=405,
         )
 
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed},
+                    middleware=[Middleware(BodyLimit, max_body=max_body)])
     app.state.central = central
     return app
 
@@ -443,23 +446,15 @@ def _authorize(central: Central, request: Request, role: str) -> str:
     return f"token:{name}"
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"the request body is larger than {MAX_BODY} bytes")
-    raw = b""
+async def _json_body(request: Request, max_body: int) -> dict[str, Any]:
+    raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY:
-            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"the request body is larger than {MAX_BODY} bytes")
+        if len(raw) > max_body:  # BodyLimit answers first; this holds for an app used without it
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"the request body is larger than {max_body} bytes")
     if not raw.strip():
         return {}
-    import json
-
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise LicentiaError(ErrorCode.INVALID_PARAMETER, "the request body is not JSON") from None
+    body = parse_json(bytes(raw))
     if not isinstance(body, dict):
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, "the request body must be a JSON object")
     return body

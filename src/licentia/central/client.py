@@ -5,6 +5,7 @@ raised, with the same code."""
 from __future__ import annotations
 
 import base64
+import ssl
 from typing import Any
 
 import httpx
@@ -14,10 +15,13 @@ from licentia.protocol.rest import read_reply, unreachable
 
 class CentralClient:
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, verify: ssl.SSLContext | None = None) -> None:
+        """`verify`: the TLS context that trusts central (`protocol.rest.central_context`);
+        None trusts the system's CAs for https://."""
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport,
+                                 verify=verify if verify is not None else True)
 
     def close(self) -> None:
         self.http.close()
@@ -79,10 +83,10 @@ class CentralClient:
 class CloudClient:
     """What a runtime does with a cloud credential file: list items, take and keep seats."""
 
-    def __init__(self, credential: dict[str, Any], *, timeout: float = 30.0) -> None:
+    def __init__(self, credential: dict[str, Any], *, timeout: float = 30.0, verify: ssl.SSLContext | None = None) -> None:
         self.serial = str(credential["serial"])
         self._secret = str(credential["secret"])
-        self.client = CentralClient(str(credential["central"]), timeout=timeout)
+        self.client = CentralClient(str(credential["central"]), timeout=timeout, verify=verify)
 
     def close(self) -> None:
         self.client.close()

@@ -5,6 +5,9 @@
     licentia sync --central URL [--container SERIAL]
     licentia replace TICKET LOST_SERIAL --central URL [--same-device [--container SERIAL]]
 
+central is trusted by --central-pin, --central-ca, or the pin stored at the first connection
+(HOME/tls/pins/central_HOST_PORT.pin).
+
 Each opens the soft container, writes a request for the vendor's firm, sends it, applies the
 update central answers with (atomically, in the container), and sends the receipt back.
 If the receipt cannot be sent, nothing is lost: the container's next request tells central
@@ -20,7 +23,7 @@ from typing import Any
 
 from licentia.model import ErrorCode, LicentiaError
 
-DEFAULT_URL = "http://127.0.0.1:22360"
+DEFAULT_URL = "https://127.0.0.1:22360"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,7 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", default=argparse.SUPPRESS, help="licentia home holding the containers")
+    from licentia.cli.central import central_tls_args
+
     p.add_argument("--central", default=os.environ.get("LICENTIA_CENTRAL", DEFAULT_URL), help="central's URL")
+    central_tls_args(p)
     p.add_argument("--container", help="container serial (default: the only container of this home)")
 
 
@@ -77,13 +83,13 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def _round_trip(args: argparse.Namespace, send: Any) -> int:
-    from licentia.central.client import CentralClient
+    from licentia.cli.central import central_client
     from licentia.cli.common import now
     from licentia.core import updates
     from licentia.core.content import ContainerContent
 
     container, fp = _open(args)
-    with CentralClient(args.central) as central:
+    with central_client(args, args.central) as central:
         firm_code = int(central.health()["firm_code"])
         t = now()
         content = container.observe_clock(t)

@@ -1,6 +1,7 @@
 """`licentia central …`: run the vendor's back office, and operate it.
 
     licentia central serve [--db URL] [--host H] [--port P] [--keystore K] [--passphrase-file F]
+                           [--cert PEM --key PEM | --insecure-http] [--limit-concurrency N] …
     licentia central blacklist export -o FILE          (signed, from the database)
     licentia central product add CODE NAME [--template JSON] [--policy JSON]
     licentia central customer add --company C --site S --type single-user|multi-user [--host-name H --ip A]
@@ -10,9 +11,12 @@
     licentia central replacement list|approve|refuse
     licentia central api METHOD PATH [JSON]
 
-The central home is `<licentia home>/central`: its SQLite database and the first admin token
-(`admin.token`, mode 0600). Operator commands talk to a running central (--central URL,
-default http://127.0.0.1:22360) with a token (--token-file, default that admin.token).
+The central home is `<licentia home>/central`: its SQLite database, the first admin token
+(`admin.token`, mode 0600) and the certificate central makes at its first start
+(`tls/central.crt|key`). Central serves HTTPS unless --insecure-http (a TLS proxy in front).
+Operator commands talk to a running central (--central URL, default https://127.0.0.1:22360)
+with a token (--token-file, default that admin.token); they trust central by --central-pin,
+by --central-ca, or by the pin stored at the first connection (`<home>/tls/pins/`).
 """
 
 from __future__ import annotations
@@ -27,11 +31,28 @@ from typing import Any
 from licentia.cli.home import home_from
 from licentia.model import ErrorCode, LicentiaError
 
-DEFAULT_URL = "http://127.0.0.1:22360"
+DEFAULT_URL = "https://127.0.0.1:22360"
 
 
 def central_home(args: argparse.Namespace) -> Path:
     return home_from(args) / "central"
+
+
+def central_tls_args(p: argparse.ArgumentParser) -> None:
+    """--central-pin and --central-ca: how a command trusts central's certificate."""
+    p.add_argument("--central-pin", help="central's certificate pin (sha256:…, printed by `central serve`); "
+                   "default: the pin stored at the first connection")
+    p.add_argument("--central-ca", help="CA file that signed central's certificate (instead of a pin)")
+
+
+def central_client(args: argparse.Namespace, url: str, token: str | None = None) -> Any:
+    """A client of central at `url` that trusts it as the arguments say (see central_tls_args)."""
+    from licentia.central.client import CentralClient
+    from licentia.protocol.rest import central_context
+
+    verify = central_context(url, home_from(args) / "tls" / "pins",
+                             fingerprint=getattr(args, "central_pin", None), ca_file=getattr(args, "central_ca", None))
+    return CentralClient(url, token=token, verify=verify)
 
 
 def _home_arg(p: argparse.ArgumentParser) -> None:
@@ -47,6 +68,7 @@ def _keystore_args(p: argparse.ArgumentParser) -> None:
 def _client_args(p: argparse.ArgumentParser) -> None:
     _home_arg(p)
     p.add_argument("--central", default=os.environ.get("LICENTIA_CENTRAL", DEFAULT_URL), help="central's URL")
+    central_tls_args(p)
     p.add_argument("--token-file", help="API token file (default: HOME/central/admin.token)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
 
@@ -60,6 +82,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _keystore_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=22360)
+    serve.add_argument("--cert", metavar="PEM", help="the vendor's certificate (PEM; default: one central makes at its first start)")
+    serve.add_argument("--key", metavar="PEM", help="the private key of --cert (PEM)")
+    serve.add_argument("--insecure-http", action="store_true",
+                       help="serve plain HTTP (only behind a TLS proxy: tokens and tickets would cross in clear)")
+    from licentia.central.server import Limits
+
+    d = Limits()
+    serve.add_argument("--limit-concurrency", type=int, metavar="N", default=d.limit_concurrency,
+                       help=f"connections and requests at once; more are answered 503 (default {d.limit_concurrency})")
+    serve.add_argument("--timeout-keep-alive", type=int, metavar="SECONDS", default=d.timeout_keep_alive,
+                       help=f"seconds an idle keep-alive connection stays open (default {d.timeout_keep_alive})")
+    serve.add_argument("--max-header-bytes", type=int, metavar="BYTES", default=d.max_header_bytes,
+                       help=f"bytes of an incomplete request head; more close the connection (default {d.max_header_bytes})")
+    serve.add_argument("--max-body", type=int, metavar="BYTES", default=d.max_body,
+                       help=f"bytes of a request body; more are answered 413 (default {d.max_body})")
+    serve.add_argument("--backlog", type=int, metavar="N", default=d.backlog, help=f"listen backlog (default {d.backlog})")
     serve.set_defaults(handler=cmd_serve)
 
     bl = cs.add_parser("blacklist", help="the blacklist of lost and stolen containers")
@@ -195,12 +233,41 @@ def load_firm(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from licentia.central.server import serve
+    from licentia.central.server import Limits, serve, tls_files
 
     if not 0 < args.port < 65536:
         raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"port {args.port} is out of range")
-    serve(central_home(args), load_firm(args), db_url=args.db, host=args.host, port=args.port)
+    limits = Limits(args.limit_concurrency, args.timeout_keep_alive, args.max_header_bytes, args.max_body, args.backlog)
+    for name, value in vars(limits).items():
+        if value < 1:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"--{name.replace('_', '-')} must be at least 1")
+    home = central_home(args)
+    check_central_home(args, home)
+    if args.insecure_http:
+        if args.cert or args.key:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "--insecure-http serves no certificate; drop --cert/--key")
+        tls = None
+    else:
+        tls = tls_files(home, args.host, Path(args.cert) if args.cert else None, Path(args.key) if args.key else None)
+    serve(home, load_firm(args), db_url=args.db, host=args.host, port=args.port, tls=tls, limits=limits)
     return 0
+
+
+def check_central_home(args: argparse.Namespace, home: Path) -> None:
+    """Refuse a central home, key, keystore or token another user can change (licentia.homes)."""
+    from licentia.cli.vendor import keystore_path
+    from licentia.homes import check_all
+
+    checks = [(home.parent, "licentia home", False), (home, "central home", False),
+              (home / "tls", "central TLS directory", False), (home / "tls" / "central.key", "central TLS key", True),
+              (home / "admin.token", "admin token", True), (home / "central.db", "central database", False),
+              (keystore_path(args), "firm keystore", False)]
+    if args.key:
+        checks.append((Path(args.key), "TLS key (--key)", True))
+    passphrase = getattr(args, "passphrase_file", None) or os.environ.get("LICENTIA_PASSPHRASE_FILE")
+    if passphrase:
+        checks.append((Path(passphrase), "passphrase file", False))
+    check_all(checks)
 
 
 def cmd_blacklist_export(args: argparse.Namespace) -> int:
@@ -238,8 +305,6 @@ def _json_arg(text: str | None, what: str) -> Any:
 
 
 def client(args: argparse.Namespace) -> Any:
-    from licentia.central.client import CentralClient
-
     path = Path(args.token_file) if args.token_file else central_home(args) / "admin.token"
     try:
         token = path.read_text().strip()
@@ -247,7 +312,7 @@ def client(args: argparse.Namespace) -> Any:
         raise LicentiaError(
             ErrorCode.UNAUTHORIZED, f"no API token at {path}; give --token-file (central writes admin.token at first start)"
         ) from None
-    return CentralClient(args.central, token=token)
+    return central_client(args, args.central, token)
 
 
 def _show(args: argparse.Namespace, method: str, path: str, body: Any = None, *, force_json: bool = False) -> int:

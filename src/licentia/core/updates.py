@@ -378,10 +378,13 @@ def apply_update(
                     items[item_id] = replace(e, state=e.state.with_(checkpoint_at=max(now, issued_at)))
             changes.append("renewed checkpoint licenses")
         elif kind == "text":
-            text = str(op.get("text", ""))
+            text = op.get("text", "")
+            if not isinstance(text, str):
+                raise _invalid("update file", "its firm text is not text")
             changes.append("set the firm text")
-        else:
-            raise _invalid("update file", f"it holds an unknown operation {kind!r}")
+        else:  # named without repr: a value may nest 1,000 deep
+            named = repr(kind[:64]) if isinstance(kind, str) else f"of type {type(kind).__name__}"
+            raise _invalid("update file", f"it holds an unknown operation {named}")
 
     new_firm = FirmEntry(header.firm_code, header.firm_public_key, counter_to, text, items, retired)
     new_content = content.with_firm(new_firm).with_clock(content.clock.heal(issued_at, now).observe(now))

@@ -27,7 +27,8 @@ def product_code(value: int) -> int:
 
 def _uint32(value: int, what: str, *, allow_zero: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{what} must be an integer, got {value!r}")
+        got = repr(value)[:64] if isinstance(value, str | bytes | float | bool | None) else f"a {type(value).__name__}"
+        raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"{what} must be an integer, got {got}")
     if not (0 if allow_zero else 1) <= value <= UINT32_MAX:
         low = 0 if allow_zero else 1
         raise LicentiaError(
@@ -87,6 +88,10 @@ class ContainerSerial:
 
     @classmethod
     def parse(cls, text: str) -> ContainerSerial:
+        if not isinstance(text, str):  # decoded from a file or a request: anything may come
+            raise LicentiaError(
+                ErrorCode.INVALID_PARAMETER, f"a container serial must be text, not a {type(text).__name__}"
+            )
         m = _SERIAL_RE.match(text.strip())
         if not m:
             raise LicentiaError(

@@ -20,6 +20,11 @@ it raises nothing but `ProtocolError`:
   id when it could be read) and call `feed(b"")` to go on with the bytes after it.
 
 Messages decoded before the bad frame in the same call are on `error.messages`.
+
+Bodies are decoded with bounds, before anything validates them: a string of at most
+`MAX_STR` bytes, binary data of at most the frame limit, arrays of at most `MAX_ARRAY`
+items, maps of at most `MAX_MAP` entries, no extension types, and (msgpack's own stack)
+nesting of at most 1024 levels; a body beyond any of them is "not msgpack" (not fatal).
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ else:
 FRAME_VERSION = 1
 VERSION_BYTE = 0xB0 | FRAME_VERSION
 MAX_FRAME = 1 << 20  # default limit of the length field (version byte + body)
+MAX_STR = 1 << 16  # bytes of one string in a body
+MAX_ARRAY = 1 << 16  # items of one array
+MAX_MAP = 1 << 12  # entries of one map
 HEADER_SIZE = 5
 CONNECTION_ID = 0  # the id of error replies that concern the connection, not one request
 
@@ -51,6 +59,13 @@ _HEADER = struct.Struct(">IB")
 _LENGTH = struct.Struct(">I")
 _HEADER_unpack_from = _HEADER.unpack_from
 _unpackb = msgpack.unpackb
+
+
+def unpack_body(body: bytes | bytearray | memoryview, max_bin: int = MAX_FRAME) -> Any:
+    """A frame body decoded within the bounds above; raises msgpack's errors (ValueError and
+    its kin) for a body beyond them, as for one that is not msgpack."""
+    return _unpackb(body, max_str_len=MAX_STR, max_bin_len=max_bin, max_array_len=MAX_ARRAY,
+                    max_map_len=MAX_MAP, max_ext_len=0)
 
 
 class _Packers(threading.local):
@@ -127,7 +142,7 @@ class FrameDecoder:
                 length, version = _HEADER_unpack_from(data)
                 if length + 4 == end and version == VERSION_BYTE and length <= self.max_frame:
                     try:
-                        msg = _unpackb(data[5:])
+                        msg = unpack_body(data[5:], self.max_frame)
                     except Exception:
                         pass  # the slow path below says what is wrong
                     else:
@@ -171,7 +186,7 @@ class FrameDecoder:
                     messages=out,
                 )
             try:
-                msg = _unpackb(body)
+                msg = unpack_body(body, self.max_frame)
             except Exception as exc:  # msgpack raises several types; all mean "not msgpack"
                 self._keep(buf, pos, end)
                 raise ProtocolError(

@@ -197,8 +197,9 @@ def validate_request(msg: Mapping[str, Any]) -> str:
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "request id must be an integer of 1 or more")
     op = msg.get("op")
     spec = REQUESTS.get(op) if type(op) is str else None
-    if spec is None:
-        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"unknown operation {op!r}", request_id=rid)
+    if spec is None:  # name the op without repr of a client's value (it may nest 1,000 deep)
+        named = repr(op[:64]) if type(op) is str else f"of type {type(op).__name__}"
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"unknown operation {named}", request_id=rid)
     problem = _check_map(msg, spec, "")
     if problem:
         raise ProtocolError(ErrorCode.INVALID_PARAMETER, f"{op}: {problem}", request_id=rid)

@@ -32,6 +32,22 @@ from licentia.runtime.home import RuntimeHome
 __all__ = ["RuntimeConfig", "RuntimeHome", "serve"]
 
 
+def check_runtime_home(home: RuntimeHome, config: RuntimeConfig) -> None:
+    """Refuse to run on a home whose directories, keys or tokens another user can change
+    (docs/runtime.md, *Home*); the configuration file was checked when it was read."""
+    from licentia.homes import check_all
+
+    checks = [(home.path, "runtime home", False)]
+    checks += [(d, f"runtime directory {d.name}/", False) for d in (home.containers, home.state, home.logs, home.tls)]
+    checks += [(home.runtime_key, "runtime signing key", True), (home.admin_token_file, "admin token", True),
+               (home.client_id_file, "client id", False), (home.tls / "server.key", "TLS private key", True)]
+    if config.private_key:
+        checks.append((config.path(home.path, config.private_key), "TLS private key ([network] private_key)", True))
+    if config.token_pin_file:
+        checks.append((config.path(home.path, config.token_pin_file), "token PIN file", False))
+    check_all(checks)
+
+
 def serve(home: Path, config: RuntimeConfig, *, machine_root: Path = Path("/"), environ: Any = None,
           on_ready: Callable[[Any], None] | None = None) -> None:
     """Run a runtime in the foreground until SIGTERM or SIGINT."""
@@ -40,6 +56,8 @@ def serve(home: Path, config: RuntimeConfig, *, machine_root: Path = Path("/"), 
 
     native.check()  # before the import: a compiled module older than its source must not run
     from licentia.runtime.server import Runtime
+
+    check_runtime_home(RuntimeHome(home), config)
 
     fingerprint = collect_fingerprint(machine_root, environ=environ)
     runtime = Runtime(RuntimeHome(home), config, fingerprint=fingerprint, machine_root=machine_root)

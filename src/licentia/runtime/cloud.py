@@ -261,7 +261,7 @@ class RuntimeCloud:
     def _client(self, src: Source) -> CentralHTTP:
         assert src.credential is not None
         if src.http is None:
-            src.http = CentralHTTP(src.credential.central, self.rt.config.central_timeout)
+            src.http = CentralHTTP(src.credential.central, self.rt.config.central_timeout, self.rt.home.tls / "pins")
         return src.http
 
     async def _call(self, src: Source, path: str, **body: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from licentia.core.seats import DEFAULT_CLIENT_TIMEOUT, MIN_CLIENT_TIMEOUT
+from licentia.homes import check_all
 from licentia.model import ErrorCode, LicentiaError
 
 CONFIG_NAME = "runtime.toml"
@@ -374,8 +375,12 @@ def _convert(setting: Setting, value: Any, where: str) -> Any:
 
 
 def build(home: Path, overrides: Mapping[str, Any] | None = None, *, config_file: Path | None = None) -> RuntimeConfig:
-    """Defaults, then the file, then `overrides` (flags that were given)."""
-    values = load(config_file or home / CONFIG_NAME)
+    """Defaults, then the file, then `overrides` (flags that were given). A home or a
+    configuration file that another user can write is refused (`licentia.homes`)."""
+    path = config_file or home / CONFIG_NAME
+    check_all([(home, "runtime home", False), (path.parent, "directory of the runtime configuration", False),
+               (path, "runtime configuration", False)])
+    values = load(path)
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value

@@ -19,8 +19,6 @@ import socket
 import time
 from typing import Any, Protocol
 
-import msgpack
-
 from licentia.core.seats import Event, ItemKey, ProcessId
 from licentia.model import AccessMode, ErrorCode
 from licentia.protocol.frames import (
@@ -31,6 +29,7 @@ from licentia.protocol.frames import (
     ProtocolError,
     encode,
     error_reply,
+    unpack_body,
 )
 from licentia.runtime import procs
 from licentia.runtime.config import RuntimeConfig
@@ -41,7 +40,6 @@ from licentia.runtime.replies import FRAME_HEAD
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
 _FRAME_HEAD_unpack_from = FRAME_HEAD.unpack_from
-_unpackb = msgpack.unpackb
 _NO_LINE = LineTemplate("", "", "", "", False)  # a placeholder: never used while its key is None
 
 
@@ -129,7 +127,7 @@ class Connection:
             length, version = _FRAME_HEAD_unpack_from(data)
             if length + 4 == end and version == VERSION_BYTE and length <= decoder.max_frame:
                 try:
-                    one = _unpackb(data[5:])
+                    one = unpack_body(data[5:], decoder.max_frame)  # the decoder's own bounds
                 except Exception:
                     one = None  # the decoder below says what is wrong
                 if type(one) is dict and type(one.get("id")) is int and one.get("op") != "keepalive":

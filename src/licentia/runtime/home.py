@@ -86,7 +86,7 @@ class RuntimeHome:
 
     def ensure(self) -> None:
         for d in (self.path, self.containers, self.state, self.logs, self.tls):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True, mode=0o755)  # never group-writable, whatever the umask
         os.chmod(self.state, 0o700)
 
     def client_id(self) -> str:

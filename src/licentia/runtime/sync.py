@@ -31,11 +31,12 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from licentia.core.content import ContainerContent
 from licentia.model import ErrorCode, LicentiaError
-from licentia.protocol.rest import read_reply, unreachable
+from licentia.protocol.rest import central_context, read_reply, unreachable
 from licentia.runtime.licenses import Changes, _changed_items
 
 if TYPE_CHECKING:
@@ -49,14 +50,17 @@ MIN_GAP = 1.0  # never two round trips of one container closer than this
 
 class CentralHTTP:
     """Central's REST API over HTTP: JSON in, JSON out, refusals as the LicentiaError central
-    raised (same code). Blocking: the runtime calls it from worker threads."""
+    raised (same code). Blocking: the runtime calls it from worker threads. An https:// central
+    is trusted by the pin stored in `pins` at the first connection (shared with the
+    command line's `licentia activate` of the same home)."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, pins: Path) -> None:
         import httpx
 
         self.url = url.rstrip("/")
         self._httpx = httpx
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        verify = central_context(self.url, pins)
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify if verify is not None else True)
 
     def close(self) -> None:
         self.http.close()
@@ -175,7 +179,7 @@ class CentralSync:
     def http(self) -> CentralHTTP:
         if self._http is None:
             cfg = self.rt.config
-            self._http = CentralHTTP(cfg.central_url, cfg.central_timeout)
+            self._http = CentralHTTP(cfg.central_url, cfg.central_timeout, self.rt.home.tls / "pins")
         return self._http
 
     def _serials(self) -> list[str]:

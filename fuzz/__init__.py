@@ -1,0 +1,1 @@
+"""Fuzz targets of licentia's parsers (atheris; hypothesis in tests/fuzz/). See fuzz/README.md."""
