@@ -34,7 +34,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -52,13 +52,12 @@ from licentia.core.licenses import check_license_for, read_license
 from licentia.crypto import new_signing_key, signing_public_key
 from licentia.fsutil import atomic_write
 from licentia.model import (
-    ContainerKind,
     ContainerSerial,
-    ContainerStatus,
     ErrorCode,
     ItemState,
     LicentiaError,
 )
+from licentia.runtime.cloudsource import CloudHold, MemoryContainer, Source
 from licentia.runtime.licenses import Loaded, make_proof
 from licentia.runtime.sync import CentralHTTP
 from licentia.runtime.tokens import RuntimeContainers, release_seat, withdraw
@@ -74,63 +73,6 @@ HOLDS_FILE = "cloud-seats.json"
 TICK = 0.25  # seconds between looks at released seats and due heartbeats
 # Central's answers that end a cloud container here.
 ENDING = {ErrorCode.CREDENTIAL_INVALID: "credential refused", ErrorCode.LOCKED: "locked by the vendor"}
-
-
-class MemoryContainer:
-    """The cloud container's items as the runtime last heard them (central keeps the truth)."""
-
-    kind = ContainerKind.CLOUD
-
-    def __init__(self, content: ContainerContent) -> None:
-        self.content = content
-
-    def transact(self, change: Any) -> Any:
-        new, result = change(self.content)
-        self.content = new
-        return result
-
-    def read(self) -> ContainerContent:
-        return self.content
-
-    def status(self, content: ContainerContent) -> ContainerStatus:
-        return ContainerStatus.CLOCK_MANIPULATED if content.clock.manipulated else ContainerStatus.OK
-
-
-@dataclass
-class Source:
-    """One credential file and what came of it."""
-
-    path: Path
-    stamp: tuple[int, int] | None = None
-    credential: Credential | None = None
-    state: str = "starting"  # ok, unreachable, credential refused, locked by the vendor, invalid
-    detail: str = ""
-    code: int | None = None
-    key: bytes = b""
-    firm_key: bytes | None = None
-    firm_code: int | None = None
-    http: CentralHTTP | None = None
-    next_refresh: float = 0.0
-    refreshing: bool = False
-    served: bool = False
-    items: int = 0
-    licenses: dict[int, bytes] = field(default_factory=dict)  # item id -> license for this runtime's key
-    products: set[tuple[int, int]] = field(default_factory=set)  # (firm, product) it served last
-
-    @property
-    def serial(self) -> str | None:
-        return str(self.credential.serial) if self.credential is not None else None
-
-
-@dataclass
-class CloudHold:
-    handle: int  # the program's handle here
-    serial: str
-    central_handle: str
-    item_id: int
-    expires_at: int
-    next_beat: float = 0.0
-    beating: bool = False
 
 
 class RuntimeCloud:
