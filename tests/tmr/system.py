@@ -53,6 +53,10 @@ def make_ca(d: Path, name: str) -> tuple[Path, Path]:
     return ca, cert
 
 
+# the identity each named test client was issued (the twins share one key, so either accepts it)
+ISSUED: dict[str, dict[str, Any]] = {}
+
+
 @dataclass
 class FrontEndProc:
     procs: Procs
@@ -98,10 +102,16 @@ class FrontEndProc:
     def address(self) -> str:
         return f"127.0.0.1:{self.status['network_port']}"
 
-    def client(self, client_id: str) -> Client:
-        """A connection as a client runtime makes it: TLS with the front end's pin, then hello."""
+    def client(self, name: str) -> Client:
+        """A connection as a client runtime makes it: TLS with the front end's pin, then hello.
+        The first connection of `name` gets a server-issued identity; later ones, to either
+        twin, prove it (`resume`), as a client runtime does."""
         c = Client(self.address, ssl_context=client_context(fingerprint=self.status["certificate_pin"]), timeout=15)
-        c.hello({"kind": "runtime", "client_id": client_id, "host": "client-host", "station": {"host_id": "h-1"}})
+        hello: dict[str, Any] = {"kind": "runtime", "host": "client-host", "station": {"host_id": "h-1"}}
+        if name in ISSUED:
+            hello["resume"] = ISSUED[name]
+        reply = c.hello(hello)
+        ISSUED[name] = {"client_id": reply["client_id"], "secret": reply["secret"]}
         return c
 
     def available(self) -> bool:

@@ -75,6 +75,15 @@ class Upstream:
             self.last_error = None
             return c
 
+    def adopt_identity(self, other: str) -> bool:
+        """Use from now on the identity the server at `other` issued (a TMR twin of this
+        one): True when it differs from the one kept for this server."""
+        theirs = load_identity(self.home, other)
+        if theirs is None or theirs == load_identity(self.home, self.address):
+            return False
+        save_identity(self.home, self.address, theirs)
+        return True
+
     async def request(self, op: str, /, **fields: Any) -> Message:
         for attempt in (1, 2):
             c = await self.client()

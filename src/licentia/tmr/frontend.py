@@ -131,6 +131,9 @@ class FrontEnd:
         fe = self.fe
         fe.home.mkdir(parents=True, exist_ok=True)
         cert, key = self._server_files()
+        # the identities this front end issues are its twin's too: both derive them from one
+        # key kept in the seat store, so a client runtime proves its id to either
+        self.identities.use_key(await self.store.shared_key("identity"), {})
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: Connection(self, "network").protocol(), fe.address, fe.port,
                                           ssl=server_context(cert, key), backlog=1024, reuse_address=True,
@@ -261,10 +264,16 @@ class FrontEnd:
         timeout = self.fe.client_timeout
         await self.store.open_client(ident.client_id, timeout)
         conn.ident = ident
-        return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
-                "client_id": ident.client_id, "timeout": timeout, "keepalive": self.config.keepalive_for(timeout),
-                "location": "network", "station": list(ident.station), "session": ident.session.value,
-                "tmr": self.fe.serial}
+        reply: Message = {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
+                          "client_id": ident.client_id, "timeout": timeout,
+                          "keepalive": self.config.keepalive_for(timeout), "location": "network",
+                          "station": list(ident.station), "session": ident.session.value, "role": ident.role,
+                          "watch": "keepalive", "tmr": self.fe.serial}
+        if ident.secret is not None:  # proves the id to this front end and its twin later
+            reply["secret"] = ident.secret
+            reply["resumed"] = bool(isinstance(c.get("resume"), dict) and c["resume"].get("client_id")
+                                    == ident.client_id)
+        return reply
 
     def op_keepalive(self, conn: Connection, msg: Message) -> Awaitable[Message]:
         return self._keepalive(conn, msg)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -157,6 +158,30 @@ class SeatStore:
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    # -- what the front ends share -------------------------------------------
+
+    async def shared_key(self, name: str) -> bytes:
+        """A 32-byte secret every front end of this store reads alike (made by the first
+        that asks, in one transaction): the twins derive the identities they issue from
+        it, so a client proves to one the identity the other gave it."""
+        key = self._p + b"k/" + _enc(name)
+        fresh = os.urandom(32)
+
+        async def attempt(c: aetcd.Client) -> bytes:
+            t = c.transactions
+            ok, resp = await c.transaction(compare=[t.create(key) == 0], success=[t.put(key, fresh)],
+                                           failure=[t.get(key)])
+            if ok:
+                return fresh
+            if not resp or not resp[0]:
+                raise _Retry
+            value = bytes(resp[0][0][0])
+            if len(value) != 32:
+                raise LicentiaError(ErrorCode.INTERNAL, f"the TMR seat store's shared key {name!r} is damaged")
+            return value
+
+        return await self._run(attempt)
 
     # -- client runtimes (leases) ---------------------------------------------
 
