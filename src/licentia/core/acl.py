@@ -443,7 +443,7 @@ class AccessList:
     rules: tuple[Rule, ...] = ()
     defaults: Mapping[Scope, Action] = field(default_factory=dict)
     enabled: bool = True
-    _cache: dict[tuple[str, int, int], _Covering] = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict[ItemKey, _Covering] = field(default_factory=dict, repr=False, compare=False)
     _allot: dict[tuple[str, int, int, int], tuple[dict[str, int], int]] = field(default_factory=dict, repr=False,
                                                                               compare=False)
     _by_scope: dict[Scope, _Index] = field(default_factory=dict, repr=False, compare=False)
@@ -471,8 +471,7 @@ class AccessList:
                                 "see the rules with `licentia acl list`") from None
 
     def covering(self, key: ItemKey) -> _Covering:
-        ck = (key.container, key.firm_code, key.product_code)
-        found = self._cache.get(ck)
+        found = self._cache.get(key)
         if found is None:
             candidates = (Scope(Level.PRODUCT, firm=key.firm_code, product=key.product_code),
                           Scope(Level.FIRM, firm=key.firm_code),
@@ -480,7 +479,7 @@ class AccessList:
             found = _Covering(tuple(self._by_scope[s] for s in candidates if s in self._by_scope))
             if len(self._cache) > 65536:
                 self._cache.clear()
-            self._cache[ck] = found
+            self._cache[key] = found
         return found
 
     def scopes_for(self, key: ItemKey) -> tuple[_Index, ...]:
