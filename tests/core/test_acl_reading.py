@@ -172,7 +172,7 @@ class Draft:
     scope: str
     action: Action
     match: Match
-    values: tuple[str, ...]
+    picks: tuple[int, ...]  # indexes into VALUES[match]
     reserve: int
     limit: int | None
     expires: float | None
@@ -183,7 +183,7 @@ drafts = st.builds(
     st.sampled_from(SCOPES),
     st.sampled_from([Action.ALLOW, Action.ALLOW, Action.DENY]),
     st.sampled_from(list(Match)),
-    st.lists(st.integers(0, 5), min_size=1, max_size=2).map(tuple),  # indexes into VALUES, mapped below
+    st.lists(st.integers(0, 5), min_size=1, max_size=2).map(tuple),
     st.integers(0, 3),
     st.none() | st.integers(0, 3),
     st.none() | st.sampled_from(TIMES),
@@ -194,7 +194,7 @@ def build(ds: list[Draft], defaults: dict[str, Action], enabled: bool) -> Access
     rules = []
     for i, d in enumerate(ds):
         values = () if d.match is Match.ANYONE else tuple(
-            dict.fromkeys(VALUES[d.match][j % len(VALUES[d.match])] for j in d.values))
+            dict.fromkeys(VALUES[d.match][j % len(VALUES[d.match])] for j in d.picks))
         allow = d.action is Action.ALLOW
         limit = d.reserve + d.limit if allow and d.limit is not None else None
         rules.append(Rule(f"r{i}", Scope.parse(d.scope), d.action, d.match, values, d.reserve if allow else 0,

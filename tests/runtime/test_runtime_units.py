@@ -8,8 +8,8 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
