@@ -611,7 +611,7 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
                     f"{named}; {_who(who)} matches none of these rules")
 
 
-_MAX_SETTLED = 16384  # settled answers kept per item (then forgotten and worked out again)
+_MAX_SETTLED = 4096  # settled answers kept per item (then all forgotten and worked out again)
 
 
 class _Settled(NamedTuple):
