@@ -27,14 +27,22 @@ of every matching rule that has one. So with 10 seats, 3 reserved for group supp
 development: a fourth support user takes a free seat; when the 3 free seats are gone, only
 the reserved ones remain, each for its own group.
 
-Cost: `decide` is O(groups of the client + distinct subnet prefix lengths + matching rules)
-per covering scope, independent of the number of rules (rules are indexed when the list is
-built).
+Cost: the rules are indexed by scope and by what they match when the list is built, so
+reading them for a client is O(groups of the client + distinct subnet prefix lengths +
+matching rules) per covering scope, independent of the number of rules. That reading
+(`_settle`: which rule decides, the maxima that count, the reservations) does not depend on
+the seats held, so `decide` keeps it per item and client (its identity, groups included)
+until the list is replaced or a rule of the covering scopes starts or stops applying; an
+access then costs a look-up and a comparison of the seats held with the maxima and
+reservations. tests/core/test_acl_reading.py checks `decide` against a plain reading of
+the rules.
 """
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -338,13 +346,21 @@ class _Index:
         return matched, unknown
 
 
-class _Covering(NamedTuple):
-    """The scopes that cover one item, most specific first, and what they hold."""
+class _Covering:
+    """The scopes that cover one item, most specific first, what they hold, and the
+    settled answers for the clients that asked for it (`_Settled`, by quantity and
+    identity)."""
 
-    scopes: tuple[_Index, ...]
-    reserving: tuple[Rule, ...]
-    has_groups: bool
-    expiring: bool
+    __slots__ = ("expires", "expiring", "has_groups", "reserving", "scopes", "settled")
+
+    def __init__(self, scopes: tuple[_Index, ...]) -> None:
+        self.scopes = scopes
+        self.reserving = tuple(r for ix in scopes for r in ix.reserving)
+        self.has_groups = any(ix.has_groups for ix in scopes)
+        self.expiring = any(ix.expiring for ix in scopes)
+        # the times at which a rule of these scopes stops applying, in order
+        self.expires = sorted({r.expires for ix in scopes for r in ix.rules if r.expires is not None})
+        self.settled: dict[tuple[int | None, Identity], _Settled] = {}
 
 
 def _live(rule: Rule, now: float) -> bool:
@@ -427,7 +443,7 @@ class AccessList:
     rules: tuple[Rule, ...] = ()
     defaults: Mapping[Scope, Action] = field(default_factory=dict)
     enabled: bool = True
-    _cache: dict[tuple[str, int, int], _Covering] = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict[ItemKey, _Covering] = field(default_factory=dict, repr=False, compare=False)
     _allot: dict[tuple[str, int, int, int], tuple[dict[str, int], int]] = field(default_factory=dict, repr=False,
                                                                               compare=False)
     _by_scope: dict[Scope, _Index] = field(default_factory=dict, repr=False, compare=False)
@@ -455,18 +471,15 @@ class AccessList:
                                 "see the rules with `licentia acl list`") from None
 
     def covering(self, key: ItemKey) -> _Covering:
-        ck = (key.container, key.firm_code, key.product_code)
-        found = self._cache.get(ck)
+        found = self._cache.get(key)
         if found is None:
             candidates = (Scope(Level.PRODUCT, firm=key.firm_code, product=key.product_code),
                           Scope(Level.FIRM, firm=key.firm_code),
                           Scope(Level.CONTAINER, container=key.container), SERVER)
-            scopes = tuple(self._by_scope[s] for s in candidates if s in self._by_scope)
-            found = _Covering(scopes, tuple(r for ix in scopes for r in ix.reserving),
-                              any(ix.has_groups for ix in scopes), any(ix.expiring for ix in scopes))
+            found = _Covering(tuple(self._by_scope[s] for s in candidates if s in self._by_scope))
             if len(self._cache) > 65536:
                 self._cache.clear()
-            self._cache[ck] = found
+            self._cache[key] = found
         return found
 
     def scopes_for(self, key: ItemKey) -> tuple[_Index, ...]:
@@ -543,17 +556,95 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
            now: float) -> Decision:
     """May `who` take a new seat of `key` (of `quantity` seats; None: unlimited), with
     `held` the item's seats held now? Call it only when the access takes a new seat (not
-    for a second handle sharing a station's seat, nor for mode none)."""
+    for a second handle sharing a station's seat, nor for mode none).
+
+    What the rules say about this client and item (`_settle`) is worked out once and kept
+    until the list, the client's identity (its groups included) or the set of live rules
+    changes; what is left per access is comparing the seats held with the maxima and
+    reservations."""
     if quantity is not None and held.total >= quantity:
         return _refused(ErrorCode.NO_MORE_LICENSES, Refusal.NO_SEATS, None,
                         f"all {quantity} seat{_s(quantity)} of {_item(key)} are in use")
     if not acl.enabled:
         return GRANT_FREE
     cover = acl.covering(key)
-    scopes = cover.scopes
-    if not scopes:
+    if not cover.scopes:
         return GRANT_FREE
+    memo = cover.settled
+    sk = (quantity, who)
+    st = memo.get(sk)
+    if st is None or not st.since <= now < st.until:
+        st = _settle(acl, cover, key, who, quantity, now)
+        if len(memo) >= _MAX_SETTLED:
+            memo.clear()
+        memo[sk] = st
+    if st.refusal is not None:
+        return st.refusal
+    if st.limited:
+        by_limit = held.by_limit
+        for name, limit, at_limit in st.limited:
+            if by_limit.get(name, 0) >= limit:
+                return at_limit
+    reserve = st.reserve
+    if reserve is None:
+        return st.grant
+    by_charge = held.by_charge
+    for name, reserved, grant in st.reserved:
+        if by_charge.get(name, 0) < reserved:
+            return grant
+    free_used = 0
+    for pool, count in by_charge.items():
+        if pool is None:
+            free_used += count
+        else:
+            over = count - reserve.get(pool, 0)
+            if over > 0:
+                free_used += over
+    if free_used < st.room:
+        return st.grant
+    assert quantity is not None
+    left = quantity - held.total
+    owners = [acl.rule(n) for n, k in reserve.items() if k > by_charge.get(n, 0)]
+    named = "; ".join(f"{reserve[r.name] - by_charge.get(r.name, 0)} for {r.describe()}" for r in owners)
+    return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.RESERVED, owners[0].name if owners else None,
+                    f"the {left} seat{_s(left)} of {_item(key)} still free {'are' if left != 1 else 'is'} reserved: "
+                    f"{named}; {_who(who)} matches none of these rules")
+
+
+_MAX_SETTLED = 4096  # settled answers kept per item (then all forgotten and worked out again)
+
+
+class _Settled(NamedTuple):
+    """What the rules say about one client and one item whatever the seats held, valid
+    while `since <= now < until` (no rule starts or stops applying in between)."""
+
+    since: float
+    until: float
+    refusal: Decision | None  # the list refuses the client (a deny, the default, the directory)
+    limited: tuple[tuple[str, int, Decision], ...]  # (rule, its maximum, the refusal at it)
+    reserve: dict[str, int] | None  # seats reserved per rule (None: no live reservation, or unlimited)
+    room: int  # the free seats
+    reserved: tuple[tuple[str, int, Decision], ...]  # (matching rule, seats it reserves, a grant charged to it)
+    grant: Decision  # a grant from the free seats (or of an unlimited item)
+
+
+def _settle(acl: AccessList, cover: _Covering, key: ItemKey, who: Identity, quantity: int | None,
+            now: float) -> _Settled:
+    """The reading of the rules for `who` and `key` at `now` that does not depend on the
+    seats held (see `decide`)."""
+    since, until = -math.inf, math.inf
+    if cover.expires:
+        i = bisect.bisect_right(cover.expires, now)
+        if i:
+            since = cover.expires[i - 1]
+        if i < len(cover.expires):
+            until = cover.expires[i]
+    scopes = cover.scopes
     probe = _probe(who)
+
+    def refused(why: Refusal, rule: str | None, message: str) -> _Settled:
+        return _Settled(since, until, _refused(ErrorCode.ACCESS_LIST_DENIED, why, rule, message), (), None, 0, (),
+                        GRANT_FREE)
 
     # 1. allowed? the most specific scope with a matching rule decides; deny wins there
     deciding: Rule | None = None
@@ -561,20 +652,18 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
     all_matching: list[Rule] = []
     for ix in scopes:
         rules, unknown = ix.matching(probe, now)
-        if rules:
-            all_matching.extend(r for r in rules if r.action is Action.ALLOW)
+        all_matching.extend(r for r in rules if r.action is Action.ALLOW)
         if deciding is not None:
             continue
-        denies = [r for r in rules if r.action is Action.DENY] if rules else rules
+        denies = [r for r in rules if r.action is Action.DENY]
         if denies:
             r = denies[0]
-            return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.DENIED, r.name,
-                            f"{r.describe()} refuses {_who(who)} access to {_item(key)}")
+            return refused(Refusal.DENIED, r.name, f"{r.describe()} refuses {_who(who)} access to {_item(key)}")
         if unknown:
             r = unknown[0]
-            return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.DIRECTORY, r.name,
-                            f"{r.describe()} may refuse {_who(who)} access to {_item(key)} and the directory "
-                            f"could not be asked for the user's groups; try again when it answers")
+            return refused(Refusal.DIRECTORY, r.name,
+                           f"{r.describe()} may refuse {_who(who)} access to {_item(key)} and the directory "
+                           f"could not be asked for the user's groups; try again when it answers")
         if rules:
             deciding = rules[0]
             allowed_by = rules
@@ -582,44 +671,33 @@ def decide(acl: AccessList, key: ItemKey, who: Identity, quantity: int | None, h
         default = next((ix.default for ix in scopes if ix.default is not None), Action.ALLOW)
         if default is Action.DENY:
             where = next(ix.scope for ix in scopes if ix.default is not None)
-            return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.DENIED, "default",
-                            f"no rule at {', '.join(str(ix.scope) for ix in scopes)} allows {_who(who)}, and "
-                            f"the default action at {where} is deny (access to {_item(key)})")
+            return refused(Refusal.DENIED, "default",
+                           f"no rule at {', '.join(str(ix.scope) for ix in scopes)} allows {_who(who)}, and "
+                           f"the default action at {where} is deny (access to {_item(key)})")
+    decided_by = deciding.name if deciding is not None else None
 
     # 2. maxima of every matching allowing rule, at every covering scope
-    limited = [r for r in all_matching if r.limit is not None] if all_matching else all_matching
-    counted = tuple(dict.fromkeys([r.name for r in limited])) if limited else ()
-    for r in limited:
-        assert r.limit is not None
-        if held.by_limit.get(r.name, 0) >= r.limit:
-            return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.LIMIT, r.name,
-                            f"{r.describe()}: all {r.limit} seat{_s(r.limit)} it allows are held; "
-                            f"{_who(who)} cannot take another seat of {_item(key)}")
+    matching = list(dict.fromkeys(all_matching))
+    limited = [r for r in matching if r.limit is not None]
+    counted = tuple(r.name for r in limited)
+    at_limit = tuple(
+        (r.name, r.limit, _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.LIMIT, r.name,
+                                   f"{r.describe()}: all {r.limit} seat{_s(r.limit)} it allows are held; "
+                                   f"{_who(who)} cannot take another seat of {_item(key)}"))
+        for r in limited if r.limit is not None)
 
     # 3. seats: a reserved seat of a matching rule, else a free seat
     if quantity is None:
         charge = next((r.name for r in allowed_by if r.counts), None)
-        return Decision(True, charge, counted, deciding.name if deciding else None)
-    if not cover.reserving and not held.by_charge.keys() - {None} and not all_matching:
-        return Decision(True, None, counted, deciding.name if deciding else None)
-    reserve, free_capacity = acl.allotment(key, quantity, now)
-    free_used = held.by_charge.get(None, 0)
-    for pool, count in held.by_charge.items():
-        if pool is not None:
-            free_used += max(0, count - reserve.get(pool, 0))
-    matching_counts = [r for r in dict.fromkeys(all_matching) if r.counts]
-    for r in matching_counts:
-        if held.by_charge.get(r.name, 0) < reserve.get(r.name, 0):
-            return Decision(True, r.name, counted, deciding.name if deciding else None)
-    if free_used < free_capacity:
-        charge = matching_counts[0].name if matching_counts else None
-        return Decision(True, charge, counted, deciding.name if deciding else None)
-    left = quantity - held.total
-    owners = [acl.rule(n) for n, k in reserve.items() if k > held.by_charge.get(n, 0)]
-    named = "; ".join(f"{reserve[r.name] - held.by_charge.get(r.name, 0)} for {r.describe()}" for r in owners)
-    return _refused(ErrorCode.ACCESS_LIST_DENIED, Refusal.RESERVED, owners[0].name if owners else None,
-                    f"the {left} seat{_s(left)} of {_item(key)} still free {'are' if left != 1 else 'is'} reserved: "
-                    f"{named}; {_who(who)} matches none of these rules")
+        return _Settled(since, until, None, at_limit, None, 0, (), Decision(True, charge, counted, decided_by))
+    counts = [r for r in matching if r.counts]
+    grant = Decision(True, counts[0].name if counts else None, counted, decided_by)
+    if not acl.reserved(key, now):
+        return _Settled(since, until, None, at_limit, None, quantity, (), grant)
+    reserve, room = acl.allotment(key, quantity, now)
+    reserved = tuple((r.name, reserve[r.name], Decision(True, r.name, counted, decided_by))
+                     for r in counts if reserve.get(r.name, 0) > 0)
+    return _Settled(since, until, None, at_limit, reserve, room, reserved, grant)
 
 
 def _refused(code: ErrorCode, why: Refusal, rule: str | None, message: str) -> Decision:

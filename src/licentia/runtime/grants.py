@@ -160,7 +160,7 @@ class LocalGrants:
         if extra is None:
             log.record_in(conn.log_template(log, ev, True), ev)
         else:
-            log.record(ev, extra)
+            log.record_in(log.template(ev, extra), ev)
         rt.events.remember(ev)
         if ident.pid is not None and ident.holder.process is None:
             rt.events.net_pids[grant.handle] = ident.pid
@@ -258,7 +258,7 @@ class LocalGrants:
                 continue
             ev = grant.events[0]
             extra = gate.granted(grant, decision) if gate is not None else None
-            log.record(ev, extra)
+            log.record_in(log.template(ev, extra), ev)
             rt.events.remember(ev)
             if ident.pid is not None and ident.holder.process is None:
                 rt.events.net_pids[grant.handle] = ident.pid

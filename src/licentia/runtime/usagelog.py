@@ -32,7 +32,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -86,19 +86,20 @@ class _Formatter:
         self._ms = -1  # the last millisecond written, and its text (consecutive lines share it)
         self._at = ""
 
-    def template(self, ev: Event) -> LineTemplate:
+    def template(self, ev: Event, extra: Mapping[str, Any] | None = None) -> LineTemplate:
         holder = ev.holder
         known = self._holders.get(holder)
         if known is None:
             if len(self._holders) > 4096:
                 self._holders.clear()
             known = self._holders[holder] = {}
-        tk = (ev.key, ev.station, ev.kind, ev.mode, ev.reason, ev.code, ev.handle is None)
+        tk = (ev.key, ev.station, ev.kind, ev.mode, ev.reason, ev.code, ev.handle is None,
+              tuple(extra.items()) if extra else None)
         t = known.get(tk)
         if t is None:
             if len(known) > 256:
                 known.clear()
-            t = known[tk] = _template(ev)
+            t = known[tk] = _template(ev, extra)
         return t
 
     def at_text(self, at: float) -> str:
@@ -121,7 +122,7 @@ class _Formatter:
         return self.text(self.template(ev), ev, seq, prev).encode()
 
 
-def _template(ev: Event) -> LineTemplate:
+def _template(ev: Event, extra: Mapping[str, Any] | None = None) -> LineTemplate:
     key, h = ev.key, ev.holder
     fixed = (f',"container":{_json_str(key.container)},"firm":{int(key.firm_code)},'
              f'"product":{int(key.product_code)},"item":{int(key.item_id)},"mode":{_json_str(ev.mode.value)},'
@@ -136,6 +137,8 @@ def _template(ev: Event) -> LineTemplate:
         tail += f',"reason":{_json_str(ev.reason.value)}'
     if ev.code is not None:
         tail += f',"code":{int(ev.code)}'
+    for name, value in (extra or {}).items():  # what `event_fields` adds at the end
+        tail += f',{_json_str(name)}:{_encode(value)}'
     before_at = ',"event":' + _json_str(ev.kind.value) + ',"at":'
     if ev.handle is not None:
         return LineTemplate(before_at, fixed + ',"handle":', ',"used":', tail + ',"prev":"', True)
@@ -208,10 +211,12 @@ class UsageLog:
         if (n == 1 or n == self.batch) and self.on_pending is not None:
             self.on_pending(n >= self.batch)
 
-    def template(self, event: Event) -> LineTemplate:
+    def template(self, event: Event, extra: Mapping[str, Any] | None = None) -> LineTemplate:
         """The template of `event`'s line, for `record_in`: a caller that logs many
-        events alike (one connection's grants and releases) keeps it and saves the lookup."""
-        return self._format.template(event)
+        events alike (one connection's grants and releases) keeps it and saves the lookup.
+        `extra`: fields added at the end, as `record(event, extra)` adds them (values that
+        repeat, such as the rule a seat is charged to: the template is kept per value)."""
+        return self._format.template(event, extra)
 
     def record_in(self, template: LineTemplate, event: Event) -> None:
         """`record(event)` with its line's template (from `template` for an event that
