@@ -26,7 +26,7 @@ from typing import Any
 
 from licentia.core import blacklist as bl, updates
 from licentia.core.content import ContainerContent
-from licentia.core.licenses import load_content
+from licentia.core.stored import load_content
 from licentia.crypto import new_box_key, new_signing_key, seal_to, signing_public_key
 from licentia.crypto.artifacts import sign_artifact, sign_artifact_with
 from licentia.model import ContainerSerial, LicentiaError, envelope as env
