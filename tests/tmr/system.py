@@ -98,10 +98,18 @@ class FrontEndProc:
     def address(self) -> str:
         return f"127.0.0.1:{self.status['network_port']}"
 
-    def client(self, client_id: str) -> Client:
-        """A connection as a client runtime makes it: TLS with the front end's pin, then hello."""
+    def client(self, client_id: str, identity: dict[str, Any] | None = None) -> Client:
+        """A connection as a client runtime makes it: TLS with the front end's pin, then hello.
+        With `identity`, it proves the identity an earlier hello issued (a dict this call
+        fills with the issued `client_id` and `secret` when it is empty)."""
         c = Client(self.address, ssl_context=client_context(fingerprint=self.status["certificate_pin"]), timeout=15)
-        c.hello({"kind": "runtime", "client_id": client_id, "host": "client-host", "station": {"host_id": "h-1"}})
+        hello: dict[str, Any] = {"kind": "runtime", "client_id": client_id, "host": "client-host",
+                                 "station": {"host_id": "h-1"}}
+        if identity:
+            hello["resume"] = dict(identity)
+        reply = c.hello(hello)
+        if identity is not None:
+            identity.update(client_id=reply["client_id"], secret=reply["secret"])
         return c
 
     def available(self) -> bool:

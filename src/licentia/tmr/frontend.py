@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -136,6 +137,11 @@ class FrontEnd:
                                           ssl=server_context(cert, key), backlog=1024, reuse_address=True,
                                           ssl_handshake_timeout=10.0)
         self._servers.append(server)
+        try:  # identities shared with the twin front end (and this one restarted): kept in etcd
+            self.identities.use_key(await self.store.identity_key(), {})
+        except LicentiaError as exc:
+            print(f"tmr: no shared identity key from etcd ({exc}): clients moving here get new ids",
+                  file=sys.stderr, flush=True)
         sockets: Any = getattr(server, "sockets")  # noqa: B009
         self.ports = {"network_port": int(sockets[0].getsockname()[1]), "network_address": fe.address,
                       "certificate_pin": certificate_pin(cert)}
@@ -264,7 +270,7 @@ class FrontEnd:
         return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
                 "client_id": ident.client_id, "timeout": timeout, "keepalive": self.config.keepalive_for(timeout),
                 "location": "network", "station": list(ident.station), "session": ident.session.value,
-                "tmr": self.fe.serial}
+                "tmr": self.fe.serial, **({"secret": ident.secret} if ident.secret is not None else {})}
 
     def op_keepalive(self, conn: Connection, msg: Message) -> Awaitable[Message]:
         return self._keepalive(conn, msg)

@@ -187,6 +187,26 @@ class SeatStore:
         self._leases[client_id] = lease_id
         return lease_id
 
+    async def identity_key(self) -> bytes:
+        """The key the front ends derive client identities from, made once and kept in
+        etcd: an identity one front end issued is proved to its twin, and to itself after
+        a restart, so a client runtime that moves keeps its id, its lease and its seats."""
+        key = self._p + b"identity-key"
+        fresh = secrets.token_bytes(32)
+
+        async def attempt(c: aetcd.Client) -> bytes:
+            t = c.transactions
+            ok, resp = await c.transaction(
+                compare=[t.create(key) == 0], success=[t.put(key, fresh)], failure=[t.get(key)]
+            )
+            if ok:
+                return fresh
+            if not resp or not resp[0]:
+                raise _Retry
+            return bytes(resp[0][0][0])
+
+        return await self._run(attempt)
+
     async def keep_alive(self, client_id: str) -> bool:
         """Refresh `client_id`'s lease (call on each of its keep-alives). False when the
         client has no lease any more: its seats are gone and it must access again."""
