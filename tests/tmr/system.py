@@ -109,7 +109,7 @@ class FrontEndProc:
             hello["resume"] = dict(identity)
         reply = c.hello(hello)
         if identity is not None:
-            identity.update(client_id=reply["client_id"], secret=reply["secret"])
+            identity.update(client_id=reply["client_id"], secret=reply.get("secret"))
         return c
 
     def available(self) -> bool:
