@@ -97,7 +97,8 @@ def test_upstream_serves_front_ends_only_and_front_end_shows_the_virtual_contain
 def test_one_dead_upstream_is_not_seen_two_take_the_item_away_one_back_returns_it(system: System) -> None:
     s = system
     fe = s.front_ends[0]
-    c = fe.client("client-runtime-a")
+    identity: dict[str, Any] = {}
+    c = fe.client("client-runtime-a", identity)
     held = access(c, 1)["handle"]
 
     kill_upstream(s, 0)  # runtime and etcd member
@@ -123,14 +124,14 @@ def test_one_dead_upstream_is_not_seen_two_take_the_item_away_one_back_returns_i
     s.etcd.restart(1)  # one back: the item returns, with the seats and units etcd kept
     s.upstreams[1].start()
     wait_for("the item to return", fe.available)
-    c2 = wait_for("a client to attach again", lambda: _attach(fe, "client-runtime-a"))
+    c2 = wait_for("a client to attach again", lambda: _attach(fe, "client-runtime-a", identity))
     assert c2.request("check", handle=held)["units"] == UNITS - 6
     assert access(c2, 5)["handle"]
 
 
-def _attach(fe: FrontEndProc, client_id: str) -> Client | None:
+def _attach(fe: FrontEndProc, client_id: str, identity: dict[str, Any] | None = None) -> Client | None:
     try:
-        return fe.client(client_id)
+        return fe.client(client_id, identity)
     except LicentiaError:
         return None
 
