@@ -53,10 +53,6 @@ def make_ca(d: Path, name: str) -> tuple[Path, Path]:
     return ca, cert
 
 
-# the identity each named test client was issued (the twins share one key, so either accepts it)
-ISSUED: dict[str, dict[str, Any]] = {}
-
-
 @dataclass
 class FrontEndProc:
     procs: Procs
@@ -102,16 +98,18 @@ class FrontEndProc:
     def address(self) -> str:
         return f"127.0.0.1:{self.status['network_port']}"
 
-    def client(self, name: str) -> Client:
+    def client(self, client_id: str, identity: dict[str, Any] | None = None) -> Client:
         """A connection as a client runtime makes it: TLS with the front end's pin, then hello.
-        The first connection of `name` gets a server-issued identity; later ones, to either
-        twin, prove it (`resume`), as a client runtime does."""
+        With `identity`, it proves the identity an earlier hello issued (a dict this call
+        fills with the issued `client_id` and `secret` when it is empty)."""
         c = Client(self.address, ssl_context=client_context(fingerprint=self.status["certificate_pin"]), timeout=15)
-        hello: dict[str, Any] = {"kind": "runtime", "host": "client-host", "station": {"host_id": "h-1"}}
-        if name in ISSUED:
-            hello["resume"] = ISSUED[name]
+        hello: dict[str, Any] = {"kind": "runtime", "client_id": client_id, "host": "client-host",
+                                 "station": {"host_id": "h-1"}}
+        if identity:
+            hello["resume"] = dict(identity)
         reply = c.hello(hello)
-        ISSUED[name] = {"client_id": reply["client_id"], "secret": reply["secret"]}
+        if identity is not None:
+            identity.update(client_id=reply["client_id"], secret=reply.get("secret"))
         return c
 
     def available(self) -> bool:

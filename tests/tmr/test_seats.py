@@ -277,3 +277,21 @@ def test_random_concurrent_work_from_two_front_ends_keeps_the_count(etcd_cluster
             assert await a.used(KEY) == 0
 
     run(main())
+
+
+def test_the_front_ends_share_one_identity_key_made_once(etcd_cluster: EtcdCluster) -> None:
+    """Two front ends (and one restarted) read the same key: an identity one issued, the
+    other proves; another store prefix (another TMR system) has a key of its own."""
+
+    async def main() -> None:
+        p = prefix()
+        async with SeatStore(etcd_cluster.endpoints, prefix=p) as a, \
+                SeatStore(list(reversed(etcd_cluster.endpoints)), prefix=p) as b:
+            keys = await asyncio.gather(a.identity_key(), b.identity_key(), a.identity_key())
+        assert len(set(keys)) == 1 and len(keys[0]) == 32
+        async with SeatStore(etcd_cluster.endpoints, prefix=p) as restarted:
+            assert await restarted.identity_key() == keys[0]
+        async with SeatStore(etcd_cluster.endpoints, prefix=prefix()) as other:
+            assert await other.identity_key() != keys[0]
+
+    run(main())

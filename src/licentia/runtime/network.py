@@ -15,7 +15,7 @@ from licentia.protocol.frames import Message
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.events import LICENSE_GONE, SERVER_LOST, Events
 from licentia.runtime.home import RuntimeHome
-from licentia.runtime.ident import Ident
+from licentia.runtime.ident import Ident, load_identity
 from licentia.runtime.searchlist import Discovered, read_list
 from licentia.runtime.upstream import Upstream, unreachable
 from licentia.runtime.usagelog import UsageLog
@@ -297,10 +297,9 @@ class NetworkClient:
                 await twin.client()
                 if twin.tmr != virtual:
                     continue
-                # the twins issue identities from one shared key: prove to this one the id
-                # the lost front end gave (the seat is held under it)
-                if twin.adopt_identity(hold.server):
-                    await twin.close()
+                mine = load_identity(self.rt.home, hold.server)
+                if mine is not None and load_identity(self.rt.home, address) != mine:
+                    await twin.adopt_identity(mine)  # the twins share identities: ours holds the seat
                     await twin.client()
                 reply = await twin.request("keepalive", handles=[hold.remote_handle])
             except LicentiaError:

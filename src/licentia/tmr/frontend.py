@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -131,14 +132,16 @@ class FrontEnd:
         fe = self.fe
         fe.home.mkdir(parents=True, exist_ok=True)
         cert, key = self._server_files()
-        # the identities this front end issues are its twin's too: both derive them from one
-        # key kept in the seat store, so a client runtime proves its id to either
-        self.identities.use_key(await self.store.shared_key("identity"), {})
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: Connection(self, "network").protocol(), fe.address, fe.port,
                                           ssl=server_context(cert, key), backlog=1024, reuse_address=True,
                                           ssl_handshake_timeout=10.0)
         self._servers.append(server)
+        try:  # identities shared with the twin front end (and this one restarted): kept in etcd
+            self.identities.use_key(await self.store.identity_key(), {})
+        except LicentiaError as exc:
+            print(f"tmr: no shared identity key from etcd ({exc}): clients moving here get new ids",
+                  file=sys.stderr, flush=True)
         sockets: Any = getattr(server, "sockets")  # noqa: B009
         self.ports = {"network_port": int(sockets[0].getsockname()[1]), "network_address": fe.address,
                       "certificate_pin": certificate_pin(cert)}
@@ -264,16 +267,10 @@ class FrontEnd:
         timeout = self.fe.client_timeout
         await self.store.open_client(ident.client_id, timeout)
         conn.ident = ident
-        reply: Message = {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
-                          "client_id": ident.client_id, "timeout": timeout,
-                          "keepalive": self.config.keepalive_for(timeout), "location": "network",
-                          "station": list(ident.station), "session": ident.session.value, "role": ident.role,
-                          "watch": "keepalive", "tmr": self.fe.serial}
-        if ident.secret is not None:  # proves the id to this front end and its twin later
-            reply["secret"] = ident.secret
-            reply["resumed"] = bool(isinstance(c.get("resume"), dict) and c["resume"].get("client_id")
-                                    == ident.client_id)
-        return reply
+        return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
+                "client_id": ident.client_id, "timeout": timeout, "keepalive": self.config.keepalive_for(timeout),
+                "location": "network", "station": list(ident.station), "session": ident.session.value,
+                "tmr": self.fe.serial, **({"secret": ident.secret} if ident.secret is not None else {})}
 
     def op_keepalive(self, conn: Connection, msg: Message) -> Awaitable[Message]:
         return self._keepalive(conn, msg)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -159,30 +158,6 @@ class SeatStore:
     ) -> None:
         await self.close()
 
-    # -- what the front ends share -------------------------------------------
-
-    async def shared_key(self, name: str) -> bytes:
-        """A 32-byte secret every front end of this store reads alike (made by the first
-        that asks, in one transaction): the twins derive the identities they issue from
-        it, so a client proves to one the identity the other gave it."""
-        key = self._p + b"k/" + _enc(name)
-        fresh = os.urandom(32)
-
-        async def attempt(c: aetcd.Client) -> bytes:
-            t = c.transactions
-            ok, resp = await c.transaction(compare=[t.create(key) == 0], success=[t.put(key, fresh)],
-                                           failure=[t.get(key)])
-            if ok:
-                return fresh
-            if not resp or not resp[0]:
-                raise _Retry
-            value = bytes(resp[0][0][0])
-            if len(value) != 32:
-                raise LicentiaError(ErrorCode.INTERNAL, f"the TMR seat store's shared key {name!r} is damaged")
-            return value
-
-        return await self._run(attempt)
-
     # -- client runtimes (leases) ---------------------------------------------
 
     async def open_client(self, client_id: str, timeout: float) -> int:
@@ -211,6 +186,26 @@ class SeatStore:
         lease_id = await self._run(attempt)
         self._leases[client_id] = lease_id
         return lease_id
+
+    async def identity_key(self) -> bytes:
+        """The key the front ends derive client identities from, made once and kept in
+        etcd: an identity one front end issued is proved to its twin, and to itself after
+        a restart, so a client runtime that moves keeps its id, its lease and its seats."""
+        key = self._p + b"identity-key"
+        fresh = secrets.token_bytes(32)
+
+        async def attempt(c: aetcd.Client) -> bytes:
+            t = c.transactions
+            ok, resp = await c.transaction(
+                compare=[t.create(key) == 0], success=[t.put(key, fresh)], failure=[t.get(key)]
+            )
+            if ok:
+                return fresh
+            if not resp or not resp[0]:
+                raise _Retry
+            return bytes(resp[0][0][0])
+
+        return await self._run(attempt)
 
     async def keep_alive(self, client_id: str) -> bool:
         """Refresh `client_id`'s lease (call on each of its keep-alives). False when the
