@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from licentia.cli.common import fmt_time, parse_time, print_json
+from licentia.cli.common import fmt_time, parse_time, print_json, print_table
 from licentia.cli.home import home_from
 from licentia.core.acl import AccessList
 from licentia.model import ErrorCode, LicentiaError
@@ -111,14 +111,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             rows.append((f"  {r.name}", r.action.value, who, str(r.reserve or "-"),
                          "-" if r.limit is None else str(r.limit),
                          fmt_time(int(r.expires)) if r.expires is not None else "-"))
-        _table(rows)
+        print_table(rows)
     return 0
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_add(args: argparse.Namespace) -> int:

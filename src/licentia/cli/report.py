@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from licentia.cli.common import parse_duration, parse_time
+from licentia.cli.common import parse_duration, parse_time, print_table
 from licentia.cli.home import home_from
 from licentia.core.usage import Usage, reservations, top
 from licentia.model import ErrorCode, LicentiaError
@@ -110,14 +110,6 @@ def _period(args: argparse.Namespace, usage: Usage) -> str:
     return f"{_when(start)} – {_when(end)} UTC"
 
 
-def _table(rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> None:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    for r in cells:
-        out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
-        print("  ".join(out).rstrip())
-
-
 def _csv(path: str | None, rows: Sequence[Sequence[object]]) -> None:
     if not path:
         return
@@ -171,7 +163,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     for (firm, product), p in sorted(usage.products.items()):
         rows.append([f"{firm}:{product}", p.grants, len(p.users), p.peak, _when(p.peak_at) if p.peak else "-",
                      p.denials])
-    _table(rows, right=(1, 2, 3, 5))
+    print_table(rows, right=(1, 2, 3, 5))
     label = next((n for n, s in INTERVALS if s == usage.interval), f"{usage.interval:g}s")
     series: list[list[object]] = [["INTERVAL START (UTC)", "PRODUCT", "PEAK SEATS"]]
     for prod in sorted(usage.products):
@@ -190,7 +182,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
               + f", top {args.top} by seat time:")
         rows = [[title.upper(), "GRANTS", "PEAK", "SEAT-HOURS"]]
         rows += [[name, t.grants, t.peak, _hours(t.seconds)] for name, t in top(table, args.top)]
-        _table(rows, right=(1, 2, 3))
+        print_table(rows, right=(1, 2, 3))
     if args.by_group:
         _by_group(args, usage)
     _csv(args.csv, series)
@@ -226,7 +218,7 @@ def _by_group(args: argparse.Namespace, usage: Usage) -> None:
     rows: list[list[object]] = [["GROUP", "USERS", "GRANTS", "SEAT-HOURS"]]
     for g, (users, grants, seconds) in sorted(groups.items(), key=lambda kv: -kv[1][2])[: args.top]:
         rows.append([g, int(users), int(grants), _hours(seconds)])
-    _table(rows, right=(1, 2, 3))
+    print_table(rows, right=(1, 2, 3))
     if unknown:
         print(f"the directory did not answer for {unknown} user{'s' if unknown != 1 else ''}: {directory.last_error}")
 
@@ -246,7 +238,7 @@ def cmd_denials(args: argparse.Namespace) -> int:
             continue
         codes = ", ".join(f"{c}: {n}" for c, n in sorted(p.by_code.items()))
         rows.append([f"{firm}:{product}", p.denials, p.true_denials, p.grants, codes])
-    _table(rows, right=(1, 2, 3))
+    print_table(rows, right=(1, 2, 3))
     print("\ncodes: 212 all seats in use; 1300 refused by the access list (see `licentia report reservations`)")
     _csv(args.csv, rows)
     return 0
@@ -272,7 +264,7 @@ def cmd_reservations(args: argparse.Namespace) -> int:
     for line in lines:
         rows.append([line.rule, line.scope, line.reserved, line.grants, line.peak,
                      max(0, line.reserved - line.peak), f"{line.seat_hours:.1f}"])
-    _table(rows, right=(2, 3, 4, 5, 6))
+    print_table(rows, right=(2, 3, 4, 5, 6))
     never = [line.rule for line in lines if line.never_used and line.reserved]
     if never:
         print(f"\nnever used in this period: {', '.join(never)} — their seats were held back for nothing")
@@ -297,7 +289,7 @@ def cmd_borrowed(args: argparse.Namespace) -> int:
         rows.append([_when(float(d.get("at", 0))), d.get("event", ""), f"{d.get('firm', '?')}:{d.get('product', '?')}",
                      d.get("user", ""), d.get("host", ""), _when(float(until)) if until else "-"])
     print()
-    _table(rows)
+    print_table(rows)
     _csv(args.csv, rows)
     return 0
 
