@@ -31,7 +31,12 @@ from typing import Any
 from licentia.core.content import ContainerContent, FirmEntry, ItemEntry
 from licentia.core.licenses import LICENSE_MAGIC, LICENSE_VERSION, License, read_license
 from licentia.crypto import InvalidArtifact, signing_public_key
-from licentia.crypto.artifacts import open_signed_artifact, sign_artifact, split_signed
+from licentia.crypto.artifacts import (
+    open_self_signed,
+    open_signed_artifact,
+    sign_artifact,
+    split_signed,
+)
 from licentia.crypto.recipes import SIGNATURE_SIZE
 from licentia.model import ErrorCode, ItemState, LicentiaError, ProductItem, envelope as env
 
@@ -147,12 +152,8 @@ def make_request(req: BorrowRequest, client_sign_key: bytes) -> bytes:
 def read_request(data: bytes) -> BorrowRequest:
     """Verify a request against the client key it names (proof of possession), then decode."""
     try:
-        _, body, _, _ = split_signed(data, REQUEST_MAGIC, {VERSION}, what="borrow request")
-        key = body[:KEY_SIZE]
-        if len(key) != KEY_SIZE:
-            raise InvalidArtifact()
-        open_signed_artifact(data, REQUEST_MAGIC, {VERSION}, key, what="borrow request")
-        f = env.decode_map(body[KEY_SIZE:], what="borrow request")
+        key, rest = open_self_signed(data, REQUEST_MAGIC, {VERSION}, what="borrow request")
+        f = env.decode_map(rest, what="borrow request")
         return BorrowRequest(
             borrow_id=_text(f["borrow_id"], 64), client_serial=_text(f["client_serial"], 64), client_key=key,
             client_item=_int(f["client_item"]), firm_code=_int(f["firm_code"]), product_code=_int(f["product_code"]),
@@ -338,12 +339,8 @@ def make_return(ret: Return, client_sign_key: bytes) -> bytes:
 
 def read_return(data: bytes) -> Return:
     try:
-        _, body, _, _ = split_signed(data, RETURN_MAGIC, {VERSION}, what="borrow return")
-        key = body[:KEY_SIZE]
-        if len(key) != KEY_SIZE:
-            raise InvalidArtifact()
-        open_signed_artifact(data, RETURN_MAGIC, {VERSION}, key, what="borrow return")
-        f = env.decode_map(body[KEY_SIZE:], what="borrow return")
+        key, rest = open_self_signed(data, RETURN_MAGIC, {VERSION}, what="borrow return")
+        f = env.decode_map(rest, what="borrow return")
         return Return(_text(f["borrow_id"], 64), _text(f["client_serial"], 64), key, _int(f["returned_at"]))
     except (InvalidArtifact, LicentiaError, KeyError, TypeError, ValueError):
         raise _invalid("return") from None

@@ -26,7 +26,12 @@ from typing import Any
 from licentia.core.content import ContainerContent, ContainerKeys, FirmEntry, ItemEntry
 from licentia.core.licenses import License, check_license_for, issue_license, read_license
 from licentia.crypto import InvalidArtifact, digest, seal_to, signing_public_key
-from licentia.crypto.artifacts import sign_artifact, sign_artifact_with, split_signed
+from licentia.crypto.artifacts import (
+    open_self_signed,
+    sign_artifact,
+    sign_artifact_with,
+    split_signed,
+)
 from licentia.crypto.recipes import verify
 from licentia.model import (
     ContainerSerial,
@@ -453,15 +458,11 @@ def _summaries(firm: FirmEntry | None) -> list[dict[str, Any]]:
 
 
 def _open_container_signed(data: bytes, magic: bytes, what: str) -> tuple[bytes, dict[str, Any]]:
-    _, body, signed, signature = split_signed(data, magic, {VERSION}, what=what)
-    if len(body) < _CONTAINER_PREFIX.size:
-        raise _invalid(what, "it is too short")
-    (sign_public,) = _CONTAINER_PREFIX.unpack_from(body)
     try:
-        verify(sign_public, signed, signature)
+        sign_public, rest = open_self_signed(data, magic, {VERSION}, what=what)
     except InvalidArtifact:
-        raise _invalid(what, "its signature does not verify (altered)") from None
-    return sign_public, env.decode_map(body[_CONTAINER_PREFIX.size :], what=what)
+        raise _invalid(what, "its signature does not verify (altered, or too short)") from None
+    return sign_public, env.decode_map(rest, what=what)
 
 
 def _invalid(what: str, why: str) -> LicentiaError:

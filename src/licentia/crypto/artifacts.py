@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from licentia.crypto.recipes import SIGNATURE_SIZE, InvalidArtifact, sign, verify
+from licentia.crypto.recipes import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, InvalidArtifact, sign, verify
 from licentia.model import envelope
 
 
@@ -49,4 +49,19 @@ def open_signed_artifact(
     return version, body
 
 
-__all__ = ["InvalidArtifact", "open_signed_artifact", "sign_artifact", "sign_artifact_with", "split_signed"]
+def open_self_signed(
+    data: bytes, magic: bytes, versions: Collection[int], *, what: str
+) -> tuple[bytes, bytes]:
+    """(signer's key, rest of the body) of an artifact whose body begins with the 32-byte
+    Ed25519 key that signed it (proof of possession); InvalidArtifact otherwise."""
+    _, body, signed, signature = split_signed(data, magic, versions, what=what)
+    key = body[:PUBLIC_KEY_SIZE]
+    if len(key) != PUBLIC_KEY_SIZE:
+        raise InvalidArtifact()
+    verify(key, signed, signature)
+    return key, body[PUBLIC_KEY_SIZE:]
+
+
+__all__ = [
+    "InvalidArtifact", "open_self_signed", "open_signed_artifact", "sign_artifact", "sign_artifact_with", "split_signed",
+]
