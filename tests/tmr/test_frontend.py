@@ -341,12 +341,18 @@ def test_a_stopped_upstream_grants_nothing_and_rejoins_when_continued(system: Sy
     label = f"{10_001}/{ITEM.tmr_id}"
 
     def rejoined(fe: FrontEndProc) -> bool:
+        c.request("keepalive", handles=[held])  # the client lives on while the upstream rejoins
         [row] = [u for u in fe.read_status()["upstreams"] if u["address"] == up.network_address]
         return bool(row["reachable"]) and row["constituents"].get(label) == "identical"
 
+    def healthy() -> bool:
+        c.request("keepalive", handles=[held])
+        return bool(s.etcd.healthy(0))
+
     for fe in (fe1, fe2):
         wait_for("the continued upstream to rejoin", lambda fe=fe: rejoined(fe))
-    wait_for("its etcd member healthy again", lambda: s.etcd.healthy(0))
+    wait_for("its etcd member healthy again", healthy)
+    c.request("keepalive", handles=[held])
     shown = subprocess.run([*LICENTIA, "tmr", "status", "--state", str(fe1.state)],
                            capture_output=True, text=True, env=base_env(), check=True).stdout
     [line] = [ln for ln in shown.splitlines() if ln.strip().startswith(up.network_address)]
