@@ -19,6 +19,7 @@ needs=(
   "etcdctl etcd-client"
   "slapd|/usr/sbin/slapd slapd"
   "ldapadd ldap-utils"
+  "keepalived|/usr/sbin/keepalived keepalived"
 )
 # the C compiler and the Python headers build the compiled license path (scripts/build_native.py)
 py_include=$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
