@@ -1,4 +1,4 @@
-"""A throw-away 3-member etcd cluster on 127.0.0.1 for tests and benchmarks.
+"""A throw-away 3-member etcd cluster on 127.0.0.1 (or `host`) for tests and benchmarks.
 
 Each member is a real `etcd` process (Debian's etcd-server) with its own temporary data
 directory and free ports; the test can kill, stop (SIGSTOP, a partition from the member's
@@ -58,12 +58,13 @@ def _free_ports(n: int) -> list[int]:
 class EtcdCluster:
     """Three etcd members on loopback; `endpoints` lists their client addresses."""
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, host: str = "127.0.0.1") -> None:
         binary = etcd_binary()
         if binary is None:
             raise RuntimeError("etcd is not installed (apt-get install etcd-server etcd-client)")
         self.binary = binary
         self.size = size
+        self.host = host  # an address of this host the members listen on
         self.dir = Path(tempfile.mkdtemp(prefix="licentia-etcd-"))
         ports = _free_ports(2 * size)
         self.client_ports = ports[:size]
@@ -74,14 +75,14 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"127.0.0.1:{p}" for p in self.client_ports]
+        return [f"{self.host}:{p}" for p in self.client_ports]
 
     def _args(self, i: int) -> list[str]:
         initial = ",".join(
-            f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
+            f"{n}=http://{self.host}:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
         )
-        peer = f"http://127.0.0.1:{self.peer_ports[i]}"
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
+        peer = f"http://{self.host}:{self.peer_ports[i]}"
+        client = f"http://{self.host}:{self.client_ports[i]}"
         return [
             self.binary,
             "--name", self.names[i],
@@ -113,7 +114,7 @@ class EtcdCluster:
 
     def healthy(self, i: int) -> bool:
         """The member answers /health with a leader known (it is part of a quorum)."""
-        url = f"http://127.0.0.1:{self.client_ports[i]}/health"
+        url = f"http://{self.host}:{self.client_ports[i]}/health"
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 return bool(json.loads(r.read()).get("health") == "true")

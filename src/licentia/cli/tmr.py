@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     init.add_argument("--virtual-address", default="", metavar="ADDRESS/PREFIX",
                       help="the twins' shared address, moved by keepalived (e.g. 10.0.0.100/24)")
     init.add_argument("--interface", default="eth0", help="network interface of the virtual address")
+    init.add_argument("--advert-interval", type=float, default=1.0,
+                      help="seconds between VRRP advertisements of the twins (default 1)")
+    init.add_argument("--router-id", type=int, default=73, help="the VRRP virtual router id (1-255, default 73)")
     init.add_argument("--etcd-client-port", type=int, default=2379)
     init.add_argument("--etcd-peer-port", type=int, default=2380)
     init.add_argument("--network-port", type=int, default=22350, help="licentia's protocol port")
@@ -81,6 +84,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         cluster_token=args.cluster_token or f"licentia-tmr-{secrets.token_hex(6)}",
         virtual_address=args.virtual_address,
         interface=args.interface,
+        advert_interval=args.advert_interval,
+        router_id=args.router_id,
         etcd_client_port=args.etcd_client_port,
         etcd_peer_port=args.etcd_peer_port,
         network_port=args.network_port,

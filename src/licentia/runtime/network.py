@@ -21,6 +21,10 @@ from licentia.runtime.upstream import Upstream, unreachable
 from licentia.runtime.usagelog import UsageLog
 
 REMOTE_BASE = 1 << 40  # local handles of seats held on a network server start here
+# a program's request whose TMR front end stopped answering waits this long for the twin
+# (a virtual address moves within a few VRRP advertisements; docs/tmr.md)
+TWIN_WAIT = 6.0
+TWIN_RETRY = 0.2
 
 _RANK = {
     ErrorCode.NO_MORE_LICENSES: 6,
@@ -236,7 +240,7 @@ class NetworkClient:
             try:
                 await self.upstream(hold.server).request("release", handle=hold.remote_handle)
             except LicentiaError as exc:
-                if not (unreachable(exc) and await self.move_to_twin(hold)):
+                if not (unreachable(exc) and await self.move_to_twin(hold, TWIN_WAIT)):
                     raise
                 await self.upstream(hold.server).request("release", handle=hold.remote_handle)
         except LicentiaError as exc:
@@ -253,7 +257,7 @@ class NetworkClient:
         except LicentiaError as exc:
             if unreachable(exc):
                 self.mark_server_lost(hold.server)
-                if await self.move_to_twin(hold):  # a TMR front end's twin holds the same seat
+                if await self.move_to_twin(hold, TWIN_WAIT):  # a TMR front end's twin holds the same seat
                     return await self.forward(msg, hold, op, **fields)
             elif exc.code is ErrorCode.INVALID_HANDLE:
                 self.remote_gone(hold, "freed on the server")
@@ -281,35 +285,49 @@ class NetworkClient:
         reply["events"] = sorted(notices)
         return reply
 
-    async def move_to_twin(self, hold: RemoteHold) -> bool:
+    async def move_to_twin(self, hold: RemoteHold, wait: float = 0.0) -> bool:
         """Move `hold` to another server of the search list that holds the same seat: only
         between TMR front ends of one virtual container (their hello says which), which keep
         their seats in one store (docs/tmr.md), and only where the twin knows the handle as
-        this client's."""
+        this client's. The server's own address is tried last: a virtual address (keepalived)
+        moves to the twin, which then answers there; for up to `wait` seconds the servers
+        are tried again while the address moves."""
         virtual = self.upstream(hold.server).tmr
         if not virtual:
             return False
-        for address in self.servers_to_ask_now():
-            if address == hold.server:
-                continue
-            twin = self.upstream(address)
-            try:
+        deadline = time.monotonic() + wait
+        while True:
+            servers = self.servers_to_ask_now()
+            for address in [a for a in servers if a != hold.server] + [hold.server]:
+                if await self._attach(hold, address, virtual):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(TWIN_RETRY)
+
+    async def _attach(self, hold: RemoteHold, address: str, virtual: str) -> bool:
+        """`hold` served by `address` (a twin, or the same address now on the twin)."""
+        twin = self.upstream(address)
+        try:
+            await twin.client()
+            if twin.tmr != virtual:
+                return False
+            mine = load_identity(self.rt.home, hold.server)
+            if mine is not None and load_identity(self.rt.home, address) != mine:
+                await twin.adopt_identity(mine)  # the twins share identities: ours holds the seat
                 await twin.client()
-                if twin.tmr != virtual:
-                    continue
-                mine = load_identity(self.rt.home, hold.server)
-                if mine is not None and load_identity(self.rt.home, address) != mine:
-                    await twin.adopt_identity(mine)  # the twins share identities: ours holds the seat
-                    await twin.client()
-                reply = await twin.request("keepalive", handles=[hold.remote_handle])
-            except LicentiaError:
-                continue
-            if hold.remote_handle not in (reply.get("lost") or ()):
-                self.rt._note_problem(f"handle {hold.handle}: server {hold.server} lost, its twin {address} serves it")
-                hold.server = address
-                self.rt._seats_changed()
-                return True
-        return False
+            reply = await twin.request("keepalive", handles=[hold.remote_handle])
+        except LicentiaError:
+            return False
+        if hold.remote_handle in (reply.get("lost") or ()):
+            return False
+        if address == hold.server:
+            self.rt._note_problem(f"handle {hold.handle}: server {address} answers again (a virtual address moved)")
+        else:
+            self.rt._note_problem(f"handle {hold.handle}: server {hold.server} lost, its twin {address} serves it")
+            hold.server = address
+            self.rt._seats_changed()
+        return True
 
     def mark_server_lost(self, address: str) -> None:
         for hold in self.remote.values():

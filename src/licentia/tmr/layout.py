@@ -64,6 +64,8 @@ class Layout:
     cluster_token: str
     virtual_address: str = ""  # e.g. 10.0.0.100/24; empty: clients list both front ends
     interface: str = "eth0"
+    advert_interval: float = 1.0  # VRRP advertisements between the twins (s)
+    router_id: int = 73  # the VRRP virtual router id; differs from other VRRP groups on the network
     etcd_client_port: int = 2379
     etcd_peer_port: int = 2380
     network_port: int = 22350  # upstreams and front ends serve licentia's protocol here
@@ -87,6 +89,10 @@ class Layout:
                     ErrorCode.INVALID_PARAMETER,
                     f"virtual address {self.virtual_address!r} is not ADDRESS/PREFIX (e.g. 10.0.0.100/24)",
                 ) from None
+        if not 0.01 <= self.advert_interval <= 40.95:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "the VRRP advert interval: 0.01 to 40.95 s")
+        if not 1 <= self.router_id <= 255:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"VRRP router id {self.router_id}: 1 to 255")
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", self.cluster_token):
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, "the cluster token: letters, digits, '.', '_', '-'")
         if not re.fullmatch(r"[A-Za-z0-9._:-]{1,15}", self.interface):
@@ -243,14 +249,27 @@ WantedBy=multi-user.target
 
 
 def _keepalived(layout: Layout, me: Host, priority: int, peer: Host) -> str:
+    # keepalived reads advert_int in seconds with up to two decimals (VRRP version 3)
+    advert = f"{layout.advert_interval:.2f}".rstrip("0").rstrip(".")
     return f"""# keepalived on TMR front end {me.name} (`licentia tmr init`): the virtual address
 # {layout.virtual_address} lives on one front end and moves to its twin when that one stops
-# answering (VRRP). Both start as BACKUP with nopreempt: a returning front end does not take
-# the address back. Install: cp to /etc/keepalived/keepalived.conf; systemctl restart keepalived.
+# listening on port {layout.network_port} (VRRP, unicast between the twins). Both start as
+# BACKUP with nopreempt: a returning front end does not take the address back.
+# Install: cp to /etc/keepalived/keepalived.conf; systemctl restart keepalived.
+global_defs {{
+    router_id licentia-{me.name}
+    vrrp_version 3
+    script_user root
+    enable_script_security
+}}
+
+# the front end is up while its port accepts a connection on this host; one refusal gives
+# the address up (a priority-0 advertisement: the twin takes it at once)
 vrrp_script licentia_tmr {{
-    script "/usr/bin/systemctl is-active --quiet licentia-tmr"
+    script "/bin/bash -c '</dev/tcp/127.0.0.1/{layout.network_port}'"
     interval 1
-    fall 2
+    timeout 1
+    fall 1
     rise 2
 }}
 
@@ -258,15 +277,15 @@ vrrp_instance licentia_tmr {{
     state BACKUP
     nopreempt
     interface {layout.interface}
-    virtual_router_id 73
+    virtual_router_id {layout.router_id}
     priority {priority}
-    advert_int 1
+    advert_int {advert}
     unicast_src_ip {me.address}
     unicast_peer {{
         {peer.address}
     }}
     virtual_ipaddress {{
-        {layout.virtual_address}
+        {layout.virtual_address} dev {layout.interface}
     }}
     track_script {{
         licentia_tmr
