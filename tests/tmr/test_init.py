@@ -127,6 +127,29 @@ def test_layout_refuses_what_cannot_work() -> None:
     assert "listen-client-urls: http://0.0.0.0:2379" in conf
     assert "advertise-client-urls: http://u1.example.net:2379" in conf
     assert "keepalived.conf" not in " ".join(render(dns))  # no virtual address: none
+    with pytest.raises(LicentiaError):
+        Layout(ups, fes, cluster_token="t", virtual_address="10.0.0.100/24", advert_interval=0)
+    with pytest.raises(LicentiaError):
+        Layout(ups, fes, cluster_token="t", virtual_address="10.0.0.100/24", router_id=256)
+
+
+def test_keepalived_conf_tracks_the_front_ends_port_and_takes_sub_second_adverts() -> None:
+    """The shape tests/tmr/test_vip.py runs with keepalived (both BACKUP, nopreempt, unicast)."""
+    ups = (Host.parse("a=10.0.0.1"), Host.parse("b=10.0.0.2"), Host.parse("c=10.0.0.3"))
+    fes = (Host.parse("d=10.0.0.4"), Host.parse("e=10.0.0.5"))
+    files = render(Layout(ups, fes, cluster_token="t", virtual_address="10.0.0.100/24", interface="ens3",
+                          network_port=23000, advert_interval=0.25, router_id=9))
+    d, e = files["d/keepalived.conf"], files["e/keepalived.conf"]
+    for conf, me, peer in ((d, "10.0.0.4", "10.0.0.5"), (e, "10.0.0.5", "10.0.0.4")):
+        assert "state BACKUP" in conf and "nopreempt" in conf and "vrrp_version 3" in conf
+        assert f"unicast_src_ip {me}" in conf and f"unicast_peer {{\n        {peer}\n    }}" in conf
+        assert "script \"/bin/bash -c '</dev/tcp/127.0.0.1/23000'\"" in conf
+        assert "advert_int 0.25" in conf and "virtual_router_id 9" in conf
+        assert "10.0.0.100/24 dev ens3" in conf and "interface ens3" in conf
+    assert "priority 150" in d and "priority 100" in e
+    assert "advert_int 1\n" in render(Layout(ups, fes, cluster_token="t", virtual_address="10.0.0.100/24"))[
+        "d/keepalived.conf"]
+    assert "keepalived.conf to /etc/keepalived/" in files["README.txt"]
 
 
 def test_the_front_end_reads_the_tmr_toml_that_init_writes(tmp_path: Path) -> None:

@@ -294,6 +294,12 @@ vrrp_instance licentia_tmr {{
 """
 
 
+SHARED_CERTIFICATE = f"""
+  Clients pin the server certificate of the address they use: with a virtual address, both
+  front ends present one. Start one front end, then copy its {HOME}/tmr/server.crt and
+  server.key to the same place on the other before that one first starts."""
+
+
 def _readme(layout: Layout) -> str:
     up = ", ".join(f"{u.name} ({u.address})" for u in layout.upstreams)
     fe = ", ".join(f"{f.name} ({f.address})" for f in layout.front_ends)
@@ -311,7 +317,8 @@ Upstream servers: {up}
 Front ends: {fe}
   copy <name>/tmr.toml to {CONFIG_DIR}/, licentia-tmr.service to /etc/systemd/system/{
   ', keepalived.conf to /etc/keepalived/' if layout.virtual_address else ''}.
-Clients: put {clients} in their server search list.
+Clients: put {clients} in their server search list.{
+  SHARED_CERTIFICATE if layout.virtual_address else ''}
 
 See docs/tmr.md for certificates, adding TMR licenses and replacing a member.
 """
