@@ -189,9 +189,9 @@ class EtcdCluster:
         self.close()
 
 
-def _main() -> None:  # pragma: no cover - a manual aid: python -m tests.tmr.etcd
+def _main() -> None:  # pragma: no cover - a manual aid: python -m tests.tmr.etcd [ADDRESS]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with EtcdCluster() as c:
+    with EtcdCluster(host=sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1") as c:
         print(",".join(c.endpoints), flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
