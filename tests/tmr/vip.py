@@ -84,7 +84,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
             used.append(ipaddress.ip_network(word, strict=False))
     start = os.getpid() % 200
     for k in range(200):
-        net = ipaddress.ip_network(f"10.213.{(start + k) % 200 + 20}.0/24")
+        net = ipaddress.IPv4Network(f"10.213.{(start + k) % 200 + 20}.0/24")
         if not any(net.overlaps(u) for u in used):
             return net
     raise RuntimeError("no free 10.213.x.0/24 subnet for the test network")

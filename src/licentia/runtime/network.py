@@ -289,16 +289,19 @@ class NetworkClient:
         """Move `hold` to another server of the search list that holds the same seat: only
         between TMR front ends of one virtual container (their hello says which), which keep
         their seats in one store (docs/tmr.md), and only where the twin knows the handle as
-        this client's. The server's own address is tried last: a virtual address (keepalived)
-        moves to the twin, which then answers there; for up to `wait` seconds the servers
-        are tried again while the address moves."""
+        this client's. With a `wait` (a program's request waiting), the server's own address
+        is tried last, and all of them again for up to `wait` seconds: a virtual address
+        (keepalived) moves to the twin, which then answers there. Without one (the keep-alive
+        loop, which asks the same address again a second later) only the others are tried."""
         virtual = self.upstream(hold.server).tmr
         if not virtual:
             return False
         deadline = time.monotonic() + wait
         while True:
-            servers = self.servers_to_ask_now()
-            for address in [a for a in servers if a != hold.server] + [hold.server]:
+            candidates = [a for a in self.servers_to_ask_now() if a != hold.server]
+            if wait > 0:
+                candidates.append(hold.server)
+            for address in candidates:
                 if await self._attach(hold, address, virtual):
                     return True
             if time.monotonic() >= deadline:
