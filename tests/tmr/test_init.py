@@ -73,6 +73,10 @@ def test_tmr_init_writes_a_layout_whose_etcd_members_form_a_cluster(tmp_path: Pa
             assert (out / host / name).is_file()
     assert "priority 150" in (out / "fe1" / "keepalived.conf").read_text()
     assert "priority 100" in (out / "fe2" / "keepalived.conf").read_text()
+    # one server certificate for the twins (clients pin the virtual address's), its key private
+    assert (out / "fe1" / "server.crt").read_bytes() == (out / "fe2" / "server.crt").read_bytes()
+    assert (out / "fe1" / "server.key").read_bytes() == (out / "fe2" / "server.key").read_bytes()
+    assert (out / "fe1" / "server.key").stat().st_mode & 0o077 == 0
 
     # the runtime reads its [tmr] section
     shown = licentia("runtime", "config", "--config", str(out / "up2" / "runtime.toml"), home=tmp_path / "home")

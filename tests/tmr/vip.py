@@ -6,8 +6,8 @@
     namespace cl:   eth0 10.A.B.3, a client runtime whose search list names only the
                     virtual address 10.A.B.100:22350, and its programs
 
-keepalived runs with the `keepalived.conf` that `licentia tmr init` writes for the twins
-(`licentia.tmr.layout`), only with a shorter advertisement interval. The names carry the
+keepalived runs with the `keepalived.conf` and the front ends with the server certificate
+that `licentia tmr init` writes for these addresses (`--advert-interval 0.5`). The names carry the
 test process's id, the subnet is one no route of this machine uses, and `vip_system` removes
 every namespace, link and process it made, whatever happens. It needs root, `ip netns` and
 keepalived: `vip_unavailable()` says why not, for a skip.
@@ -34,16 +34,16 @@ from tests.runtime.harness import (
     Program,
     Runtime,
     Vendor,
+    base_env,
     machine,
     make_home,
     processes,
     wait_for,
 )
 from tests.tmr.etcd import EtcdCluster, etcd_binary
-from tests.tmr.system import ITEM, FrontEndProc, _free_port, make_ca
+from tests.tmr.system import ITEM, LICENTIA, FrontEndProc, _free_port, make_ca
 
 from licentia.runtime import searchlist
-from licentia.tmr.layout import Host, Layout, render
 
 KEEPALIVED = "/usr/sbin/keepalived"
 PORT = 22350  # the front ends' port, in namespaces of their own
@@ -278,20 +278,19 @@ def _start(procs: Procs, net: Network, etcd: EtcdCluster, twins_ns: list[str], c
             flags += ["--tmr-etcd", u]
         Runtime(procs, home, root, *flags)
         ups.append(f"{net.gateway}:{port}")
-    layout = Layout(
-        upstreams=(Host("up1", net.gateway), Host("up2", net.gateway), Host("up3", net.gateway)),
-        front_ends=(Host("fe1", net.address(1)), Host("fe2", net.address(2))),
-        cluster_token="test", virtual_address=f"{virtual}/{net.subnet.prefixlen}", interface="eth0",
-        network_port=PORT, advert_interval=ADVERT)
-    files = render(layout)
+    site = tmp / "site"  # what `licentia tmr init` writes for these hosts
+    subprocess.run([*LICENTIA, "tmr", "init", "-o", str(site), "--upstream", f"up1={net.gateway}", "--upstream",
+                    f"up2={net.gateway}", "--upstream", f"up3={net.gateway}", "--front-end", f"fe1={net.address(1)}",
+                    "--front-end", f"fe2={net.address(2)}", "--virtual-address", f"{virtual}/{net.subnet.prefixlen}",
+                    "--interface", "eth0", "--network-port", str(PORT), "--advert-interval", str(ADVERT)],
+                   check=True, capture_output=True, env=base_env())
     twins = []
     for i, ns in enumerate(twins_ns):
         name = f"fe{i + 1}"
         state = tmp / name
         state.mkdir(parents=True, exist_ok=True)
-        if i == 1:  # one server certificate for both: clients pin the virtual address's
-            for f in ("server.crt", "server.key"):
-                shutil.copy2(tmp / "fe1" / f, state / f)
+        for f in ("server.crt", "server.key"):  # one certificate for both: clients pin the virtual address's
+            shutil.copy2(site / name / f, state / f)
         args = ["--port", str(PORT), "--address", "0.0.0.0", "--certificate", str(fe_cert),
                 "--private-key", str(fe_cert.with_suffix(".key")), "--poll-interval", "0.3", "--client-timeout", "5"]
         for e in urls:
@@ -303,7 +302,7 @@ def _start(procs: Procs, net: Network, etcd: EtcdCluster, twins_ns: list[str], c
         run = tmp / f"{name}-keepalived"
         run.mkdir()
         conf = run / "keepalived.conf"
-        conf.write_text(files[f"{name}/keepalived.conf"])
+        shutil.copy2(site / name / "keepalived.conf", conf)
         ka = Keepalived(procs, ns, conf)
         ka.start()
         twins.append(Twin(name, ns, net.address(i + 1), fe, ka))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import time
 from pathlib import Path
 
 from licentia.fsutil import atomic_write
@@ -91,7 +92,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         network_port=args.network_port,
         etcd_data_dir=args.etcd_data_dir,
     )
-    files = render(layout)
+    files = {rel: text.encode() for rel, text in render(layout).items()}
+    if layout.virtual_address:  # one server certificate for the twins: clients pin the virtual address's
+        from licentia.crypto.tls import self_signed_server_certificate
+
+        names = [*(f.address for f in fes), layout.virtual_address.split("/")[0], "localhost"]
+        cert, key = self_signed_server_certificate("licentia TMR front ends", names, int(time.time()))
+        for f in fes:
+            files[f"{f.name}/server.crt"], files[f"{f.name}/server.key"] = cert, key
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LicentiaError(
@@ -99,10 +107,10 @@ def cmd_init(args: argparse.Namespace) -> int:
             f"{out} exists and is not an empty directory",
             "name a new directory: a cluster token is made once, and rewriting live files would split the cluster",
         )
-    for rel, text in files.items():
+    for rel, data in files.items():
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, text.encode(), mode=0o644)
+        atomic_write(path, data, mode=0o600 if rel.endswith(".key") else 0o644)
     print(f"TMR system: upstreams {', '.join(u.name for u in ups)}; front ends {', '.join(f.name for f in fes)}")
     print(f"etcd cluster token {layout.cluster_token}; members {', '.join(layout.etcd_endpoints)}")
     for rel in sorted(files):

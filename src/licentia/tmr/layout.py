@@ -11,6 +11,8 @@ them into a directory, one sub-directory per host, for the administrator to copy
     <front end>/tmr.toml                the front end: the seat store and the upstreams
     <front end>/licentia-tmr.service
     <front end>/keepalived.conf         with a virtual address: VRRP between the twins
+    <front end>/server.crt, server.key  with a virtual address: one TLS certificate for both
+                                        (made by `licentia tmr init`, not by `render`)
     README.txt                          what goes where
 """
 
@@ -296,8 +298,8 @@ vrrp_instance licentia_tmr {{
 
 SHARED_CERTIFICATE = f"""
   Clients pin the server certificate of the address they use: with a virtual address, both
-  front ends present one. Start one front end, then copy its {HOME}/tmr/server.crt and
-  server.key to the same place on the other before that one first starts."""
+  front ends present one. Copy <name>/server.crt and <name>/server.key (the same pair in
+  both) to {HOME}/tmr/ on each front end before it first starts."""
 
 
 def _readme(layout: Layout) -> str:
