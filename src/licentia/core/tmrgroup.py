@@ -92,6 +92,15 @@ def _check_constituents(requests: Sequence[Request]) -> None:
         )
 
 
+def tmr_item(item: ProductItem, tmr_id: int, requests: Sequence[Request]) -> ProductItem:
+    """`item` as one TMR license: under `tmr_id`, naming the three constituent containers
+    (serial and container public key, in serial order) that the vendor signs it for, so a
+    program accepts a proof from any of them and from no other container."""
+    _check_constituents(requests)
+    named = tuple(sorted((str(r.serial), r.sign_public) for r in requests))
+    return replace(item, tmr_id=tmr_id, tmr_constituents=named)
+
+
 # -- group updates -------------------------------------------------------------------------
 
 
@@ -128,8 +137,9 @@ def issue_group_update(
     *,
     item_id: int | None = None,
 ) -> bytes:
-    """One group update: the same item under `tmr_id` for each of the group's containers."""
-    item = replace(item, tmr_id=tmr_id)
+    """One group update: the same item under `tmr_id` for each of the group's containers,
+    naming the three (`tmr_item`)."""
+    item = tmr_item(item, tmr_id, group.requests)
     parts: list[dict[str, Any]] = []
     for request in group.requests:
         iid = item_id if item_id is not None else request.next_item_id()
