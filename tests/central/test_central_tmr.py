@@ -100,6 +100,10 @@ def test_a_tmr_license_goes_into_three_constituents_by_group_request_update_and_
     assert done["complete"] and done["tmr_id"] == 1 and len(done["confirmed"]) == 3
     assert {a["state"] for a in _activations(central, lic1)} == {"active"}
     assert tmr.confirm_group_receipt(tmrgroup.make_group_receipt(receipts), T0)["complete"]  # again: harmless
+    # one constituent is not returned or replaced on its own
+    assert "TMR licenses" in refused(lambda: central.return_licenses(ticket, boxes[0].request(T0 + 1), T0 + 1),
+                                     ErrorCode.ACCESS_DENIED)
+    refused(lambda: central.request_replacement(ticket, boxes[1].serial, T0 + 1), ErrorCode.ACCESS_DENIED)
 
     # the next TMR license of the ticket, into three other containers: the next TMR id
     others = [Box.new() for _ in range(3)]

@@ -213,6 +213,12 @@ class Central:
         product = s.get(Product, lic.product_id)
         return product is not None and bool(product.tmr)
 
+    def _no_tmr(self, lics: Sequence[License], s: Session, what: str) -> None:
+        tmr = sorted(lic.id for lic in lics if self._is_tmr(s, lic))
+        if tmr:
+            raise _err(ErrorCode.ACCESS_DENIED, f"licenses {tmr} are TMR licenses (three constituents): they cannot be "
+                                                f"{what} one container at a time; ask the vendor")
+
     def _held(self, s: Session, serial: str) -> list[Activation]:
         return list(
             s.execute(select(Activation).where(Activation.serial == serial, Activation.state.in_(HELD))).scalars()
@@ -1079,6 +1085,7 @@ class Central:
                 rows = [r for r in rows if r[1].id in set(licenses)]
             if not rows:
                 raise _err(ErrorCode.LICENSE_NOT_AVAILABLE, f"no license of ticket {t.id} is active in container {c.serial}")
+            self._no_tmr([lic for _, lic in rows], s, "returned")
             new_ops = []
             for a, lic in rows:
                 product = s.get(Product, lic.product_id)
@@ -1301,6 +1308,7 @@ class Central:
             ).all()
             if not rows:
                 raise _err(ErrorCode.LICENSE_NOT_AVAILABLE, f"container {old.serial} holds no license of ticket {t.id}")
+            self._no_tmr([lic for _, lic in rows], s, "replaced")
             if new_req is not None and str(new_req.serial) == old.serial:
                 raise _err(ErrorCode.INVALID_PARAMETER, "the new container must not be the lost one")
             out = []
