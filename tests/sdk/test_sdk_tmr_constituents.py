@@ -147,6 +147,7 @@ def test_the_item_names_three_different_constituents_and_round_trips() -> None:
         assert info.value.code is ErrorCode.INVALID_LICENSE_PARAMETER
     with pytest.raises(LicentiaError):  # only a TMR item names constituents
         ProductItem(product_code=PRODUCT, tmr_constituents=named)
-    with pytest.raises(LicentiaError) as info:
-        ProductItem.from_dict({"product_code": PRODUCT, "tmr_id": 1, "tmr_constituents": "130-1"})
-    assert info.value.code is ErrorCode.WRONG_CONTENT
+    for wrong in ("130-1", [["130-1"]], [[["not", "hashable"], b"k" * 32]] * 3, [[1, 2]] * 3):
+        with pytest.raises(LicentiaError) as info:
+            ProductItem.from_dict({"product_code": PRODUCT, "tmr_id": 1, "tmr_constituents": wrong})
+        assert info.value.code is ErrorCode.WRONG_CONTENT

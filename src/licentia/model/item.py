@@ -225,11 +225,11 @@ def _constituents(value: Any) -> tuple[tuple[str, bytes], ...]:
 def _check_constituents(pairs: tuple[tuple[str, bytes], ...], tmr_id: int | None) -> None:
     if tmr_id is None:
         _bad("only a TMR item names constituent containers")
-    if len(pairs) != TMR_CONSTITUENTS or len({serial for serial, _ in pairs}) != TMR_CONSTITUENTS:
-        _bad("a TMR item names three different constituent containers")
     for serial, key in pairs:
         if not isinstance(serial, str) or not isinstance(key, bytes) or len(key) != _CONTAINER_KEY_SIZE:
             _bad("a TMR constituent is a container serial and its 32-byte public key")
+    if len(pairs) != TMR_CONSTITUENTS or len({serial for serial, _ in pairs}) != TMR_CONSTITUENTS:
+        _bad("a TMR item names three different constituent containers")
 
 
 def _check_type(key: str, value: Any) -> None:
