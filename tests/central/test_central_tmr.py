@@ -99,6 +99,8 @@ def test_a_tmr_license_goes_into_three_constituents_by_group_request_update_and_
     done = tmr.confirm_group_receipt(tmrgroup.make_group_receipt(receipts), T0)
     assert done["complete"] and done["tmr_id"] == 1 and len(done["confirmed"]) == 3
     assert {a["state"] for a in _activations(central, lic1)} == {"active"}
+    [shown] = [lic for lic in central.get_ticket(ticket)["licenses"] if lic["id"] == lic1]
+    assert shown["status"] == "active" and shown["tmr_id"] == 1 and shown["serials"] == sorted(b.serial for b in boxes)
     assert tmr.confirm_group_receipt(tmrgroup.make_group_receipt(receipts), T0)["complete"]  # again: harmless
     # one constituent is not returned or replaced on its own
     assert "TMR licenses" in refused(lambda: central.return_licenses(ticket, boxes[0].request(T0 + 1), T0 + 1),

@@ -240,7 +240,7 @@ class Central:
         status = "available" if busy is None else busy.state
         if lic.state != "open":
             status = lic.state
-        return {
+        shown = {
             "id": lic.id,
             "product_code": product.product_code,
             "product": product.name,
@@ -249,6 +249,11 @@ class Central:
             "status": status,
             "serial": busy.serial if busy else None,
         }
+        if product.tmr:  # one TMR license in three constituents: its id and where each is
+            shown["tmr_id"] = lic.options.get("tmr_id")
+            shown["serials"] = sorted(a.serial for a in s.execute(select(Activation).where(
+                Activation.license_id == lic.id, Activation.state.in_(BUSY))).scalars())
+        return shown
 
     # -- API tokens -------------------------------------------------------------------------
 
