@@ -178,3 +178,45 @@ def test_host_names_one_rule(central: Central) -> None:
         with pytest.raises(LicentiaError) as exc:
             central.create_customer("sales", 0, "ACME", "Kobe", "multi-user", name, "10.0.0.5")
         assert exc.value.code == ErrorCode.HOST_NAME_INVALID and says in exc.value.message, exc.value.message
+
+
+@sqlite_only
+def test_a_tmr_product_through_the_commands(central: Central, tmp_path: Path) -> None:
+    """Three upstreams' containers, one group request to central, the group update applied on
+    each, the group receipt confirmed: `licentia central ticket activate` and `central receipt`."""
+    now = int(time.time())
+    central.create_product("ops", now, 42, "CAD Pro TMR", {"units": 100}, tmr=True)
+    ticket = central.create_order("sales", now, [{"product_code": 42, "quantity": 3}])["ticket"]
+    firm = str(central.firm.firm_code)
+    homes = [tmp_path / f"up{i}" for i in (1, 2, 3)]
+    serials = [new_container(h) for h in homes]
+    requests = []
+    for home, serial in zip(homes, serials, strict=True):
+        requests.append(str(home / "up.lcrq"))
+        run(home, "update", "request", serial, "--firm-code", firm, "-o", requests[-1])
+    group = str(tmp_path / "group.lcgr")
+    run(homes[0], "update", "group-request", *requests, "-o", group)
+    with live(central) as url:
+        ops = ("--central", url)
+        # one container's own request for a TMR license: refused, with what to do
+        r = run(homes[0], "central", "ticket", "activate", ticket, requests[0], "-o", str(tmp_path / "x"), *ops, code=2)
+        assert "error 1475" in r.stderr and "group-request" in r.stderr
+        out = run(homes[0], "central", "ticket", "activate", ticket, group, "-o", str(tmp_path / "group.lcgu"),
+                  *ops).stdout
+        assert f"TMR license 1 (license 1 of ticket {ticket}): one group update for three constituents" in out
+        receipts = []
+        for home, serial in zip(homes, serials, strict=True):
+            receipts.append(str(home / "up.receipt"))
+            applied = run(home, "update", "apply", str(tmp_path / "group.lcgu"), "--receipt", receipts[-1]).stdout
+            assert f"to container {serial} (its part of TMR license 1's group update)" in applied
+        shown = run(homes[1], "container", "show", serials[1]).stdout
+        assert f"TMR license 1 (one of three constituents: {', '.join(sorted(serials))})" in shown
+        partial = str(tmp_path / "partial.lcgc")
+        run(homes[0], "update", "group-receipt", *receipts[:2], "-o", partial)
+        r = run(homes[0], "central", "receipt", partial, *ops, code=2)
+        assert "error 1462" in r.stderr and f"container {serials[2]}: no receipt" in r.stderr
+        whole = str(tmp_path / "group.lcgc")
+        run(homes[0], "update", "group-receipt", *receipts, "-o", whole)
+        out = run(homes[0], "central", "receipt", whole, *ops).stdout
+        assert "TMR license 1: all three constituents confirmed" in out
+    assert {lic["status"] for lic in central.get_ticket(ticket)["licenses"]} == {"active"}

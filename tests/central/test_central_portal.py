@@ -97,3 +97,34 @@ def test_portal_in_headless_chromium(central: Central, tmp_path: Path) -> None:
             assert b'"format": "licentia-cloud-credential"' in base64.b64decode(second)
     finally:
         browser.close()
+
+
+def test_portal_activates_a_tmr_license_with_group_files(central: Central, tmp_path: Path) -> None:
+    from licentia.core import tmrgroup
+
+    central.create_product("ops", 0, 44, "CAD Pro TMR", {"units": 50}, tmr=True)
+    ticket = central.create_order("sales", 0, [{"product_code": 44, "quantity": 3}])["ticket"]
+    boxes = [Box.new() for _ in range(3)]
+    group = tmp_path / "group.lcgr"
+    group.write_bytes(tmrgroup.make_group_request([b.request() for b in boxes]))
+    browser = Browser()
+    try:
+        with live(central) as url:
+            browser.go(url + "/")
+            browser.type("#ticket", ticket)
+            browser.click("#show")
+            browser.wait_text("#ticket-id", ticket)
+            browser.type("#activate-request", str(group))
+            browser.click("#activate")
+            said = browser.wait_text("#message", "is ready")
+            assert "Group update of TMR license 1 for containers" in said and boxes[0].serial in said
+            signed = tmrgroup.read_group_update(base64.b64decode(browser.script(DOWNLOAD, "download")))
+            receipts = [b.apply(tmrgroup.part_for(signed, {b.content.serial}).update) for b in boxes]
+            receipt = tmp_path / "group.lcgc"
+            receipt.write_bytes(tmrgroup.make_group_receipt(receipts))
+            browser.type("#receipt", str(receipt))
+            browser.click("#confirm")
+            assert "all three constituents" in browser.wait_text("#message", "confirmed")
+            assert "active" in browser.text("#licenses")
+    finally:
+        browser.close()

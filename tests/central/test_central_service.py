@@ -383,7 +383,7 @@ def test_two_first_starts_at_once_migrate_once(db_url: str) -> None:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda db: db.migrate(), dbs))
         with dbs[0].transaction() as s:
-            assert s.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+            assert s.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
     finally:
         for db in dbs:
             db.dispose()

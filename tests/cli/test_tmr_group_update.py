@@ -79,6 +79,7 @@ def test_group_request_update_apply_and_receipt_across_three_upstreams(tmp_path:
         receipts.append(str(receipt))
         [item] = json.loads(cli.run("container", "show", serial, "--json").stdout)["items"]
         assert item["tmr_id"] == 1 and item["error"] == 130  # a constituent, not served on its own
+        assert item["tmr_constituents"] == sorted(serials)  # the group update names the three
     # applying it again is the ordinary replay refusal
     _refused(ups[0][0].run("update", "apply", group_up, "--receipt", str(tmp_path / "x"), ok=False), 229, "already")
 

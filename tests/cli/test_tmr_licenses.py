@@ -51,10 +51,11 @@ def test_vendor_issue_tmr_makes_three_identical_constituents_with_consecutive_id
     # identical in every option the vendor signed (the item id is each container's own)
     signed = [{k: v for k, v in i.items() if k != "item_id"} for i in items]
     assert signed[0] == signed[1] == signed[2] and signed[0]["tmr_id"] == 1
+    assert signed[0]["tmr_constituents"] == sorted(serials)  # the vendor names the three
     # an ordinary runtime or container does not serve a constituent on its own
     assert all(i["error"] == 130 for i in items)
     text = cli.run("container", "show", serials[1]).stdout
-    assert "TMR license 1 (one of three constituents)" in text and "error 130" in text
+    assert f"TMR license 1 (one of three constituents: {', '.join(sorted(serials))})" in text and "error 130" in text
 
     # the next TMR license of the firm takes the next id
     outs2 = [str(tmp / f"b{i}.lcup") for i in range(3)]

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,13 +20,17 @@ from tests.runtime.harness import (
     Vendor,
     base_env,
     machine,
-    make_home,
     processes,
+    put_items,
     wait_for,
 )
 from tests.tmr.etcd import EtcdCluster
 
-from licentia.model import ProductItem
+from licentia.binding import collect_fingerprint
+from licentia.containers import ContainerStore
+from licentia.core import updates as U
+from licentia.core.tmrgroup import tmr_item
+from licentia.model import ProductItem, Tolerance
 from licentia.protocol.client import Client
 from licentia.protocol.tls import client_context
 
@@ -130,6 +135,7 @@ class System:
     fe_cert: Path
     vendor: Vendor
     tmp: Path
+    serials: list[str]  # the constituent containers, in the upstreams' order
 
 
 def program(n: int) -> dict[str, Any]:
@@ -147,6 +153,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def make_constituents(homes: list[Path], root: Path, vendor: Vendor, item: ProductItem) -> list[str]:
+    """One soft container in each home, and `item` (a TMR item) as one TMR license naming
+    the three (`licentia vendor issue --tmr`); returns their serials."""
+    now = int(time.time())
+    fp = collect_fingerprint(root, environ={})
+    containers = [ContainerStore(home / "containers", fp).create_soft(Tolerance.MEDIUM, now) for home in homes]
+    requests = [U.read_request(U.make_request(c.read(), vendor.firm, now, {})) for c in containers]
+    licensed = tmr_item(item, item.tmr_id or 1, requests)
+    for c in containers:
+        put_items(c, vendor, [licensed])
+    return [str(c.serial) for c in containers]
+
+
 def kill_upstream(s: System, i: int) -> None:
     s.upstreams[i].stop(9)
     s.etcd.kill(i)
@@ -161,9 +180,9 @@ def tmr_system(tmp_path: Path, item: ProductItem = ITEM) -> Iterator[System]:
     with EtcdCluster() as etcd, processes() as procs:
         urls = [f"http://{e}" for e in etcd.endpoints]
         ups = []
-        for i in range(3):
-            home = tmp_path / f"up{i + 1}"
-            make_home(home, root, vendor, [item])
+        homes = [tmp_path / f"up{i + 1}" for i in range(3)]
+        serials = make_constituents(homes, root, vendor, item)
+        for home in homes:
             # a fixed port: a restarted upstream is found where the front ends look for it
             flags = ["--network", "--network-port", str(_free_port()), "--network-address", "127.0.0.1", "--tmr-role", "upstream",
                      "--tmr-front-end-ca", str(ca)]
@@ -185,6 +204,6 @@ def tmr_system(tmp_path: Path, item: ProductItem = ITEM) -> Iterator[System]:
             fes.append(fe)
         for fe in fes:
             wait_for("the TMR item in the virtual container", fe.available)
-        yield System(procs, etcd, ups, fes, ca, fe_cert, vendor, tmp_path)
+        yield System(procs, etcd, ups, fes, ca, fe_cert, vendor, tmp_path, serials)
 
 

@@ -30,6 +30,8 @@ from starlette.routing import Route
 
 from licentia.central.guard import MAX_BODY, BodyLimit, parse_json
 from licentia.central.service import Central, Issued
+from licentia.central.tmr import TmrProducts
+from licentia.core.tmrgroup import is_group_receipt, is_group_request
 from licentia.model import ErrorCode, LicentiaError
 
 log = logging.getLogger("licentia.central")
@@ -144,6 +146,23 @@ def _issued(issued: Issued) -> dict[str, Any]:
     return {"update": b64(issued.update) if issued.update else None, **issued.to_json()}
 
 
+def _activate(c: Central, tmr: TmrProducts, call: Call) -> dict[str, Any]:
+    """A request file activates into its container; a group request (a TMR license) into its three."""
+    data = unb64(call.field("request", str), "request")
+    licenses, how = call.ints("licenses"), call.field("how", str, required=False, default="offline")
+    if is_group_request(data):
+        group = tmr.activate_group(call.path["ticket"], data, call.now, licenses=licenses, how=how)
+        return {"update": b64(group.update), **group.to_json()}
+    return _issued(c.activate(call.path["ticket"], data, call.now, licenses=licenses, how=how))
+
+
+def _receipt(c: Central, tmr: TmrProducts, call: Call) -> dict[str, Any]:
+    data = unb64(call.field("receipt", str), "receipt")
+    if is_group_receipt(data):
+        return tmr.confirm_group_receipt(data, call.now)
+    return c.confirm_receipt(data, call.now)
+
+
 def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
@@ -161,6 +180,7 @@ def endpoints(central: Central) -> list[Endpoint]:
 
     c = central
     cloud = Cloud(central)
+    tmr = TmrProducts(central)
     secret = {"serial": {"type": "string"}, "secret": {"type": "string"}}
     return [
         Endpoint("GET", "/api/health", lambda call: {
@@ -170,10 +190,9 @@ def endpoints(central: Central) -> list[Endpoint]:
         # -- ticket holders and containers
         Endpoint("GET", "/api/tickets/{ticket}", lambda call: c.get_ticket(call.path["ticket"]), None,
                  "A ticket and its licenses (the ticket is the credential)"),
-        Endpoint("POST", "/api/tickets/{ticket}/activate", lambda call: _issued(c.activate(
-            call.path["ticket"], unb64(call.field("request", str), "request"), call.now,
-            licenses=call.ints("licenses"), how=call.field("how", str, required=False, default="offline"),
-        )), None, "Activate a ticket's free licenses into the container of a request file",
+        Endpoint("POST", "/api/tickets/{ticket}/activate", lambda call: _activate(c, tmr, call), None,
+                 "Activate a ticket's free licenses into the container of a request file; a TMR license into "
+                 "three constituents with a group request (answered with a group update)",
             body=_obj({"request": B64, "licenses": INT_LIST, "how": {"type": "string", "enum": ["online", "offline"]}}, ["request"])),
         Endpoint("POST", "/api/tickets/{ticket}/return", lambda call: _issued(c.return_licenses(
             call.path["ticket"], unb64(call.field("request", str), "request"), call.now, licenses=call.ints("licenses"),
@@ -186,8 +205,9 @@ def endpoints(central: Central) -> list[Endpoint]:
         ), None, "Replace the ticket's licenses in a lost container (per the product's policy)",
             body=_obj({"old_serial": {"type": "string", "minLength": 3, "maxLength": 24}, "same_device": {"type": "boolean"},
                        "request": B64}, ["old_serial"])),
-        Endpoint("POST", "/api/receipts", lambda call: c.confirm_receipt(unb64(call.field("receipt", str), "receipt"), call.now),
-                 None, "Confirm an applied update with its receipt", body=_obj({"receipt": B64}, ["receipt"])),
+        Endpoint("POST", "/api/receipts", lambda call: _receipt(c, tmr, call), None,
+                 "Confirm an applied update with its receipt, or a group update with its group receipt",
+                 body=_obj({"receipt": B64}, ["receipt"])),
         Endpoint("POST", "/api/sync", lambda call: _issued(c.sync(unb64(call.field("request", str), "request"), call.now)),
                  None, "Sync a container: checkpoint renewal, signed time, revocations, automatic activation",
                  body=_obj({"request": B64}, ["request"])),
@@ -225,9 +245,11 @@ def endpoints(central: Central) -> list[Endpoint]:
         Endpoint("POST", "/api/products", lambda call: c.create_product(
             call.actor, call.now, call.field("product_code", int), call.field("name", str),
             call.field("template", dict, required=False), call.field("policy", dict, required=False),
-        ), "operator", "Create a product with its option template and replacement policy",
+            tmr=bool(call.field("tmr", bool, required=False, default=False)),
+        ), "operator", "Create a product with its option template and replacement policy (tmr: TMR licenses)",
             body=_obj({"product_code": {"type": "integer", "minimum": 0, "maximum": 4294967295}, "name": NAME,
-                       "template": {"type": "object"}, "policy": {"type": "object"}}, ["product_code", "name"]), status=201),
+                       "template": {"type": "object"}, "policy": {"type": "object"}, "tmr": {"type": "boolean"}},
+                      ["product_code", "name"]), status=201),
         Endpoint("GET", "/api/products/{product_code}", lambda call: c.get_product(_int(call.path["product_code"])),
                  "read-only", "A product"),
         Endpoint("PATCH", "/api/products/{product_code}", lambda call: c.update_product(

@@ -97,8 +97,8 @@ class Cloud:
             for lic in s.execute(select(License).where(License.ticket_id == t.id, License.state == "open").order_by(License.id)).scalars():
                 if self.central._busy(s, lic.id) is None:
                     item = self.central._item(s, lic)
-                    if item.local_only:
-                        continue  # quantity 0 is a local license; it cannot live in the cloud
+                    if item.local_only or self.central._is_tmr(s, lic):
+                        continue  # a local license, or a TMR license (three constituents): not in the cloud
                     s.add(Activation(license_id=lic.id, serial=c.serial, state="active", how="cloud",
                                      created_at=now, confirmed_at=now))
                     moved.append(lic.id)

@@ -54,6 +54,9 @@ class Product(Base):
     template: Mapped[dict[str, Any]] = mapped_column(JSON)
     policy: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # a TMR product: each license is one TMR license, activated into three constituent
+    # containers by a group request (docs/central.md, "TMR products")
+    tmr: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Customer(Base):
@@ -184,6 +187,30 @@ class Replacement(Base):
     decided_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)  # policy | hook | operator
     decided_actor: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the operator's token
+
+
+class TmrIds(Base):
+    """The last TMR id central gave a license of the firm (read FOR UPDATE to take the next)."""
+
+    __tablename__ = "tmr_ids"
+
+    firm_code: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last: Mapped[int] = mapped_column(BigInteger)
+
+
+class TmrGroup(Base):
+    """A group update central issued: one TMR license into three constituent containers."""
+
+    __tablename__ = "tmr_groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    license_id: Mapped[int] = mapped_column(ForeignKey("licenses.id"), index=True)
+    tmr_id: Mapped[int] = mapped_column(BigInteger)
+    serials: Mapped[list[str]] = mapped_column(JSON)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(20))  # pending | confirmed | superseded
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    confirmed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ApiToken(Base):

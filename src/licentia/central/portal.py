@@ -46,7 +46,11 @@ PAGE = """<!doctype html>
   <p>On the computer that holds the container, write a request file
   (<code>licentia update request SERIAL --firm-code __FIRMCODE__ -o request.lcrq</code>),
   upload it here, then apply the update file you receive
-  (<code>licentia update apply update.lcup</code>) and upload its receipt.</p>
+  (<code>licentia update apply update.lcup</code>) and upload its receipt. A TMR license goes
+  into its three upstreams' containers at once: upload their group request
+  (<code>licentia update group-request up1.lcrq up2.lcrq up3.lcrq -o group.lcgr</code>), apply the
+  group update on each upstream, and upload their group receipt
+  (<code>licentia update group-receipt up1.receipt up2.receipt up3.receipt -o group.lcgc</code>).</p>
   <label for="activate-request">Request file</label> <input id="activate-request" type="file">
   <button id="activate" type="button">Activate</button>
   <h2>Return licenses</h2>
@@ -103,10 +107,10 @@ async function show() {
   }
   $("licenses-section").hidden = false;
 }
-function offer(update, serial, counter) {
+function offer(update, serial, counter, name) {
   const a = $("download");
   a.href = URL.createObjectURL(new Blob([unb64(update)], { type: "application/octet-stream" }));
-  a.download = `update-${serial}-${counter}.lcup`; a.hidden = false;
+  a.download = name || `update-${serial}-${counter}.lcup`; a.hidden = false;
 }
 function offerCredential(r) {
   const a = $("credential-download");
@@ -117,6 +121,12 @@ async function run(fn) { try { await fn(); } catch (e) { say(e.message, false); 
 $("ticket-form").addEventListener("submit", (ev) => { ev.preventDefault(); run(async () => { await show(); say("", true); }); });
 $("activate").addEventListener("click", () => run(async () => {
   const r = await api("POST", `/api/tickets/${ticket}/activate`, { request: await fileB64("activate-request"), how: "portal" });
+  if (r.tmr_id !== undefined) {
+    offer(r.update, "", 0, `group-tmr-${r.tmr_id}.lcgu`); await show();
+    say(`Group update of TMR license ${r.tmr_id} for containers ${r.parts.map((p) => p.serial).join(", ")} is ready: `
+        + "apply it on each upstream, then send their group receipt.", true);
+    return;
+  }
   offer(r.update, r.serial, r.counter); await show();
   say(`Update for container ${r.serial} (step ${r.counter}) is ready: download and apply it, then send its receipt.`, true);
 }));
@@ -127,7 +137,9 @@ $("return").addEventListener("click", () => run(async () => {
 }));
 $("confirm").addEventListener("click", () => run(async () => {
   const r = await api("POST", "/api/receipts", { receipt: await fileB64("receipt") });
-  await show(); say(`Receipt of container ${r.serial} confirmed (step ${r.counter}).`, true);
+  await show();
+  if (r.tmr_id !== undefined) say(`Group receipt of TMR license ${r.tmr_id} confirmed: all three constituents.`, true);
+  else say(`Receipt of container ${r.serial} confirmed (step ${r.counter}).`, true);
 }));
 $("replace").addEventListener("click", () => run(async () => {
   const same = $("same-device").checked;

@@ -25,7 +25,7 @@ import hashlib
 import ipaddress
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -84,6 +84,7 @@ class Issued:
     counter_to: int
     operations: list[dict[str, Any]]
     purpose: str
+    licenses: dict[int, bytes] = field(default_factory=dict)  # license id -> the license each put issued
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +106,12 @@ def http_hook(url: str, payload: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(answer, dict):
         raise ValueError("the hook's answer is not a JSON object")
     return answer
+
+
+def _no_tmr_options(options: dict[str, Any], what: str) -> None:
+    if "tmr_id" in options or "tmr_constituents" in options:
+        raise _err(ErrorCode.INVALID_PARAMETER,
+                   f"{what} must not name a TMR id or constituents: central gives them when it activates a TMR product")
 
 
 def _err(code: ErrorCode, message: str) -> LicentiaError:
@@ -142,6 +149,12 @@ def item_from_json(product_code: int, template: dict[str, Any], options: dict[st
                 merged[name] = bytes.fromhex(merged[name])
             except ValueError:
                 raise _err(ErrorCode.INVALID_PARAMETER, f"item option {name!r} must be hex") from None
+    named = merged.get("tmr_constituents")
+    if isinstance(named, list):  # kept as [serial, key hex] pairs (central.tmr)
+        try:
+            merged["tmr_constituents"] = [[p[0], bytes.fromhex(p[1])] for p in named]
+        except (ValueError, TypeError, IndexError, KeyError):
+            raise _err(ErrorCode.INVALID_PARAMETER, "item option 'tmr_constituents' must be [serial, key hex] pairs") from None
     try:
         return ProductItem.from_dict(merged)
     except LicentiaError as exc:
@@ -179,15 +192,32 @@ class Central:
             raise _not_found("product with code", product_code)
         return row
 
+    def _product_of(self, s: Session, lic: License) -> Product:
+        product = s.get(Product, lic.product_id)
+        assert product is not None
+        return product
+
     def _item(self, s: Session, lic: License) -> ProductItem:
         product = s.get(Product, lic.product_id)
         assert product is not None
         return item_from_json(product.product_code, product.template, lic.options)
 
     def _busy(self, s: Session, license_id: int) -> Activation | None:
+        """The activation holding a license (a TMR license's first of three), or None."""
         return s.execute(
             select(Activation).where(Activation.license_id == license_id, Activation.state.in_(BUSY))
-        ).scalar_one_or_none()
+            .order_by(Activation.id)
+        ).scalars().first()
+
+    def _is_tmr(self, s: Session, lic: License) -> bool:
+        product = s.get(Product, lic.product_id)
+        return product is not None and bool(product.tmr)
+
+    def _no_tmr(self, lics: Sequence[License], s: Session, what: str) -> None:
+        tmr = sorted(lic.id for lic in lics if self._is_tmr(s, lic))
+        if tmr:
+            raise _err(ErrorCode.ACCESS_DENIED, f"licenses {tmr} are TMR licenses (three constituents): they cannot be "
+                                                f"{what} one container at a time; ask the vendor")
 
     def _held(self, s: Session, serial: str) -> list[Activation]:
         return list(
@@ -210,7 +240,7 @@ class Central:
         status = "available" if busy is None else busy.state
         if lic.state != "open":
             status = lic.state
-        return {
+        shown = {
             "id": lic.id,
             "product_code": product.product_code,
             "product": product.name,
@@ -219,6 +249,11 @@ class Central:
             "status": status,
             "serial": busy.serial if busy else None,
         }
+        if product.tmr:  # one TMR license in three constituents: its id and where each is
+            shown["tmr_id"] = lic.options.get("tmr_id")
+            shown["serials"] = sorted(a.serial for a in s.execute(select(Activation).where(
+                Activation.license_id == lic.id, Activation.state.in_(BUSY))).scalars())
+        return shown
 
     # -- API tokens -------------------------------------------------------------------------
 
@@ -278,7 +313,7 @@ class Central:
 
     def create_product(
         self, actor: str, now: int, product_code: int, name: str,
-        template: dict[str, Any] | None = None, policy: dict[str, Any] | None = None,
+        template: dict[str, Any] | None = None, policy: dict[str, Any] | None = None, *, tmr: bool = False,
     ) -> dict[str, Any]:
         from licentia.model import product_code as check_product_code
 
@@ -288,7 +323,12 @@ class Central:
         template = dict(template or {})
         if "product_code" in template:
             raise _err(ErrorCode.INVALID_PARAMETER, "the template must not name a product code; it is the product's")
-        item_from_json(product_code, template, {})  # validates
+        _no_tmr_options(template, "the template")
+        item = item_from_json(product_code, template, {})  # validates
+        if not isinstance(tmr, bool):
+            raise _err(ErrorCode.INVALID_PARAMETER, "tmr must be true or false")
+        if tmr and item.quantity == 0:
+            raise _err(ErrorCode.INVALID_PARAMETER, "a TMR product is served over the network: quantity 0 (local only) does not fit")
         pol = parse_policy(policy)
         with self.db.transaction() as s:
             exists = s.execute(
@@ -298,11 +338,12 @@ class Central:
                 raise _err(ErrorCode.ALREADY_EXISTS, f"product {product_code} already exists ({exists.name})")
             row = Product(
                 firm_code=self.firm.firm_code, product_code=product_code, name=name.strip(),
-                template=template, policy=pol.to_dict(), created_at=now,
+                template=template, policy=pol.to_dict(), created_at=now, tmr=tmr,
             )
             s.add(row)
             s.flush()
-            self._audit(s, now, actor, "product.create", str(product_code), name=name, template=template, policy=pol.to_dict())
+            self._audit(s, now, actor, "product.create", str(product_code), name=name, template=template,
+                        policy=pol.to_dict(), tmr=tmr)
             return self._product_json(row)
 
     def update_product(
@@ -319,6 +360,7 @@ class Central:
             if template is not None:
                 if "product_code" in template:
                     raise _err(ErrorCode.INVALID_PARAMETER, "the template must not name a product code")
+                _no_tmr_options(template, "the template")
                 item_from_json(product_code, template, {})
                 row.template = changes["template"] = dict(template)
             if policy is not None:
@@ -330,7 +372,7 @@ class Central:
     def _product_json(p: Product) -> dict[str, Any]:
         return {
             "firm_code": p.firm_code, "product_code": p.product_code, "name": p.name,
-            "template": p.template, "policy": p.policy, "created_at": p.created_at,
+            "template": p.template, "policy": p.policy, "created_at": p.created_at, "tmr": bool(p.tmr),
         }
 
     def list_products(self) -> list[dict[str, Any]]:
@@ -495,6 +537,7 @@ class Central:
                     raise _err(ErrorCode.INVALID_PARAMETER, f"order line {n}: options must be an object")
                 if "product_code" in options or "quantity" in options:
                     raise _err(ErrorCode.INVALID_PARAMETER, f"order line {n}: give quantity beside the options, not inside")
+                _no_tmr_options(options, f"order line {n}'s options")
                 options = dict(options)
                 if "quantity" in line:
                     quantity = line["quantity"]
@@ -841,8 +884,10 @@ class Central:
             return Issued(b"", c.serial, req.update_counter, [], "none")
 
         core_ops: list[core_updates.Operation] = []
+        puts: list[int] = []
         for op in ops:
             if op["op"] == "put":
+                puts.append(op["license"])
                 lic = s.get(License, op["license"])
                 assert lic is not None
                 core_ops.append(core_updates.PutItem(lic.id, self._item(s, lic)))
@@ -854,7 +899,8 @@ class Central:
                 core_ops.append(core_updates.UnlockFirm())
             else:
                 core_ops.append(core_updates.RenewCheckpoint())
-        data = core_updates.issue_update(req, self.firm.firm_code, self.firm.private_key, core_ops, now)
+        data, issued_licenses = core_updates.issue_update_with_licenses(
+            req, self.firm.firm_code, self.firm.private_key, core_ops, now)
         for u in outstanding:
             u.state = "superseded"
         row = Update(
@@ -866,7 +912,7 @@ class Central:
         s.flush()
         self._audit(s, now, "central", "update.issue", c.serial, update=row.id, purpose=purpose,
                     counter=row.counter_to, operations=ops, supersedes=[u.id for u in outstanding])
-        return Issued(data, c.serial, row.counter_to, ops, purpose)
+        return Issued(data, c.serial, row.counter_to, ops, purpose, dict(zip(puts, issued_licenses, strict=True)))
 
     def _holds_checkpoint(self, s: Session, serial: str) -> bool:
         for a in self._held(s, serial):
@@ -876,7 +922,10 @@ class Central:
         return False
 
     def _read_request(self, request: bytes) -> core_updates.Request:
-        req = core_updates.read_request(request)
+        return self._check_request(core_updates.read_request(request))
+
+    def _check_request(self, req: core_updates.Request) -> core_updates.Request:
+        """A request central answers: for this firm, trusting this firm's key."""
         if req.firm_code != self.firm.firm_code:
             raise _err(ErrorCode.UPDATE_WRONG_FIRM, f"the request is for firm {req.firm_code}; this central serves firm {self.firm.firm_code}")
         if req.firm_public_key is not None and req.firm_public_key != self.firm.public_key:
@@ -924,6 +973,14 @@ class Central:
                 if unknown:
                     raise _err(ErrorCode.ENTRY_NOT_FOUND, f"ticket {t.id} has no licenses {sorted(unknown)}")
                 wanted = [lic for lic in wanted if lic.id in set(licenses)]
+            tmr = [lic for lic in wanted if self._is_tmr(s, lic)]
+            if tmr and (licenses or len(tmr) == len(wanted)):
+                raise _err(
+                    ErrorCode.TMR_PRODUCT_NEEDS_GROUP,
+                    f"license{'s' if len(tmr) > 1 else ''} {', '.join(str(lic.id) for lic in tmr)} of ticket {t.id} "
+                    "are TMR licenses: each goes into three constituent containers at once, by a group request",
+                )
+            wanted = [lic for lic in wanted if lic not in tmr]
             new_ops: list[dict[str, Any]] = []
             carried = 0
             elsewhere: list[str] = []
@@ -1033,6 +1090,7 @@ class Central:
                 rows = [r for r in rows if r[1].id in set(licenses)]
             if not rows:
                 raise _err(ErrorCode.LICENSE_NOT_AVAILABLE, f"no license of ticket {t.id} is active in container {c.serial}")
+            self._no_tmr([lic for _, lic in rows], s, "returned")
             new_ops = []
             for a, lic in rows:
                 product = s.get(Product, lic.product_id)
@@ -1051,42 +1109,42 @@ class Central:
 
     def confirm_receipt(self, receipt: bytes, now: int) -> dict[str, Any]:
         rc = core_updates.read_receipt(receipt)
-
-        def body(s: Session) -> dict[str, Any] | LicentiaError:
-            c: Container | None = self._lock(s, Container, str(rc.serial))
-            if c is None:
-                raise _err(ErrorCode.CONTAINER_NOT_FOUND, f"central issued no update for container {rc.serial}")
-            if c.sign_public != rc.sign_public:
-                raise _err(ErrorCode.LICENSE_INVALID, f"the receipt was not signed by container {rc.serial}")
-            if rc.firm_code != self.firm.firm_code:
-                raise _err(ErrorCode.UPDATE_WRONG_FIRM, f"the receipt is for firm {rc.firm_code}")
-            c.last_contact = now
-            u = s.execute(
-                select(Update).where(Update.serial == c.serial, Update.counter_to == rc.update_counter,
-                                     Update.digest == rc.update_digest.hex())
-            ).scalar_one_or_none()
-            if u is not None and u.state == "confirmed":
-                return {"serial": c.serial, "counter": u.counter_to, "confirmed": True, "already": True}
-            if c.state != "ok":
-                return _err(ErrorCode.MANIPULATION_DETECTED, f"container {c.serial} is flagged as manipulated ({c.state_reason}); an operator must review it")
-            if u is None or u.state not in ("pending", "superseded") or u.counter_from != c.counter:
-                return self._flag(
-                    s, c, now,
-                    f"its receipt names update step {rc.update_counter} with a digest central did not issue "
-                    f"(central confirmed step {c.counter})",
-                    receipt_counter=rc.update_counter, digest=rc.update_digest.hex(),
-                )
-            self._confirm(s, c, u, now, "receipt")
-            reported = sorted(i.item_id for i in rc.items)
-            expected = sorted(a.license_id for a in self._held(s, c.serial))
-            if reported != expected:
-                return self._flag(s, c, now, f"after step {u.counter_to} it holds items {reported}, central issued {expected}",
-                                  reported=reported, expected=expected)
-            return {"serial": c.serial, "counter": u.counter_to, "confirmed": True, "already": False,
-                    "operations": u.operations}
-
-        result: dict[str, Any] = self._run(body)
+        result: dict[str, Any] = self._run(lambda s: self._confirm_receipt(s, rc, now))
         return result
+
+    def _confirm_receipt(self, s: Session, rc: core_updates.Receipt, now: int) -> dict[str, Any] | LicentiaError:
+        """Confirm one receipt in the transaction `s` (a refusal found is returned, see `_run`)."""
+        c: Container | None = self._lock(s, Container, str(rc.serial))
+        if c is None:
+            raise _err(ErrorCode.CONTAINER_NOT_FOUND, f"central issued no update for container {rc.serial}")
+        if c.sign_public != rc.sign_public:
+            raise _err(ErrorCode.LICENSE_INVALID, f"the receipt was not signed by container {rc.serial}")
+        if rc.firm_code != self.firm.firm_code:
+            raise _err(ErrorCode.UPDATE_WRONG_FIRM, f"the receipt is for firm {rc.firm_code}")
+        c.last_contact = now
+        u = s.execute(
+            select(Update).where(Update.serial == c.serial, Update.counter_to == rc.update_counter,
+                                 Update.digest == rc.update_digest.hex())
+        ).scalar_one_or_none()
+        if u is not None and u.state == "confirmed":
+            return {"serial": c.serial, "counter": u.counter_to, "confirmed": True, "already": True}
+        if c.state != "ok":
+            return _err(ErrorCode.MANIPULATION_DETECTED, f"container {c.serial} is flagged as manipulated ({c.state_reason}); an operator must review it")
+        if u is None or u.state not in ("pending", "superseded") or u.counter_from != c.counter:
+            return self._flag(
+                s, c, now,
+                f"its receipt names update step {rc.update_counter} with a digest central did not issue "
+                f"(central confirmed step {c.counter})",
+                receipt_counter=rc.update_counter, digest=rc.update_digest.hex(),
+            )
+        self._confirm(s, c, u, now, "receipt")
+        reported = sorted(i.item_id for i in rc.items)
+        expected = sorted(a.license_id for a in self._held(s, c.serial))
+        if reported != expected:
+            return self._flag(s, c, now, f"after step {u.counter_to} it holds items {reported}, central issued {expected}",
+                              reported=reported, expected=expected)
+        return {"serial": c.serial, "counter": u.counter_to, "confirmed": True, "already": False,
+                "operations": u.operations}
 
     # -- sync: checkpoints, signed time, revocations, honeypots, automatic activation ----------
 
@@ -1132,7 +1190,7 @@ class Central:
                 self._link_server(s, customer, c, now, "first contact")
             new_ops: list[dict[str, Any]] = []
             for lic in due:
-                if self._busy(s, lic.id) is None:
+                if self._busy(s, lic.id) is None and not self._is_tmr(s, lic):  # a TMR license needs a group
                     a = Activation(license_id=lic.id, serial=c.serial, state="pending", how="automatic", created_at=now)
                     s.add(a)
                     s.flush()
@@ -1255,6 +1313,7 @@ class Central:
             ).all()
             if not rows:
                 raise _err(ErrorCode.LICENSE_NOT_AVAILABLE, f"container {old.serial} holds no license of ticket {t.id}")
+            self._no_tmr([lic for _, lic in rows], s, "replaced")
             if new_req is not None and str(new_req.serial) == old.serial:
                 raise _err(ErrorCode.INVALID_PARAMETER, "the new container must not be the lost one")
             out = []

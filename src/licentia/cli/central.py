@@ -7,6 +7,8 @@
     licentia central customer add --company C --site S --type single-user|multi-user [--host-name H --ip A]
     licentia central order add --product CODE [--quantity N] [--count N] [--customer ID] [--reference R]
     licentia central ticket show TICKET
+    licentia central ticket activate TICKET REQUEST -o UPDATE [--license ID]  (a group request: a TMR license)
+    licentia central receipt RECEIPT                   (a receipt, or the group receipt of a TMR license)
     licentia central container show|blacklist|review SERIAL
     licentia central replacement list|approve|refuse
     licentia central api METHOD PATH [JSON]
@@ -115,6 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add.add_argument("name")
     add.add_argument("--template", default="{}", help='item options as JSON, e.g. {"feature_map": 3}')
     add.add_argument("--policy", help="replacement policy as JSON")
+    add.add_argument("--tmr", action="store_true",
+                     help="a TMR product: each license goes into three constituent containers (a group request)")
     add.set_defaults(handler=cmd_product_add)
     ls = prod.add_parser("list", help="list products")
     _client_args(ls)
@@ -178,6 +182,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _client_args(show)
     show.add_argument("ticket")
     show.set_defaults(handler=lambda a: _show(a, "GET", f"/api/tickets/{a.ticket}"))
+    act = ticket.add_parser("activate", help="activate a ticket with a request file, or a TMR license with a group "
+                                             "request; writes the update or group update")
+    _client_args(act)
+    act.add_argument("ticket")
+    act.add_argument("request", help="request file (licentia update request) or group request (update group-request)")
+    act.add_argument("-o", "--output", required=True, help="the update (or group update) file to write")
+    act.add_argument("--license", dest="licenses", type=int, action="append", metavar="ID",
+                     help="only this license of the ticket (repeat for more)")
+    act.set_defaults(handler=cmd_ticket_activate)
+    rc = cs.add_parser("receipt", help="send central a receipt file, or a TMR license's group receipt")
+    _client_args(rc)
+    rc.add_argument("receipt", help="receipt file (update apply --receipt) or group receipt (update group-receipt)")
+    rc.set_defaults(handler=cmd_receipt)
 
     cont = cs.add_parser("container", help="containers").add_subparsers(dest="container_command", metavar="ACTION", required=True)
     show = cont.add_parser("show", help="a container as central knows it")
@@ -332,10 +349,51 @@ def _print(result: Any, as_json: bool) -> None:
         print(f"{key:14} {value}")
 
 
+def cmd_ticket_activate(args: argparse.Namespace) -> int:
+    """The ticket is the credential: no API token is sent."""
+    from licentia.cli.common import read_file
+    from licentia.fsutil import atomic_write
+
+    data = read_file(args.request, "request file")
+    with central_client(args, args.central) as c:
+        update, answer = c.activate(args.ticket, data, args.licenses, how="offline")
+    atomic_write(Path(args.output), update, mode=0o644)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    elif "tmr_id" in answer:
+        print(f"TMR license {answer['tmr_id']} (license {answer['license']} of ticket {args.ticket}): "
+              f"one group update for three constituents: {args.output}")
+        for part in answer["parts"]:
+            print(f"  container {part['serial']}, step {part['counter']}")
+    else:
+        print(f"update for container {answer['serial']}, step {answer['counter']}: {args.output}")
+    return 0
+
+
+def cmd_receipt(args: argparse.Namespace) -> int:
+    from licentia.cli.common import read_file
+
+    data = read_file(args.receipt, "receipt file")
+    with central_client(args, args.central) as c:
+        answer = c.receipt(data)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    elif "tmr_id" in answer:
+        print(f"TMR license {answer['tmr_id']}: all three constituents confirmed")
+        for line in answer["confirmed"]:
+            print(f"  {line}")
+    else:
+        print(f"container {answer['serial']}: step {answer['counter']} confirmed"
+              + (" (already)" if answer.get("already") else ""))
+    return 0
+
+
 def cmd_product_add(args: argparse.Namespace) -> int:
     body = {"product_code": args.code, "name": args.name, "template": _json_arg(args.template, "template")}
     if args.policy:
         body["policy"] = _json_arg(args.policy, "policy")
+    if args.tmr:
+        body["tmr"] = True
     return _show(args, "POST", "/api/products", body)
 
 

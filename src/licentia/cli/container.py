@@ -267,7 +267,9 @@ def _print_item(row: dict[str, Any]) -> None:
     if not row["vm_allowed"]:
         opts.append("no virtual machines")
     if row["tmr_id"] is not None:
-        opts.append(f"TMR license {row['tmr_id']} (one of three constituents)")
+        named = row.get("tmr_constituents") or []
+        opts.append(f"TMR license {row['tmr_id']} (one of three constituents"
+                    + (f": {', '.join(named)})" if named else ")"))
     if row["locked"]:
         opts.append("LOCKED")
     print("    " + "; ".join(opts))

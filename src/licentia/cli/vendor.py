@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from licentia.cli.common import (
     read_passphrase,
     vendor_dir,
 )
-from licentia.core import updates
+from licentia.core import tmrgroup as tmrgroup_core, updates
 from licentia.crypto import seal_hidden_data
 from licentia.fsutil import atomic_write
 from licentia.model import ErrorCode, LicentiaError, ProductItem, VersionRange
@@ -212,7 +211,7 @@ def _issue_tmr(args: argparse.Namespace) -> int:
     # one item for all three (sealed hidden data included), checked before a TMR id is taken
     item = _item_from_args(args, keys.private_key, keys.firm_code, tmr_id=None)
     tmr_id = args.tmr_id if args.tmr_id is not None else next_tmr_id(tmr_ids_path(path, keys.firm_code), keys.firm_code)
-    item = dataclasses.replace(item, tmr_id=tmr_id)
+    item = tmrgroup_core.tmr_item(item, tmr_id, requests)
     at = now()
     files = []
     for request in requests:

@@ -408,6 +408,7 @@ def item_rows(content: ContainerContent, now: int) -> list[dict[str, Any]]:
                 "protected_data": item.protected_data,
                 "hidden_data": "<sealed>" if item.hidden_data else "",
                 "tmr_id": item.tmr_id,
+                "tmr_constituents": [serial for serial, _ in item.tmr_constituents],
                 "borrow_max": item.borrow_max,
                 "checkpoint_period": item.checkpoint_period,
                 "vm_allowed": item.vm_allowed,

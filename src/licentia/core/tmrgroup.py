@@ -92,6 +92,15 @@ def _check_constituents(requests: Sequence[Request]) -> None:
         )
 
 
+def tmr_item(item: ProductItem, tmr_id: int, requests: Sequence[Request]) -> ProductItem:
+    """`item` as one TMR license: under `tmr_id`, naming the three constituent containers
+    (serial and container public key, in serial order) that the vendor signs it for, so a
+    program accepts a proof from any of them and from no other container."""
+    _check_constituents(requests)
+    named = tuple(sorted((str(r.serial), r.sign_public) for r in requests))
+    return replace(item, tmr_id=tmr_id, tmr_constituents=named)
+
+
 # -- group updates -------------------------------------------------------------------------
 
 
@@ -128,25 +137,46 @@ def issue_group_update(
     *,
     item_id: int | None = None,
 ) -> bytes:
-    """One group update: the same item under `tmr_id` for each of the group's containers."""
-    item = replace(item, tmr_id=tmr_id)
-    parts: list[dict[str, Any]] = []
+    """One group update: the same item under `tmr_id` for each of the group's containers,
+    naming the three (`tmr_item`)."""
+    item = tmr_item(item, tmr_id, group.requests)
+    parts: list[tuple[Request, int, bytes, bytes]] = []
     for request in group.requests:
         iid = item_id if item_id is not None else request.next_item_id()
         update, (license_bytes,) = issue_update_with_licenses(
             request, firm_code, firm_private_key, [PutItem(iid, item)], now
         )
-        parts.append({
-            "serial": str(request.serial),
-            "sign_public": request.sign_public,
-            "item_id": iid,
-            "counter_to": request.update_counter + 1,
-            "license_digest": digest(license_bytes),
-            "update": update,
-        })
-    body = {"tmr_id": tmr_id, "product_code": item.product_code, "issued_at": now, "parts": parts}
+        parts.append((request, iid, update, license_bytes))
+    return sign_group_update(firm_code, firm_private_key, tmr_id, item.product_code, now, parts)
+
+
+def sign_group_update(
+    firm_code: int,
+    firm_private_key: bytes,
+    tmr_id: int,
+    product_code: int,
+    now: int,
+    parts: Sequence[tuple[Request, int, bytes, bytes]],
+) -> bytes:
+    """The group update of three updates already issued, one per constituent: (its request,
+    the TMR item's id in it, the update file, the TMR item's license in that update). Central
+    issues each part as the container's next update (with whatever else is due to it)."""
+    _check_constituents([request for request, _, _, _ in parts])
+    body = {"tmr_id": tmr_id, "product_code": product_code, "issued_at": now, "parts": [
+        {"serial": str(request.serial), "sign_public": request.sign_public, "item_id": iid,
+         "counter_to": request.update_counter + 1, "license_digest": digest(license_bytes), "update": update}
+        for request, iid, update, license_bytes in parts
+    ]}
     prefix = _GROUP_PREFIX.pack(firm_code, signing_public_key(firm_private_key))
     return sign_artifact(GROUP_UPDATE_MAGIC, VERSION, prefix + env.encode(body), firm_private_key)
+
+
+def is_group_request(data: bytes) -> bool:
+    return data[: len(GROUP_REQUEST_MAGIC)] == GROUP_REQUEST_MAGIC
+
+
+def is_group_receipt(data: bytes) -> bool:
+    return data[: len(GROUP_RECEIPT_MAGIC)] == GROUP_RECEIPT_MAGIC
 
 
 def read_group_update(data: bytes, firm_public_key: bytes | None = None) -> GroupUpdate:

@@ -145,6 +145,11 @@ class ErrorCode(IntEnum):
     TMR_GROUP_NO_PART = 1461
     TMR_GROUP_INCOMPLETE = 1462
 
+    # TMR products in central (1475-1479)
+    TMR_PRODUCT_NEEDS_GROUP = 1475  # a single container's request for a TMR product's license
+    TMR_GROUP_NOT_TMR = 1476  # a group request for licenses of an ordinary product
+    TMR_GROUP_NOT_ISSUED = 1477  # a group receipt that answers no group update central issued
+
 
 # What a user should do next, per code. Kept short: a line on a terminal.
 _HINTS: dict[ErrorCode, str] = {
@@ -172,6 +177,9 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.TMR_GROUP_INVALID: "make the group from the three constituent containers' own request files, one per container, all for the same firm",
     ErrorCode.TMR_GROUP_NO_PART: "apply the group update on each of the three upstreams: each applies the part for the container it holds",
     ErrorCode.TMR_GROUP_INCOMPLETE: "apply the group update on every upstream named above and combine the three new receipts again",
+    ErrorCode.TMR_PRODUCT_NEEDS_GROUP: "a TMR license goes into three constituent containers at once: send a group request (`licentia update group-request A B C`)",
+    ErrorCode.TMR_GROUP_NOT_TMR: "a group request is for TMR products only: activate an ordinary license with one container's own request",
+    ErrorCode.TMR_GROUP_NOT_ISSUED: "send the group receipt of the group update this central issued (combine the receipts the three upstreams wrote when they applied it)",
     ErrorCode.ACCESS_LIST_DENIED: "the server's access list keeps this seat from you; ask its administrator (`licentia acl check` shows which rule decides)",
     ErrorCode.IDENTITY_REFUSED: "the runtime does not accept who this client says it is; connect as yourself (a program states its own process, an administrator uses the runtime's token)",
     ErrorCode.CENTRAL_ERROR: "the back office could not answer; try again later or contact the vendor",

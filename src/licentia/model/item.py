@@ -109,6 +109,9 @@ class ProductItem:
     protected_data: bytes = b""
     hidden_data: bytes = b""  # sealed: readable only with the vendor's hidden-data key
     tmr_id: int | None = None
+    # a TMR license's three constituent containers, (serial, container public key) each, as the
+    # vendor signed them: a program accepts a proof from any of them (docs/tmr.md, "Proofs")
+    tmr_constituents: tuple[tuple[str, bytes], ...] = ()
     borrow_max: int = 0
     checkpoint_period: int | None = None  # seconds; must be renewed within it
     vm_allowed: bool = True
@@ -143,6 +146,8 @@ class ProductItem:
                 _bad(f"{name} is longer than {limit} bytes")
         if self.borrow_max < 0:
             _bad("borrow maximum must not be negative")
+        if self.tmr_constituents:
+            _check_constituents(self.tmr_constituents, self.tmr_id)
 
     @property
     def local_only(self) -> bool:
@@ -182,6 +187,8 @@ class ProductItem:
                 if not isinstance(value, str):
                     raise LicentiaError(ErrorCode.WRONG_CONTENT, "versions must be text")
                 value = VersionRange.parse(value)
+            elif key == "tmr_constituents":
+                value = _constituents(value)
             else:
                 _check_type(key, value)
             kwargs[key] = value
@@ -202,6 +209,27 @@ _TYPES: dict[str, type] = {
     "text": str, "user_data": bytes, "protected_data": bytes, "hidden_data": bytes,
     "vm_allowed": bool, "disabled": bool,
 }
+
+
+TMR_CONSTITUENTS = 3
+_CONTAINER_KEY_SIZE = 32
+
+
+def _constituents(value: Any) -> tuple[tuple[str, bytes], ...]:
+    """The decoded `tmr_constituents` (lists from msgpack) as pairs; anything else is 215 (wrong content)."""
+    if not isinstance(value, list | tuple) or not all(isinstance(p, list | tuple) and len(p) == 2 for p in value):
+        raise LicentiaError(ErrorCode.WRONG_CONTENT, "item option 'tmr_constituents' has the wrong type")
+    return tuple((p[0], p[1]) for p in value)
+
+
+def _check_constituents(pairs: tuple[tuple[str, bytes], ...], tmr_id: int | None) -> None:
+    if tmr_id is None:
+        _bad("only a TMR item names constituent containers")
+    for serial, key in pairs:
+        if not isinstance(serial, str) or not isinstance(key, bytes) or len(key) != _CONTAINER_KEY_SIZE:
+            _bad("a TMR constituent is a container serial and its 32-byte public key")
+    if len(pairs) != TMR_CONSTITUENTS or len({serial for serial, _ in pairs}) != TMR_CONSTITUENTS:
+        _bad("a TMR item names three different constituent containers")
 
 
 def _check_type(key: str, value: Any) -> None:

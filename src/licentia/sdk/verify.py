@@ -56,14 +56,16 @@ _CACHE_LIMIT = 256  # distinct licenses remembered per process; only vendor-sign
 class SignedLicense:
     """A license whose firm signature verified: what the vendor vouches for."""
 
-    __slots__ = ("container_key", "firm_code", "item", "item_id", "serial")
+    __slots__ = ("container_key", "firm_code", "firm_key", "item", "item_id", "serial")
 
-    def __init__(self, serial: str, firm_code: int, item_id: int, item: dict[str, Any], container_key: bytes) -> None:
+    def __init__(self, serial: str, firm_code: int, item_id: int, item: dict[str, Any], container_key: bytes,
+                 firm_key: bytes = b"") -> None:
         self.serial = serial
         self.firm_code = firm_code
         self.item_id = item_id
         self.item = item  # the product item's options, as the vendor signed them (do not change)
         self.container_key = container_key
+        self.firm_key = firm_key  # the key whose signature over the license verified
 
 
 class Verified:
@@ -241,6 +243,9 @@ def verify_proof(verified: Verified | SignedLicense, nonce: bytes, reply: dict[s
     signature (which may open a proof key, see `ProofKeys`), or a MAC under the proof key
     this connection agreed with that container."""
     lic = verified.license if isinstance(verified, Verified) else verified
+    signer = reply.get("container")
+    if signer is not None and signer != lic.serial and lic.item.get("tmr_id") is not None:
+        lic = _constituent(lic, reply)
     handle = reply.get("proof_handle", reply.get("handle"))
     units = reply.get("units")
     until = reply.get("valid_until")
@@ -290,6 +295,31 @@ def verify_proof(verified: Verified | SignedLicense, nonce: bytes, reply: dict[s
     return Verified(lic, units, until)
 
 
+def _constituent(lic: SignedLicense, reply: dict[str, Any]) -> SignedLicense:
+    """The license of the constituent that proved a TMR answer in place of `lic`'s (the
+    upstream that proved it before has gone): accepted only when the firm signed it, for the
+    same TMR license and product, and `lic` itself (vendor-signed) names its container and
+    container key among the three constituents. Anything else is 109."""
+    signer = reply.get("container")
+    named = lic.item.get("tmr_constituents")
+    if type(named) is not list:
+        raise _refuse(f"the answer is proved by container {signer}, and the TMR license of container {lic.serial} "
+                      "names no constituents (issued before licenses named them: take the license again, or have "
+                      "the vendor issue it anew)")
+    data = reply.get("license")
+    if type(data) is not bytes or not lic.firm_key:
+        raise _refuse(f"the answer is proved by container {signer} without its license")
+    other = verify_license(lic.firm_key, lic.firm_code, data)
+    item, theirs = lic.item, other.item
+    if (other.serial != signer or theirs.get("tmr_id") != item.get("tmr_id")
+            or theirs.get("product_code") != item.get("product_code")
+            or theirs.get("tmr_constituents") != named
+            or not any(type(p) is list and p == [other.serial, other.container_key] for p in named)):
+        raise _refuse(f"container {signer} is not a constituent of TMR license {item.get('tmr_id')} "
+                      "that the vendor named")
+    return other
+
+
 # (firm key, license bytes) -> the license they verified to; exact bytes, so nothing else matches
 _licenses: dict[tuple[bytes, bytes], SignedLicense] = {}
 
@@ -333,7 +363,7 @@ def _verify_license(firm_key: bytes, firm_code: int, data: bytes) -> SignedLicen
         value = item.get(name)
         if value is not None and type(value) is not int:
             raise _refuse(f"the license's {name} is not a number")
-    return SignedLicense(serial, signed_firm, item_id, item, key)
+    return SignedLicense(serial, signed_firm, item_id, item, key, firm_key)
 
 
 def _verify_borrowed(firm_key: bytes, firm_code: int, data: bytes) -> SignedLicense:
@@ -363,7 +393,7 @@ def _verify_borrowed(firm_key: bytes, firm_code: int, data: bytes) -> SignedLice
     expires = item.get("expires_at")
     item.update(quantity=0, borrow_max=0, borrowed_until=until,
                 expires_at=until if expires is None else min(expires, until))
-    return SignedLicense(serial, inner.firm_code, item_id, item, key)
+    return SignedLicense(serial, inner.firm_code, item_id, item, key, firm_key)
 
 
 def _license_body(data: bytes) -> bytes | None:
