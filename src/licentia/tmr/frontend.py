@@ -96,7 +96,8 @@ class FrontEnd:
 
     def __init__(self, config: FrontEndConfig) -> None:
         self.fe = config
-        self.config = RuntimeConfig(client_timeout=config.client_timeout)  # the parts' limits
+        self.config = RuntimeConfig(client_timeout=config.client_timeout,  # the parts' limits
+                                    max_connections_per_peer=config.max_connections_per_peer)
         self.connections: set[Any] = set()
         self.connection_count = 0
         self.host_name = socket.gethostname()
