@@ -680,7 +680,8 @@ class SeatStore:
         last: Exception | None = None
         contention = 0
         while True:
-            client = self._clients[self._current]
+            at = self._current
+            client = self._clients[at]
             try:
                 return await attempt(client)
             except _Retry:
@@ -699,7 +700,8 @@ class SeatStore:
                         raise
                     continue
                 last = exc
-                self._current = (self._current + 1) % len(self._clients)
+                if self._current == at:  # the operations that failed on it together move on once
+                    self._current = (at + 1) % len(self._clients)
             if time.monotonic() >= deadline:
                 if unsure:
                     self._orphans.update(unsure)
