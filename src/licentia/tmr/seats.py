@@ -80,6 +80,7 @@ GRANTED_CACHE = 1 << 20  # handles a store remembers it granted (a cache)
 REVOKED_MARGIN = 1.0  # seconds: a lease gone this long before its time was revoked, not expired
 LEFT_MARK_TTL = 60  # seconds a client's leaving is remembered (its lease is never put back)
 PUT_BACK_KEYS = 60  # a revoked lease with more keys than this is not put back (one transaction)
+ALIVE_CACHE = 1 << 16  # leases a store remembers seeing alive (the oldest forgotten: not put back)
 HANDLE_BITS = 53  # handles fit an IEEE double (JSON, WebAdmin) and are never 0
 
 T = TypeVar("T")
@@ -594,7 +595,8 @@ class SeatStore:
     # -- leases revoked by an outdated etcd leader -------------------------------------
 
     def _seen_alive(self, lease_id: int, ttl: int, revision: int) -> None:
-        if len(self._alive) >= GRANTED_CACHE:
+        self._alive.pop(lease_id, None)  # the newest last: the oldest is forgotten first
+        if len(self._alive) >= ALIVE_CACHE:
             del self._alive[next(iter(self._alive))]
         self._alive[lease_id] = (time.monotonic(), ttl, revision)
 
