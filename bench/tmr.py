@@ -161,7 +161,8 @@ def main_front_end(concs: list[int], warmup: float, window: float) -> int:
     rows = []
     doc: dict[str, Any] = {"versions": B.versions(), "window_s": window, "results": []}
     item = ProductItem(product_code=9, quantity=2 * max(concs), tmr_id=1)
-    with tempfile.TemporaryDirectory(prefix="licentia-bench-tmr-") as tmp, tmr_system(Path(tmp), item) as s:
+    with tempfile.TemporaryDirectory(prefix="licentia-bench-tmr-") as tmp, tmr_system(
+            Path(tmp), item, ("--max-connections-per-peer", str(max(concs) + 16))) as s:
         fe = s.front_ends[0]
         for conc in concs:
             floor = asyncio.run(bare(s.etcd.endpoints, conc, warmup, window))

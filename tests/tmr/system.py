@@ -172,8 +172,9 @@ def kill_upstream(s: System, i: int) -> None:
 
 
 @contextmanager
-def tmr_system(tmp_path: Path, item: ProductItem = ITEM) -> Iterator[System]:
-    """Three upstream runtimes beside a 3-member etcd cluster, two front ends, all started."""
+def tmr_system(tmp_path: Path, item: ProductItem = ITEM, front_end_args: tuple[str, ...] = ()) -> Iterator[System]:
+    """Three upstream runtimes beside a 3-member etcd cluster, two front ends (with
+    `front_end_args` beside their own), all started."""
     root = machine(tmp_path / "machine")
     vendor = Vendor(tmp_path / "vendor")
     ca, fe_cert = make_ca(tmp_path / "pki", "site")
@@ -194,7 +195,7 @@ def tmr_system(tmp_path: Path, item: ProductItem = ITEM) -> Iterator[System]:
             # a fixed port too: a restarted front end is found where the search lists name it
             args = ["--port", str(_free_port()), "--address", "127.0.0.1", "--certificate", str(fe_cert),
                     "--private-key", str(fe_cert.with_suffix(".key")), "--poll-interval", "0.3",
-                    "--client-timeout", "5"]
+                    "--client-timeout", "5", *front_end_args]
             for e in urls:
                 args += ["--etcd", e]
             for up in ups:

@@ -176,3 +176,7 @@ def test_the_front_end_reads_the_tmr_toml_that_init_writes(tmp_path: Path) -> No
     with pytest.raises(LicentiaError) as info:  # two upstreams are not a TMR system
         load_config(path, tmp_path / "state", upstreams=["10.0.0.11:22350", "10.0.0.12:22350"])
     assert info.value.code is ErrorCode.INVALID_PARAMETER and "three" in info.value.message
+    assert config.max_connections_per_peer == 64  # a runtime's default
+    path.write_text(files["fe1/tmr.toml"] + "\n[limits]\nmax_connections_per_peer = 200\n")
+    assert load_config(path, tmp_path / "state").max_connections_per_peer == 200
+    assert load_config(path, tmp_path / "state", max_connections_per_peer=300).max_connections_per_peer == 300

@@ -64,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--port", type=int, help="network port (default 22350; 0: any free one)")
     serve.add_argument("--client-timeout", type=float, help="a silent client's seats are freed after this (s)")
     serve.add_argument("--poll-interval", type=float, help="how often the upstreams are asked (s, default 1)")
+    serve.add_argument("--max-connections-per-peer", type=int,
+                       help="most connections at once from one address (default 64; [limits] in tmr.toml)")
     serve.set_defaults(handler=cmd_serve)
 
     status = ts.add_parser("status", help="show a front end's upstreams, etcd members and virtual container")
@@ -131,9 +133,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         private_key=Path(args.private_key).resolve() if args.private_key else None,
         upstream_ca=Path(args.upstream_ca).resolve() if args.upstream_ca else None,
         address=args.address, port=args.port, client_timeout=args.client_timeout, poll_interval=args.poll_interval,
+        max_connections_per_peer=args.max_connections_per_peer,
     )
     print(f"TMR front end: virtual container {config.serial}; upstreams {', '.join(config.upstreams)}", flush=True)
-    asyncio.run(run(config))
+    try:  # the event loop a runtime serves on (licentia.runtime.serve): TLS and frames cost less
+        import uvloop
+    except ImportError:
+        asyncio.run(run(config))
+    else:
+        uvloop.run(run(config))
     return 0
 
 

@@ -26,6 +26,7 @@ class FrontEndConfig:
     upstream_ca: Path | None = None  # trust the upstreams by this CA, else by pins on first use
     client_timeout: float = 30.0
     poll_interval: float = 1.0
+    max_connections_per_peer: int = 64  # connections at once from one address ([limits], as a runtime's)
     serial_number: int | None = None  # of the virtual container 131-N (default: from the etcd members)
     prefix: str = "/licentia/tmr/v1/"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +45,8 @@ class FrontEndConfig:
         if len(self.etcd) != 3:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER,
                                 f"a TMR front end needs [tmr] etcd with the three members' URLs, not {len(self.etcd)}")
+        if self.max_connections_per_peer < 1:
+            raise LicentiaError(ErrorCode.INVALID_PARAMETER, "[limits] max_connections_per_peer must be at least 1")
         if self.client_timeout < 5:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, "client_timeout must be at least 5 s")
         return self
@@ -58,7 +61,7 @@ def load_config(path: Path | None, home: Path, **overrides: Any) -> FrontEndConf
             doc = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, f"cannot read {path}: {exc}") from None
-    tmr, net = doc.get("tmr", {}), doc.get("network", {})
+    tmr, net, limits = doc.get("tmr", {}), doc.get("network", {}), doc.get("limits", {})
     base = path.parent if path is not None else Path.cwd()
 
     def p(value: Any) -> Path | None:
@@ -70,6 +73,7 @@ def load_config(path: Path | None, home: Path, **overrides: Any) -> FrontEndConf
         "upstream_ca": p(tmr.get("upstream_ca")), "home": home,
         "address": str(net.get("address", "0.0.0.0")), "port": int(net.get("port", 22350)),
         "client_timeout": float(net.get("client_timeout", 30.0)),
+        "max_connections_per_peer": int(limits.get("max_connections_per_peer", 64)),
     }
     if "serial_number" in tmr:
         values["serial_number"] = int(tmr["serial_number"])

@@ -96,7 +96,8 @@ class FrontEnd:
 
     def __init__(self, config: FrontEndConfig) -> None:
         self.fe = config
-        self.config = RuntimeConfig(client_timeout=config.client_timeout)  # the parts' limits
+        self.config = RuntimeConfig(client_timeout=config.client_timeout,  # the parts' limits
+                                    max_connections_per_peer=config.max_connections_per_peer)
         self.connections: set[Any] = set()
         self.connection_count = 0
         self.host_name = socket.gethostname()
@@ -366,6 +367,8 @@ class FrontEnd:
     async def _held(self, conn: Connection, handle: int) -> tuple[Ident, Any, VirtualItem]:
         ident = _ident(conn)
         sess = await self.store.session(handle)
+        if sess is None and await self.store.keep_alive(ident.client_id or ""):
+            sess = await self.store.session(handle)  # its lease may have been put back (SeatStore.keep_alive)
         if sess is None or sess.holder.client_id != ident.client_id:
             raise LicentiaError(ErrorCode.INVALID_HANDLE, f"handle {handle} is not held by this client")
         key = sess.key

@@ -15,6 +15,7 @@ version, or decimal text):
     i/<item>/p/<station>/<lease>    per-station share: [slot, handles]; on the client's lease
     i/<item>/u                      units remaining (decimal); no lease
     d/<client>/<request>            a decrement's receipt (units remaining after); client's lease
+    x/<client>/<lease>              the client left (its lease is never put back); 60 s lease
 
 A seat is a slot key `0 … quantity-1` taken by a transaction that compares its
 `create_revision == 0`, so two front ends granting at once can never take one slot twice
@@ -31,6 +32,10 @@ it are released.
 Per-station handles of one station share one seat per client lease: two client runtimes
 claiming the same station each take one (never more seats than the quantity, only fewer
 shared). Exclusive access is not offered by TMR items (223).
+
+A lease etcd revoked while its client kept it alive (an outdated leader waking from a pause,
+etcd before 3.4.24 and 3.5.8) is put back from etcd's history at the client's next
+keep-alive, unless any of its keys was taken since (`keep_alive`).
 
 When fewer than two members answer, every operation fails with error 130
 (`REDUNDANCY_SERVER_MISSING`) after `op_timeout` seconds. A grant whose transaction was sent
@@ -72,6 +77,10 @@ __all__ = ["DEFAULT_PREFIX", "RECORD_VERSION", "SeatStore", "StationShare"]
 DEFAULT_PREFIX = "/licentia/tmr/v1/"
 RECORD_VERSION = 1
 GRANTED_CACHE = 1 << 20  # handles a store remembers it granted (a cache)
+REVOKED_MARGIN = 1.0  # seconds: a lease gone this long before its time was revoked, not expired
+LEFT_MARK_TTL = 60  # seconds a client's leaving is remembered (its lease is never put back)
+PUT_BACK_KEYS = 60  # a revoked lease with more keys than this is not put back (one transaction)
+ALIVE_CACHE = 1 << 16  # leases a store remembers seeing alive (the oldest forgotten: not put back)
 HANDLE_BITS = 53  # handles fit an IEEE double (JSON, WebAdmin) and are never 0
 
 T = TypeVar("T")
@@ -131,6 +140,7 @@ class SeatStore:
             aetcd.Client(host=h, port=p, timeout=call_timeout) for h, p in self._endpoints
         ]
         self._current = 0
+        self._call_timeout = call_timeout
         self._op_timeout = op_timeout
         self._count = count
         self._p = prefix.encode()
@@ -142,6 +152,9 @@ class SeatStore:
         # handle -> (its session, slot key, slot value) of the per-access grants made here: a
         # cache that spares a release its read; etcd's compare decides, a miss reads
         self._granted: dict[int, tuple[Session, bytes, bytes]] = {}
+        # lease id -> (monotonic time, seconds it had left, a revision it held at) when this
+        # store last saw it alive: a lease gone well before its time was revoked, not expired
+        self._alive: dict[int, tuple[float, int, int]] = {}
 
     # -- lifetime ------------------------------------------------------------
 
@@ -175,12 +188,15 @@ class SeatStore:
                 failure=[t.get(key)],
             )
             if ok:
+                self._seen_alive(int(lease.id), ttl, resp[0].response_put.header.revision)
                 return int(lease.id)
             await c.revoke_lease(lease.id)
             if not resp or not resp[0]:
                 raise _Retry
             existing = int(resp[0][0][0], 16)
-            await c.refresh_lease(existing)
+            reply = await c.refresh_lease(existing)
+            if reply is not None and reply.TTL > 0:
+                self._seen_alive(existing, reply.TTL, reply.header.revision)
             return existing
 
         lease_id = await self._run(attempt)
@@ -209,7 +225,14 @@ class SeatStore:
 
     async def keep_alive(self, client_id: str) -> bool:
         """Refresh `client_id`'s lease (call on each of its keep-alives). False when the
-        client has no lease any more: its seats are gone and it must access again."""
+        client has no lease any more: its seats are gone and it must access again.
+
+        A lease that vanished while this store had seen it alive with time to spare was
+        revoked by an outdated etcd leader (etcd before 3.4.24 and 3.5.8: a leader paused for
+        longer than a lease's TTL revokes it on waking, although its holder kept it alive
+        through the others). Such a lease's keys are put back, on a new lease, as they were
+        just before the revocation (etcd's history), unless any of them was taken since or
+        the client left (`close_client`)."""
         key = self._p + b"c/" + _enc(client_id)
 
         async def attempt(c: aetcd.Client) -> bool:
@@ -220,11 +243,18 @@ class SeatStore:
                     return False
                 lease_id = int(got.value, 16)
             reply = await c.refresh_lease(lease_id)
-            if reply is None or reply.TTL <= 0:
-                self._leases.pop(client_id, None)
-                return False
-            self._leases[client_id] = lease_id
-            return True
+            if reply is not None and reply.TTL > 0:
+                self._leases[client_id] = lease_id
+                self._seen_alive(lease_id, reply.TTL, reply.header.revision)
+                return True
+            self._leases.pop(client_id, None)
+            seen = self._alive.pop(lease_id, None)
+            now_key = await c.get(key)
+            if now_key is not None and int(now_key.value, 16) != lease_id:
+                raise _Retry  # the client has another lease now (opened again, or put back by the twin)
+            if now_key is None and seen is not None and time.monotonic() < seen[0] + seen[1] - REVOKED_MARGIN:
+                return await self._put_back(c, client_id, lease_id, seen)
+            return False
 
         return await self._run(attempt)
 
@@ -235,8 +265,13 @@ class SeatStore:
         async def attempt(c: aetcd.Client) -> None:
             got = await c.get(key)
             if got is not None:
+                lease_id = int(got.value, 16)
+                self._alive.pop(lease_id, None)
+                # it left: its lease is never put back (a mark the front ends see for a while)
+                mark = await c.lease(LEFT_MARK_TTL)
+                await c.put(self._left_mark(client_id, lease_id), b"", lease=mark.id)
                 with contextlib.suppress(aetcd.exceptions.ClientError):
-                    await c.revoke_lease(int(got.value, 16))
+                    await c.revoke_lease(lease_id)
 
         self._leases.pop(client_id, None)
         await self._run(attempt)
@@ -557,6 +592,60 @@ class SeatStore:
 
         return await self._run(attempt)
 
+    # -- leases revoked by an outdated etcd leader -------------------------------------
+
+    def _seen_alive(self, lease_id: int, ttl: int, revision: int) -> None:
+        self._alive.pop(lease_id, None)  # the newest last: the oldest is forgotten first
+        if len(self._alive) >= ALIVE_CACHE:
+            del self._alive[next(iter(self._alive))]
+        self._alive[lease_id] = (time.monotonic(), ttl, revision)
+
+    def _left_mark(self, client_id: str, lease_id: int) -> bytes:
+        return self._p + b"x/" + _enc(client_id) + b"/%x" % lease_id
+
+    async def _put_back(self, c: aetcd.Client, client_id: str, lease_id: int, seen: tuple[float, int, int]) -> bool:
+        """Put the keys of `client_id`'s revoked lease back as they were just before the
+        revocation, on a new lease with the same TTL, in one transaction that requires every
+        one of them still absent (a seat taken since stays with its new holder: then nothing
+        is put back) and the client not gone on purpose. True when they are back."""
+        _at, ttl, revision = seen
+        wait = self._call_timeout
+        ckey = self._p + b"c/" + _enc(client_id)
+        lease_hex = b"%x" % lease_id
+        try:
+            held, _ = await _range_at(c, ckey, None, revision, wait)
+            if not held or held[0].value != lease_hex:
+                return False
+            _, hi = await _range_at(c, ckey, None, 0, wait, count_only=True)
+            while hi - revision > 1:  # the revision that deleted it: held at `revision`, gone at `hi`
+                mid = (revision + hi) // 2
+                held, _ = await _range_at(c, ckey, None, mid, wait)
+                if held and held[0].value == lease_hex:
+                    revision = mid
+                else:
+                    hi = mid
+            before, _ = await _range_at(c, self._p, _range_end(self._p), hi - 1, wait)
+        except _Compacted:
+            return False
+        keys = [(kv.key, kv.value) for kv in before if kv.lease == lease_id]
+        if len(keys) > PUT_BACK_KEYS:
+            return False
+        fresh = await c.lease(ttl)
+        t = c.transactions
+        ok, resp = await c.transaction(
+            compare=[*(t.create(k) == 0 for k, _v in keys), t.create(self._left_mark(client_id, lease_id)) == 0],
+            success=[t.put(k, b"%x" % fresh.id if k == ckey else v, lease=fresh.id) for k, v in keys],
+            failure=[],
+        )
+        if not ok:
+            await c.revoke_lease(fresh.id)
+            if await c.get(ckey) is not None:
+                raise _Retry  # the twin put them back first, or the client opened again: read its lease
+            return False
+        self._leases[client_id] = int(fresh.id)
+        self._seen_alive(int(fresh.id), ttl, resp[0].response_put.header.revision)
+        return True
+
     # -- internals ---------------------------------------------------------------
 
     def _remember(self, handle: int, sess: Session, skey: bytes, tag: bytes) -> None:
@@ -593,7 +682,8 @@ class SeatStore:
         last: Exception | None = None
         contention = 0
         while True:
-            client = self._clients[self._current]
+            at = self._current
+            client = self._clients[at]
             try:
                 return await attempt(client)
             except _Retry:
@@ -612,7 +702,8 @@ class SeatStore:
                         raise
                     continue
                 last = exc
-                self._current = (self._current + 1) % len(self._clients)
+                if self._current == at:  # the operations that failed on it together move on once
+                    self._current = (at + 1) % len(self._clients)
             if time.monotonic() >= deadline:
                 if unsure:
                     self._orphans.update(unsure)
@@ -635,6 +726,26 @@ class SeatStore:
             if record is not None and got is not None and got.value == record:
                 with contextlib.suppress(LicentiaError):
                     await self.release(handle, time.time())
+
+
+class _Compacted(Exception):
+    """The revision asked for is no longer in etcd's history."""
+
+
+async def _range_at(
+    c: aetcd.Client, key: bytes, end: bytes | None, revision: int, timeout: float, *, count_only: bool = False
+) -> tuple[list[Any], int]:
+    """The keys (and the revision read) from `key` (to `end`; None: that key alone) as they were at `revision` (0:
+    now), a linearizable read of etcd's history; `_Compacted` when it is gone."""
+    await c.connect()
+    request = aetcd.rpc.RangeRequest(key=key, range_end=end or b"", revision=revision, count_only=count_only)
+    try:
+        response = await c.kvstub.Range(request, timeout=timeout, metadata=c.metadata)
+    except aetcd.rpc.AioRpcError as exc:
+        if exc.code() is aetcd.rpc.StatusCode.OUT_OF_RANGE:
+            raise _Compacted from None
+        raise aetcd.exceptions.ConnectionFailedError(str(exc.details())) from None
+    return list(response.kvs), int(response.header.revision)
 
 
 # --------------------------------------------------------------------------- encoding
