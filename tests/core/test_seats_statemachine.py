@@ -218,6 +218,13 @@ class SeatMachine(RuleBasedStateMachine):
         assert self.table.next_handle > self.issued
 
     @invariant()
+    def a_keepalive_names_lost_exactly_the_handles_its_client_does_not_hold(self) -> None:
+        named = [*self.model, self.table.next_handle, 0, 1 << 40]
+        for client in CLIENTS:
+            lost = self.table.not_held_by(client, named)
+            assert lost == [h for h in named if h not in self.model or self.model[h].holder.client_id != client]
+
+    @invariant()
     def never_more_seats_than_quantity(self) -> None:
         for key, quantity in QUANTITY.items():
             used = self.table.used(key)

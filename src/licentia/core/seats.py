@@ -504,6 +504,12 @@ class SeatTable:
             return holder.client_id in self._clients
         return holder.process is not None and holder.process in self._processes
 
+    def not_held_by(self, client_id: str, handles: Iterable[int]) -> list[int]:
+        """Those of `handles` that network client `client_id` does not hold (its keep-alive's
+        `lost`): one set lookup each."""
+        held = self._clients.get(client_id, ())
+        return [h for h in handles if h not in held]
+
     def processes(self) -> list[ProcessId]:
         """Local processes holding handles: the shell checks these are still alive."""
         return list(self._processes)

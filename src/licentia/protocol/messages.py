@@ -231,6 +231,8 @@ def _check_value(value: Any, check: Any, where: str) -> str:
     if isinstance(check, ListOf):
         if type(value) is not list:
             return f"field {where} must be a list"
+        if type(check.item) is type and set(map(type, value)) <= {check.item}:
+            return ""  # the usual list (a keep-alive's handles): items of exactly the type
         for i, item in enumerate(value):
             problem = _check_value(item, check.item, f"{where}[{i}]")
             if problem:

@@ -406,9 +406,7 @@ class Runtime:
         lost: list[int] = []
         if ident.client_id is not None:  # only the sender's own seats: its id is the server's to give
             self.seats.heartbeat(ident.client_id, now)
-            for handle in msg.get("handles", ()):
-                if handle not in self.seats or self.seats.get(handle).holder.client_id != ident.client_id:
-                    lost.append(handle)
+            lost = self.seats.not_held_by(ident.client_id, msg.get("handles", ()))
         return {"id": msg["id"], "ok": True, "interval": self.config.keepalive_for(self.config.client_timeout),
                 "timeout": self.config.client_timeout, "lost": lost}
 
