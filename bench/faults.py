@@ -295,11 +295,13 @@ class World:
     violations: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     actions: Counter[str] = field(default_factory=Counter)
+    run: int = 0
 
     def violation(self, kind: str, text: str) -> None:
         self.violations[kind] += 1
         if len(self.examples) < 20:
             self.examples.append(f"{kind}: {text}")
+            print(f"  run {self.run}, violation: {kind}: {text}", file=sys.stderr)
 
     # -- actions --
 
@@ -479,6 +481,7 @@ def main() -> int:
         faults = [world.kill_program, world.kill_client, world.kill_server]
         fault_weights = [6, 2, 1]
         for run in range(args.runs):
+            world.run = run
             world.start_clients()
             for _ in range(rng.randint(3, 8)):
                 rng.choices(normal, normal_weights)[0](rng)
