@@ -373,6 +373,7 @@ class World:
     def kill(self, prog: Program) -> None:
         prog.proc.send_signal(signal.SIGKILL)
         prog.proc.wait(15)
+        self.stopper.stop(prog.proc)  # its pipes closed: a thousand runs leave no descriptors behind
         self.programs.remove(prog)
         self.dead[prog.proc.pid] = (prog.via, deadline())
 
