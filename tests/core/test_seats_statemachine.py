@@ -218,6 +218,23 @@ class SeatMachine(RuleBasedStateMachine):
         assert self.table.next_handle > self.issued
 
     @invariant()
+    def a_keepalive_names_lost_exactly_the_handles_its_client_does_not_hold(self) -> None:
+        named = [*self.model, self.table.next_handle, 0, 1 << 40]
+        for client in CLIENTS:
+            lost = self.table.not_held_by(client, named)
+            assert lost == [h for h in named if h not in self.model or self.model[h].holder.client_id != client]
+
+    @invariant()
+    def a_client_learns_the_seats_it_took_before_a_time_and_did_not_name(self) -> None:
+        sessions = self.table.sessions()
+        named = [s.handle for s in sessions[::2]]
+        for client in CLIENTS:
+            for before in (self.now, self.now - 50.0, self.now + 1.0):
+                assert self.table.taken_before(client, before, named) == sorted(
+                    s.handle for s in sessions
+                    if s.holder.client_id == client and s.since < before and s.handle not in named)
+
+    @invariant()
     def never_more_seats_than_quantity(self) -> None:
         for key, quantity in QUANTITY.items():
             used = self.table.used(key)

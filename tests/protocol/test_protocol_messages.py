@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from licentia.model import ErrorCode
 from licentia.protocol import ProtocolError, validate_request
@@ -77,6 +78,20 @@ def test_bad_requests(msg: dict[str, object], code: ErrorCode, words: str) -> No
     assert info.value.code is code and words in info.value.message and not info.value.fatal
     if msg["id"] == 3:
         assert info.value.request_id == 3
+
+
+@given(st.lists(st.one_of(st.integers(), st.booleans(), st.floats(allow_nan=False), st.text(max_size=2),
+                          st.none()), max_size=40))
+def test_a_keepalive_names_integers_only_and_the_first_other_is_named(handles: list[object]) -> None:
+    msg = request(1, "keepalive", handles=handles)
+    bad = [i for i, h in enumerate(handles) if type(h) is not int]
+    if not bad:
+        assert validate_request(msg) == "keepalive"
+        return
+    with pytest.raises(ProtocolError) as caught:
+        validate_request(msg)
+    assert caught.value.code == ErrorCode.INVALID_PARAMETER
+    assert f"handles[{bad[0]}]" in caught.value.message
 
 
 def test_every_op_is_tested_and_documented() -> None:

@@ -148,3 +148,32 @@ def test_quantity_zero_and_terminal_session_rules(tmp_path: Path, root: Path, ve
     assert a.granted and b.granted
     assert run(13, "per-station", **ts2).first["error"] == 212
     assert run(13, "exclusive", **ts1).first["error"] == 213
+
+
+@pytest.mark.slow
+def test_a_client_runtime_killed_before_its_snapshot_gives_back_the_seats_it_forgot(
+    tmp_path: Path, root: Path, other_root: Path, vendor: Vendor, procs: Procs
+) -> None:
+    server = Runtime(procs, server_home(tmp_path, root, vendor), root, *NETWORK)
+    client_home = tmp_path / "client"
+    searchlist.add(client_home / "servers.json", server.network_address)
+    # its seats never reach its snapshot before it is killed
+    client = Runtime(procs, client_home, other_root, "--snapshot-delay", "600")
+    via_client = {"LICENTIA_HOME": str(client_home)}
+    opts = {"firm_code": vendor.firm, "product_code": 14, "firm_key": str(vendor.public_file)}
+    first = Program(procs, other_root, via_client, **opts)
+    assert first.granted
+    forgotten = [r["handle"] for r in server.sessions()]
+    client.stop(signal.SIGKILL)  # the machine goes down: the runtime and its program
+    first.kill()
+    client.start()  # it proves the same identity to the server, and knows nothing of that seat
+    keeper = Program(procs, other_root, via_client, **{**opts, "product_code": 7})
+    assert keeper.granted  # its seat is kept alive by the client runtime's keep-alives, as the forgotten one was
+    # the new connection's first keep-alive learns the seat taken before, and gives it back
+    wait_for("the forgotten seat to be given back",
+             lambda: [r["pid"] for r in server.sessions()] == [keeper.pid], timeout=30)
+    again = Program(procs, other_root, via_client, **opts)  # the item's one seat is free again
+    assert again.granted, again.first
+    assert forgotten[0] not in [r["handle"] for r in server.sessions()]
+    problems = [e["detail"] for e in client.usage_log() if e["event"] == "problem"]
+    assert any("taken before this runtime restarted" in p for p in problems), problems

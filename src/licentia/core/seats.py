@@ -504,6 +504,23 @@ class SeatTable:
             return holder.client_id in self._clients
         return holder.process is not None and holder.process in self._processes
 
+    def not_held_by(self, client_id: str, handles: Iterable[int]) -> list[int]:
+        """Those of `handles` that network client `client_id` does not hold (its keep-alive's
+        `lost`): one set lookup each."""
+        held = self._clients.get(client_id, ())
+        return [h for h in handles if h not in held]
+
+    def taken_before(self, client_id: str, before: float, named: Iterable[int] = ()) -> list[int]:
+        """The handles network client `client_id` holds that it took before `before` (on an
+        earlier connection) and that are not in `named`, in order: those it may have
+        forgotten (a client runtime killed before its snapshot held them)."""
+        held = self._clients.get(client_id)
+        if not held:
+            return []
+        skip = set(named)
+        sessions = self._sessions
+        return sorted(h for h in held if h not in skip and sessions[h][0].since < before)
+
     def processes(self) -> list[ProcessId]:
         """Local processes holding handles: the shell checks these are still alive."""
         return list(self._processes)

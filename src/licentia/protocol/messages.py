@@ -129,7 +129,7 @@ REQUESTS: dict[str, Spec] = {
     DECREMENT: {"handle": (True, int), "units": (True, int), "nonce": (False, bytes), "kx": (False, bytes),
                 "keyed": (False, ListOf(str))},
     CHECK: {"handle": (True, int), "nonce": (False, bytes), "kx": (False, bytes), "keyed": (False, ListOf(str))},
-    KEEPALIVE: {"handles": (False, ListOf(int))},
+    KEEPALIVE: {"handles": (False, ListOf(int)), "others": (False, bool)},
     SESSIONS: {"firm": (False, int), "product": (False, int), "container": (False, str)},
     INFO: {"what": (True, OneOf("server", "containers", "items")), "firm": (False, int)},
     ADMIN_RELEASE: {"handle": (True, int)},
@@ -156,7 +156,7 @@ REPLIES: dict[str, tuple[str, ...]] = {
     RELEASE: (),
     DECREMENT: ("units", "valid_until", "proof", "kx", "mac"),
     CHECK: ("valid", "valid_until", "units", "proof", "kx", "mac"),
-    KEEPALIVE: ("interval",),
+    KEEPALIVE: ("interval", "others"),
     SESSIONS: ("sessions",),
     INFO: ("server", "containers", "items"),
     ADMIN_RELEASE: (),
@@ -231,6 +231,8 @@ def _check_value(value: Any, check: Any, where: str) -> str:
     if isinstance(check, ListOf):
         if type(value) is not list:
             return f"field {where} must be a list"
+        if type(check.item) is type and set(map(type, value)) <= {check.item}:
+            return ""  # the usual list (a keep-alive's handles): items of exactly the type
         for i, item in enumerate(value):
             problem = _check_value(item, check.item, f"{where}[{i}]")
             if problem:

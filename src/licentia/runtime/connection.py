@@ -75,6 +75,7 @@ class Connection:
         self._later: asyncio.Handle | None = None  # the queue's next turn
         self.transport: asyncio.Transport | None = None
         self.ident: Ident | None = None
+        self.hello_at = 0.0  # wall time of its hello: seats its client took before were on another connection
         self.peer: tuple[int, int, int] | None = None  # (pid, uid, gid) from the kernel
         self.peer_host = ""
         self.number = 0

@@ -188,6 +188,8 @@ class AdmittingListener:
 
 def too_deep(value: Any, depth: int = MAX_DEPTH) -> bool:
     """Whether `value` nests maps and lists deeper than `depth` (without recursion)."""
+    # only maps and lists go on the stack: a flat list of 1,024 handles is one step, and an
+    # item of a container at the bound is one level too deep whatever its type
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, d = stack.pop()
@@ -195,8 +197,16 @@ def too_deep(value: Any, depth: int = MAX_DEPTH) -> bool:
             return True
         t = type(v)
         if t is dict:
-            stack.extend((x, d + 1) for x in v.values())
-            stack.extend((k, d + 1) for k in v if type(k) in (list, dict, tuple))
+            if v and d >= depth:
+                return True
+            stack.extend((x, d + 1) for x in v.values() if type(x) in _NESTING)
+            stack.extend((k, d + 1) for k in v if type(k) in _NESTING)
         elif t is list or t is tuple:
-            stack.extend((x, d + 1) for x in v)
+            if v and d >= depth:
+                return True
+            if not _NESTING.isdisjoint(map(type, v)):
+                stack.extend((x, d + 1) for x in v if type(x) in _NESTING)
     return False
+
+
+_NESTING = frozenset((dict, list, tuple))

@@ -337,6 +337,21 @@ class NetworkClient:
             if hold.server == address:
                 self.rt.events.notify(hold.handle, SERVER_LOST)
 
+    async def release_forgotten(self, up: Upstream, taken: set[int]) -> None:
+        """Release the seats server `up` says this runtime took there on an earlier
+        connection and that it does not know: taken by this runtime before it was killed,
+        and not yet in its snapshot. Kept alive by this runtime's identity, they would
+        never come back otherwise."""
+        known = {h.remote_handle for h in self.remote.values() if h.server == up.address}
+        for handle in sorted(taken - known):
+            try:
+                await up.request("release", handle=handle)
+            except LicentiaError as exc:
+                if exc.code is not ErrorCode.INVALID_HANDLE:
+                    raise
+            self.rt._note_problem(f"released seat {handle} on {up.address}: taken before this runtime "
+                                  "restarted and not in its snapshot")
+
     def remote_gone(self, hold: RemoteHold, why: str) -> None:
         if self.remote.pop(hold.handle, None) is not None:
             self.log_remote("release", hold, reason="timeout")
@@ -360,22 +375,31 @@ class NetworkClient:
 
     async def keepalive_loop(self) -> None:
         last: dict[str, float] = {}
+        asked: dict[str, int] = {}  # server -> the connection to it that asked for forgotten seats
         handle_events = self.rt.events.handle_events
         while True:
             await asyncio.sleep(0.5)
             by_server: dict[str, list[RemoteHold]] = {}
             for hold in self.remote.values():
                 by_server.setdefault(hold.server, []).append(hold)
+            for address, up in self.upstreams.items():  # a new connection, holding nothing known
+                if up.reachable and asked.get(address) != up.connections:
+                    by_server.setdefault(address, [])
             now = time.monotonic()
             for address, holds in by_server.items():
                 up = self.upstream(address)
-                if now - last.get(address, 0.0) < up.keepalive_interval and up.reachable is not False:
+                fresh = up.reachable is True and asked.get(address) != up.connections
+                if not fresh and now - last.get(address, 0.0) < up.keepalive_interval and up.reachable is not False:
                     continue
                 if up.reachable is False and now - last.get(address, 0.0) < 1.0:
                     continue
                 last[address] = now
                 try:
-                    lost = await _keepalive(up, [h.remote_handle for h in holds])
+                    if fresh:
+                        asked[address] = up.connections
+                    lost, others = await _keepalive(up, [h.remote_handle for h in holds], others=fresh)
+                    if others:
+                        await self.release_forgotten(up, others)
                 except LicentiaError:
                     self.mark_server_lost(address)
                     for hold in holds:
@@ -416,18 +440,25 @@ class NetworkClient:
 KEEPALIVE_HANDLES = 1000  # handles named per keep-alive (a server takes 1024 by default)
 
 
-async def _keepalive(up: Any, handles: list[int]) -> set[int]:
+async def _keepalive(up: Any, handles: list[int], *, others: bool = False) -> tuple[set[int], set[int]]:
     """Keep-alives to server `up` naming `handles`, a bounded number each; the handles it
-    says are lost. A server that takes fewer per keep-alive (1401) is sent one naming
-    none, which keeps alive all this client holds there (nothing is learnt lost)."""
+    says are lost, and with `others` (the first keep-alive on a new connection) the seats
+    this client took there on an earlier connection that the first did not name. A
+    server that takes fewer per keep-alive (1401) is sent one naming none, which keeps
+    alive all this client holds there (nothing is learnt lost)."""
     lost: set[int] = set()
+    taken: set[int] = set()
     for start in range(0, max(len(handles), 1), KEEPALIVE_HANDLES):
+        fields: dict[str, Any] = {"handles": handles[start:start + KEEPALIVE_HANDLES]}
+        if others and start == 0:
+            fields["others"] = True
         try:
-            reply = await up.request("keepalive", handles=handles[start:start + KEEPALIVE_HANDLES])
+            reply = await up.request("keepalive", **fields)
         except LicentiaError as exc:
             if exc.code != ErrorCode.TOO_MANY_HANDLES:
                 raise
             await up.request("keepalive")
-            return lost
+            return lost, set()
         lost.update(reply.get("lost") or ())
-    return lost
+        taken.update(h for h in reply.get("others") or () if type(h) is int)
+    return lost, taken

@@ -385,6 +385,7 @@ class Runtime:
                                                       peer=peer, peer_host=conn.peer_host,
                                                       number=self.connection_count)
         conn.forget_log_lines()
+        conn.hello_at = time.time()
         reply: Message = {
             "id": msg["id"], "ok": True, "version": version, "server": self.host_name,
             "client_id": ident.client_id, "timeout": self.config.client_timeout,
@@ -402,15 +403,15 @@ class Runtime:
     def op_keepalive(self, conn: Connection, msg: Message) -> Message:
         ident = conn.ident
         assert ident is not None
-        now = time.time()
-        lost: list[int] = []
+        reply: Message = {"id": msg["id"], "ok": True, "interval": self.config.keepalive_for(self.config.client_timeout),
+                          "timeout": self.config.client_timeout, "lost": []}
         if ident.client_id is not None:  # only the sender's own seats: its id is the server's to give
-            self.seats.heartbeat(ident.client_id, now)
-            for handle in msg.get("handles", ()):
-                if handle not in self.seats or self.seats.get(handle).holder.client_id != ident.client_id:
-                    lost.append(handle)
-        return {"id": msg["id"], "ok": True, "interval": self.config.keepalive_for(self.config.client_timeout),
-                "timeout": self.config.client_timeout, "lost": lost}
+            self.seats.heartbeat(ident.client_id, time.time())
+            named = msg.get("handles", ())
+            reply["lost"] = self.seats.not_held_by(ident.client_id, named)
+            if msg.get("others") is True:  # seats taken on an earlier connection, not named (docs/protocol.md)
+                reply["others"] = self.seats.taken_before(ident.client_id, conn.hello_at, named)
+        return reply
 
     # ================================================================== what the parts call
 

@@ -39,6 +39,7 @@ class Upstream:
         self.reachable: bool | None = None  # None: never tried
         self.last_error: LicentiaError | None = None
         self.tmr = ""  # a TMR front end's virtual container (its twins serve the same seats)
+        self.connections = 0  # connections made: each new one asks the server for forgotten seats
 
     @property
     def keepalive_interval(self) -> float:
@@ -71,6 +72,7 @@ class Upstream:
                 self.server_timeout = float(timeout)
             self.tmr = str(reply.get("tmr") or "")
             self._client = c
+            self.connections += 1
             self.reachable = True
             self.last_error = None
             return c
