@@ -137,8 +137,21 @@ def _attach(fe: FrontEndProc, client_id: str, identity: dict[str, Any] | None = 
 
 
 def test_a_dead_client_runtimes_seats_come_back_after_its_lease(system: System) -> None:
+    """A client runtime's seats hang on its lease; one that comes back under the same
+    identity learns the seats it took before and no longer names (killed before its
+    snapshot held them), so it can give them back instead of keeping them alive for ever."""
     s = system
     fe1, fe2 = s.front_ends
+    identity: dict[str, Any] = {}
+    first = fe1.client("client-runtime-forgetful", identity)
+    forgot = access(first, 0)["handle"]
+    first.close()
+    again = fe2.client("client-runtime-forgetful", identity)  # on the twin, the same identity resumed
+    assert again.request("keepalive", handles=[], others=True)["others"] == [forgot]
+    assert again.request("keepalive", handles=[forgot], others=True)["others"] == []
+    again.request("release", handle=forgot)
+    again.close()
+
     dead = fe1.client("client-runtime-dead")
     for n in range(QUANTITY):
         access(dead, n)

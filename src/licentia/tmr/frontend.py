@@ -268,6 +268,7 @@ class FrontEnd:
         timeout = self.fe.client_timeout
         await self.store.open_client(ident.client_id, timeout)
         conn.ident = ident
+        conn.hello_at = time.time()
         return {"id": msg["id"], "ok": True, "version": version, "server": self.host_name,
                 "client_id": ident.client_id, "timeout": timeout, "keepalive": self.config.keepalive_for(timeout),
                 "location": "network", "station": list(ident.station), "session": ident.session.value,
@@ -286,8 +287,14 @@ class FrontEnd:
             lost = [h for h, sess in zip(handles, sessions, strict=True)
                     if sess is None or sess.holder.client_id != ident.client_id]
         timeout = self.fe.client_timeout
-        return {"id": msg["id"], "ok": True, "interval": self.config.keepalive_for(timeout), "timeout": timeout,
-                "lost": lost}
+        reply = {"id": msg["id"], "ok": True, "interval": self.config.keepalive_for(timeout), "timeout": timeout,
+                 "lost": lost}
+        if alive and msg.get("others") is True:  # seats taken on an earlier connection, not named (docs/protocol.md)
+            named = set(handles)
+            reply["others"] = [sess.handle for sess in await self.store.sessions()
+                               if sess.holder.client_id == ident.client_id and sess.handle not in named
+                               and sess.since < conn.hello_at]
+        return reply
 
     def find(self, firm: int, product: int) -> VirtualItem:
         """The virtual item of `firm` and `product`: 130 when it is missing (fewer than two
