@@ -26,8 +26,9 @@ from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.events import CONTAINER_REMOVED, ITEM_CHANGED, Events
 from licentia.runtime.ident import Ident, acting_for
-from licentia.runtime.licenses import Loaded, ProofKeys, decrement_op, first_use_op, make_proof
+from licentia.runtime.licenses import Loaded, decrement_op, first_use_op
 from licentia.runtime.network import REMOTE_BASE, NetworkClient, better
+from licentia.runtime.proofs import ProofKeys, make_proof
 from licentia.runtime.replies import frame, ok_frame
 from licentia.runtime.tokens import RuntimeContainers, RuntimeTokens
 from licentia.runtime.usagelog import LineTemplate, UsageLog
@@ -357,8 +358,9 @@ class LocalGrants:
                 reply.update(proved)
                 return reply
             pack = self._pack
+            # the proof fields as a map's fields: a map of them without its header (a fixmap's one byte)
             return frame(bytes((0x80 | (len(proved) + (hit[2][0] & 0x0F)),)), hit[2][1:], pack(msg["id"]),
-                         b"\xa6handle", pack(handle), hit[3], *[pack(part) for pair in proved.items() for part in pair])
+                         b"\xa6handle", pack(handle), hit[3], pack(proved)[1:])
         hit = self._tail(msg, ld, entry, handle, mode, local)
         if isinstance(hit, dict):
             hit["handle"] = handle
