@@ -37,6 +37,10 @@ MODES = {m.value: m for m in AccessMode}
 
 Reply = Message | bytes | Awaitable[Message | bytes]
 
+# (item entry, container, map header and "id", the fields after id and handle encoded, the
+# entry's valid until): see `LocalGrants._tail`
+Tail = tuple[Any, Loaded, bytes, bytes, int | None]
+
 # (second, containers' generation, container, item entry, seat key, quantity): see `LocalGrants.plan`
 Plan = tuple[int, int, Loaded, Any, ItemKey, int | None]
 
@@ -79,7 +83,7 @@ class LocalGrants:
         self._plans: dict[tuple[int, int, bool], Plan] = {}
         self._requests: dict[tuple[int, str | None, int | None, bool], ItemRequest] = {}
         # encoded grant replies without id and handle, per item state (see `grant_frame`)
-        self._tails: dict[tuple[str, int, int, str, bool], tuple[Any, Loaded, bytes, bytes]] = {}
+        self._tails: dict[tuple[str, int, int, str, bool], Tail] = {}
         self._pack = msgpack.Packer().pack  # the loop's own: a Packer is not thread-safe
         self.denials: dict[int, int] = {}  # seats refused, by error code (/metrics)
 
@@ -325,10 +329,11 @@ class LocalGrants:
         return reply
 
     def _tail(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
-              local: bool) -> tuple[Any, Loaded, bytes, bytes] | Message:
-        """The kept part of a grant reply (map header, and all but id and handle encoded),
-        kept by container, item, mode and location while `entry` (immutable: a changed item
-        is a new entry) is the current one; or the whole reply when it does not fit a fixmap."""
+              local: bool) -> Tail | Message:
+        """The kept part of a grant reply (map header, and all but id and handle encoded,
+        and the entry's valid until), kept by container, item, mode and location while
+        `entry` (immutable: a changed item is a new entry) is the current one; or the whole
+        reply when it does not fit a fixmap."""
         ck = (ld.serial, msg["firm"], entry.item_id, mode.value, local)
         hit = self._tails.get(ck)
         if hit is None or hit[0] is not entry or hit[1] is not ld:
@@ -338,7 +343,8 @@ class LocalGrants:
                 return reply
             if len(self._tails) > 1000:
                 self._tails.clear()
-            hit = self._tails[ck] = (entry, ld, bytes((0x80 | (len(rest) + 2),)) + b"\xa2id", self._pack(rest)[1:])
+            hit = self._tails[ck] = (entry, ld, bytes((0x80 | (len(rest) + 2),)) + b"\xa2id", self._pack(rest)[1:],
+                                     reply["valid_until"])
         return hit
 
     def grant_frame(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
@@ -349,10 +355,10 @@ class LocalGrants:
         if msg.get("nonce"):
             if keys is None or ld.serial in self.rt.containers.external:
                 return self.grant_reply(msg, ld, entry, handle, mode, local)
-            state = entry.state
-            proved = keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, state.units_remaining,
-                                valid_until(entry.item, state), ld.serial)
             hit = self._tail(msg, ld, entry, handle, mode, local)
+            until = valid_until(entry.item, entry.state) if isinstance(hit, dict) else hit[4]
+            proved = keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, entry.state.units_remaining,
+                                until, ld.serial)
             if isinstance(hit, dict) or len(proved) + (hit[2][0] & 0x0F) > 15:  # more than a fixmap holds
                 reply = self.grant_reply({"id": msg["id"]}, ld, entry, handle, mode, local)
                 reply.update(proved)
