@@ -37,10 +37,7 @@ MODES = {m.value: m for m in AccessMode}
 
 Reply = Message | bytes | Awaitable[Message | bytes]
 
-# (item entry, container, map header and "id", the fields after id and handle encoded, the
-# entry's valid until): see `LocalGrants._tail`
-Tail = tuple[Any, Loaded, bytes, bytes, int | None]
-
+Tail = tuple[Any, Loaded, bytes, bytes, int | None]  # see `LocalGrants._tail`
 # (second, containers' generation, container, item entry, seat key, quantity): see `LocalGrants.plan`
 Plan = tuple[int, int, Loaded, Any, ItemKey, int | None]
 
@@ -330,10 +327,10 @@ class LocalGrants:
 
     def _tail(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
               local: bool) -> Tail | Message:
-        """The kept part of a grant reply (map header, and all but id and handle encoded,
-        and the entry's valid until), kept by container, item, mode and location while
-        `entry` (immutable: a changed item is a new entry) is the current one; or the whole
-        reply when it does not fit a fixmap."""
+        """The kept part of a grant reply (entry, container, map header, all but id and handle
+        encoded, valid until), kept by container, item, mode and location while `entry`
+        (immutable: a changed item is a new entry) is current; or the whole reply when it
+        does not fit a fixmap."""
         ck = (ld.serial, msg["firm"], entry.item_id, mode.value, local)
         hit = self._tails.get(ck)
         if hit is None or hit[0] is not entry or hit[1] is not ld:
@@ -363,8 +360,7 @@ class LocalGrants:
                 reply = self.grant_reply({"id": msg["id"]}, ld, entry, handle, mode, local)
                 reply.update(proved)
                 return reply
-            pack = self._pack
-            # the proof fields as a map's fields: a map of them without its header (a fixmap's one byte)
+            pack = self._pack  # the proof fields: a map of them without its (fixmap's one-byte) header
             return frame(bytes((0x80 | (len(proved) + (hit[2][0] & 0x0F)),)), hit[2][1:], pack(msg["id"]),
                          b"\xa6handle", pack(handle), hit[3], pack(proved)[1:])
         hit = self._tail(msg, ld, entry, handle, mode, local)
