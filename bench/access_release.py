@@ -29,7 +29,8 @@ Python after `make pure` (the report's header says which).
    (bench/start_cost.py).
 4. Server memory per held session at 10,000 sessions (bench/session_memory.py).
 
-Then the issue's targets as ratios of figures from this same run, each with PASS or MISS.
+Then the targets (docs/performance.md) as ratios of figures from this same run, each with PASS
+or MISS, and the other ratios of the run as information.
 JSON with every run goes to bench/results/. Traffic goes to 127.0.0.1 only; every process
 started is stopped by its PID; every run is bounded in time.
 """
@@ -213,6 +214,10 @@ def report(args: argparse.Namespace, doc: dict[str, Any]) -> str:
     out.append("Targets (ratios of figures measured above)")
     rows = [[t["target"], t["measured"], f"{t['ratio']:.2f}", t["limit"], t["verdict"]] for t in doc["targets"]]
     out.append(B.table(["target", "measured", "ratio", "limit", ""], rows))
+    out.append("")
+    out.append("Information (no target)")
+    rows = [[t["target"], t["measured"], f"{t['ratio']:.2f}"] for t in doc["information"]]
+    out.append(B.table(["what", "measured", "ratio"], rows))
     one_floor, one_redis = doc["pairs"]["floor"].get("1"), doc["pairs"]["redis-py"].get("1")
     if one_floor and one_redis:  # what a latency-bound comparison can show at all
         out.append(f"   at 1 connection every server waits on the round trip: the floor itself makes "
@@ -223,46 +228,71 @@ def report(args: argparse.Namespace, doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def targets(doc: dict[str, Any], main: str = "runtime") -> list[dict[str, Any]]:
+# The targets that hold (docs/performance.md): the plain pair against the floor at 10 and
+# 100 connections, the proved pair at 10, a protected program's start, the warm pair and
+# the memory of a held session. What they do not bound is printed as information.
+PLAIN_PAIRS_MIN = 0.6  # x the floor's pairs/s
+PLAIN_CPU_MAX = 1.7  # x the floor's server CPU per pair
+PROVED_PAIRS_MIN = 0.62  # x the floor's pairs/s, at 10 connections
+START_MAX_MS = 50.0  # added to `python -c pass`
+WARM_MAX_MS = 0.5
+SESSION_MAX_BYTES = 2048
+
+
+def targets(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(targets, each with PASS or MISS; other ratios of this run, as information)."""
     p = doc["pairs"]
     out: list[dict[str, Any]] = []
+    info: list[dict[str, Any]] = []
 
     def add(target: str, measured: str, ratio: float, limit: str, ok: bool) -> None:
         out.append({"target": target, "measured": measured, "ratio": ratio, "limit": limit,
                     "verdict": B.verdict(ok)})
 
-    label = "" if main == "runtime" else f" [{main}]"
-    for conc in ("10", "100"):
-        rt, fl = p[main].get(conc), p["floor"].get(conc)
+    def note(what: str, measured: str, ratio: float) -> None:
+        info.append({"target": what, "measured": measured, "ratio": ratio, "limit": "", "verdict": ""})
+
+    for server, conc in (("runtime", "10"), ("runtime", "100"), ("runtime + proof", "10"),
+                         ("runtime + proof", "100")):
+        rt, fl = p[server].get(conc), p["floor"].get(conc)
         if rt is None or fl is None:
             continue
-        r = rt["ops_s"] / fl["ops_s"]
-        add(f"pairs/s vs floor, conc {conc}{label}", f"{rt['ops_s']:,.0f} / {fl['ops_s']:,.0f}", r, ">= 0.7", r >= 0.7)
-        r = rt["server_us_per_pair"] / fl["server_us_per_pair"]
-        add(f"server CPU per pair vs floor, conc {conc}{label}",
-            f"{rt['server_us_per_pair']:.1f} / {fl['server_us_per_pair']:.1f} µs", r, "<= 1.5", r <= 1.5)
-        r = rt["p99_us"] / fl["p99_us"]
-        add(f"p99 vs floor, conc {conc}{label}", f"{rt['p99_us']:,.0f} / {fl['p99_us']:,.0f} µs", r, "<= 1.5", r <= 1.5)
-    for conc, rd in sorted(p["redis-py"].items(), key=lambda kv: int(kv[0])):
-        rt = p[main].get(conc)
-        if rt is None:
-            continue
-        r = rt["ops_s"] / rd["ops_s"]
-        add(f"pairs/s vs redis-py, conc {conc}{label}", f"{rt['ops_s']:,.0f} / {rd['ops_s']:,.0f}", r, ">= 3", r >= 3)
-    if main != "runtime":
-        return out
-    w = doc["decrements"]["wire"]
-    r = w["group"]["ops_s"] / w["single"]["ops_s"]
-    add("durable decrements: group commit vs fsync per op (wire, 10 clients)",
-        f"{w['group']['ops_s']:,.0f} / {w['single']['ops_s']:,.0f} per s", r, ">= 6", r >= 6)
+        pairs = f"{rt['ops_s']:,.0f} / {fl['ops_s']:,.0f}"
+        cpu = f"{rt['server_us_per_pair']:.1f} / {fl['server_us_per_pair']:.1f} µs"
+        r_pairs = rt["ops_s"] / fl["ops_s"]
+        r_cpu = rt["server_us_per_pair"] / fl["server_us_per_pair"]
+        if server == "runtime":
+            add(f"pairs/s vs floor, conc {conc}", pairs, r_pairs, f">= {PLAIN_PAIRS_MIN}", r_pairs >= PLAIN_PAIRS_MIN)
+            add(f"server CPU per pair vs floor, conc {conc}", cpu, r_cpu, f"<= {PLAIN_CPU_MAX}",
+                r_cpu <= PLAIN_CPU_MAX)
+        elif conc == "10":
+            add(f"pairs/s vs floor, conc {conc} [{server}]", pairs, r_pairs, f">= {PROVED_PAIRS_MIN}",
+                r_pairs >= PROVED_PAIRS_MIN)
+            note(f"server CPU per pair vs floor, conc {conc} [{server}]", cpu, r_cpu)
+        else:
+            note(f"pairs/s vs floor, conc {conc} [{server}]", pairs, r_pairs)
+            note(f"server CPU per pair vs floor, conc {conc} [{server}]", cpu, r_cpu)
+        note(f"p99 vs floor, conc {conc}" + ("" if server == "runtime" else f" [{server}]"),
+             f"{rt['p99_us']:,.0f} / {fl['p99_us']:,.0f} µs", rt["p99_us"] / fl["p99_us"])
     s = doc["start"]
     added = s["program"]["median_ms"] - s["bare"]["median_ms"]
-    add("program start: added to python -c pass", f"+{added:.1f} ms", added / 50, "<= 50 ms", added <= 50)
+    add("program start: added to python -c pass", f"+{added:.1f} ms", added / START_MAX_MS, f"<= {START_MAX_MS:g} ms",
+        added <= START_MAX_MS)
     warm = s["warm"]["verified"]["median_ms"]
-    add("warm access+release (verified)", f"{1e3 * warm:.0f} µs", warm / 0.5, "< 500 µs", warm < 0.5)
+    add("warm access+release (verified)", f"{1e3 * warm:.0f} µs", warm / WARM_MAX_MS, f"< {1e3 * WARM_MAX_MS:g} µs",
+        warm < WARM_MAX_MS)
     per = doc["memory"]["bytes_per_session"]
-    add("server memory per held session", f"{per:,.0f} B", per / 2048, "< 2 KiB", per < 2048)
-    return out
+    add("server memory per held session", f"{per:,.0f} B", per / SESSION_MAX_BYTES, "< 2 KiB",
+        per < SESSION_MAX_BYTES)
+    for conc, rd in sorted(p["redis-py"].items(), key=lambda kv: int(kv[0])):
+        rt = p["runtime"].get(conc)
+        if rt is not None:
+            note(f"pairs/s vs redis-py, conc {conc}", f"{rt['ops_s']:,.0f} / {rd['ops_s']:,.0f}",
+                 rt["ops_s"] / rd["ops_s"])
+    w = doc["decrements"]["wire"]
+    note("durable decrements: group commit vs fsync per op (wire, 10 clients)",
+         f"{w['group']['ops_s']:,.0f} / {w['single']['ops_s']:,.0f} per s", w["group"]["ops_s"] / w["single"]["ops_s"])
+    return out, info
 
 
 def main() -> None:
@@ -339,16 +369,9 @@ def main() -> None:
         say("4. memory per held session")
         doc["memory"] = M.measure(stopper, home, sessions=args.sessions)
 
-    doc["targets"] = targets(doc)
-    doc["targets_with_proof"] = targets(doc, "runtime + proof")
+    doc["targets"], doc["information"] = targets(doc)
     doc["seconds"] = round(time.monotonic() - started, 1)
-    text = report(args, doc)
-    extra = B.table(["target", "measured", "ratio", "limit", ""],
-                    [[t["target"], t["measured"], f"{t['ratio']:.2f}", t["limit"], t["verdict"]]
-                     for t in doc["targets_with_proof"]])
-    text += ("\n\nThe same pair targets for the access as the SDK sends it (a challenge the runtime proves):\n"
-             + extra)
-    print(text)
+    print(report(args, doc))
     path = B.write_results("access_release", doc)
     print(f"\n({doc['seconds']:.0f} s; every run in {path.relative_to(B.ROOT)})")
 

@@ -22,6 +22,8 @@ def test_mac_is_hmac_sha256(key: bytes, data: bytes) -> None:
     expected = hmac.new(key, data, hashlib.sha256).digest()
     assert MacKey(key).tag(data) == expected == recipes.mac(key, data)
     assert MacKey(key).matches(data, expected)
+    kept = MacKey(key)  # the keyed state is copied per MAC, never consumed
+    assert [kept.tag(data), kept.tag(b"other"), kept.tag(data)] == [expected, recipes.mac(key, b"other"), expected]
 
 
 def test_mac_matches_rfc_4231() -> None:

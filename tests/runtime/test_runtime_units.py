@@ -316,7 +316,7 @@ def test_a_held_container_sees_changes_made_elsewhere_and_tampering(tmp_path: Pa
 
 def test_proofs_are_the_container_keys_signatures(tmp_path: Path, root: Path, vendor: Vendor) -> None:
     from licentia.crypto import sign, verify
-    from licentia.runtime.licenses import make_proof
+    from licentia.runtime.proofs import make_proof
     from licentia.sdk.proof import proof_message
 
     serial = make_home(tmp_path / "home", root, vendor, [ProductItem(product_code=7)])

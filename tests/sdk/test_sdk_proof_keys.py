@@ -33,7 +33,7 @@ import licentia
 from licentia.crypto import sign
 from licentia.crypto.recipes import KeyAgreement, MacKey
 from licentia.model import ErrorCode, LicentiaError, ProductItem
-from licentia.runtime.licenses import ProofKeys as RuntimeProofKeys
+from licentia.runtime.proofs import ProofKeys as RuntimeProofKeys
 from licentia.sdk import verify
 from licentia.sdk.proof import proof_key_info, proof_message, proof_message_kx
 from licentia.sdk.verify import ProofKeys, SignedLicense, verify_license, verify_proof
@@ -368,7 +368,7 @@ def test_any_altered_field_is_refused(parts: Parts, kind: str, field: str, handl
 
 def test_a_token_style_signature_without_kx_verifies_with_keys_offered(parts: Parts) -> None:
     """Token containers and relayed answers sign as before, even when the program offered `kx`."""
-    from licentia.runtime.licenses import make_proof
+    from licentia.runtime.proofs import make_proof
 
     nonce = os.urandom(32)
     proof = make_proof(parts.content, nonce, 9, parts.license.firm_code, parts.license.item_id, 3, None)

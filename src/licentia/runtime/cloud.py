@@ -58,7 +58,8 @@ from licentia.model import (
     LicentiaError,
 )
 from licentia.runtime.cloudsource import CloudHold, MemoryContainer, Source
-from licentia.runtime.licenses import Loaded, make_proof
+from licentia.runtime.licenses import Loaded
+from licentia.runtime.proofs import make_proof
 from licentia.runtime.sync import CentralHTTP
 from licentia.runtime.tokens import RuntimeContainers, release_seat, withdraw
 

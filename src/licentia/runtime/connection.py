@@ -34,8 +34,8 @@ from licentia.protocol.frames import (
 from licentia.runtime import procs
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.ident import Ident
-from licentia.runtime.licenses import ProofKeys
 from licentia.runtime.limits import KEEPALIVE_PACE, ConnectionLimits
+from licentia.runtime.proofs import ProofKeys
 from licentia.runtime.replies import FRAME_HEAD
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 

@@ -26,8 +26,9 @@ from licentia.runtime.cloud import RuntimeCloud
 from licentia.runtime.config import RuntimeConfig
 from licentia.runtime.events import CONTAINER_REMOVED, ITEM_CHANGED, Events
 from licentia.runtime.ident import Ident, acting_for
-from licentia.runtime.licenses import Loaded, ProofKeys, decrement_op, first_use_op, make_proof
+from licentia.runtime.licenses import Loaded, decrement_op, first_use_op
 from licentia.runtime.network import REMOTE_BASE, NetworkClient, better
+from licentia.runtime.proofs import ProofKeys, make_proof
 from licentia.runtime.replies import frame, ok_frame
 from licentia.runtime.tokens import RuntimeContainers, RuntimeTokens
 from licentia.runtime.usagelog import LineTemplate, UsageLog
@@ -36,6 +37,7 @@ MODES = {m.value: m for m in AccessMode}
 
 Reply = Message | bytes | Awaitable[Message | bytes]
 
+Tail = tuple[Any, Loaded, bytes, bytes, int | None]  # see `LocalGrants._tail`
 # (second, containers' generation, container, item entry, seat key, quantity): see `LocalGrants.plan`
 Plan = tuple[int, int, Loaded, Any, ItemKey, int | None]
 
@@ -78,7 +80,7 @@ class LocalGrants:
         self._plans: dict[tuple[int, int, bool], Plan] = {}
         self._requests: dict[tuple[int, str | None, int | None, bool], ItemRequest] = {}
         # encoded grant replies without id and handle, per item state (see `grant_frame`)
-        self._tails: dict[tuple[str, int, int, str, bool], tuple[Any, Loaded, bytes, bytes]] = {}
+        self._tails: dict[tuple[str, int, int, str, bool], Tail] = {}
         self._pack = msgpack.Packer().pack  # the loop's own: a Packer is not thread-safe
         self.denials: dict[int, int] = {}  # seats refused, by error code (/metrics)
 
@@ -324,10 +326,11 @@ class LocalGrants:
         return reply
 
     def _tail(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
-              local: bool) -> tuple[Any, Loaded, bytes, bytes] | Message:
-        """The kept part of a grant reply (map header, and all but id and handle encoded),
-        kept by container, item, mode and location while `entry` (immutable: a changed item
-        is a new entry) is the current one; or the whole reply when it does not fit a fixmap."""
+              local: bool) -> Tail | Message:
+        """The kept part of a grant reply (entry, container, map header, all but id and handle
+        encoded, valid until), kept by container, item, mode and location while `entry`
+        (immutable: a changed item is a new entry) is current; or the whole reply when it
+        does not fit a fixmap."""
         ck = (ld.serial, msg["firm"], entry.item_id, mode.value, local)
         hit = self._tails.get(ck)
         if hit is None or hit[0] is not entry or hit[1] is not ld:
@@ -337,7 +340,8 @@ class LocalGrants:
                 return reply
             if len(self._tails) > 1000:
                 self._tails.clear()
-            hit = self._tails[ck] = (entry, ld, bytes((0x80 | (len(rest) + 2),)) + b"\xa2id", self._pack(rest)[1:])
+            hit = self._tails[ck] = (entry, ld, bytes((0x80 | (len(rest) + 2),)) + b"\xa2id", self._pack(rest)[1:],
+                                     reply["valid_until"])
         return hit
 
     def grant_frame(self, msg: Message, ld: Loaded, entry: Any, handle: int, mode: AccessMode,
@@ -348,17 +352,17 @@ class LocalGrants:
         if msg.get("nonce"):
             if keys is None or ld.serial in self.rt.containers.external:
                 return self.grant_reply(msg, ld, entry, handle, mode, local)
-            state = entry.state
-            proved = keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, state.units_remaining,
-                                valid_until(entry.item, state), ld.serial)
             hit = self._tail(msg, ld, entry, handle, mode, local)
+            until = valid_until(entry.item, entry.state) if isinstance(hit, dict) else hit[4]
+            proved = keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, entry.state.units_remaining,
+                                until, ld.serial)
             if isinstance(hit, dict) or len(proved) + (hit[2][0] & 0x0F) > 15:  # more than a fixmap holds
                 reply = self.grant_reply({"id": msg["id"]}, ld, entry, handle, mode, local)
                 reply.update(proved)
                 return reply
-            pack = self._pack
+            pack = self._pack  # the proof fields: a map of them without its (fixmap's one-byte) header
             return frame(bytes((0x80 | (len(proved) + (hit[2][0] & 0x0F)),)), hit[2][1:], pack(msg["id"]),
-                         b"\xa6handle", pack(handle), hit[3], *[pack(part) for pair in proved.items() for part in pair])
+                         b"\xa6handle", pack(handle), hit[3], pack(proved)[1:])
         hit = self._tail(msg, ld, entry, handle, mode, local)
         if isinstance(hit, dict):
             hit["handle"] = handle

@@ -22,7 +22,6 @@ from licentia.core.content import ContainerContent, ItemEntry
 from licentia.core.evaluate import begin_use, decrement, evaluate
 from licentia.core.seats import ItemKey
 from licentia.crypto import signing_public_key
-from licentia.crypto.recipes import InvalidArtifact, KeyAgreement, MacKey, Signer
 from licentia.model import (
     ContainerStatus,
     ErrorCode,
@@ -32,7 +31,6 @@ from licentia.model import (
     Verdict,
 )
 from licentia.runtime.commit import ContainerWriter
-from licentia.sdk.proof import KX_SIZE, proof_key_info, proof_message, proof_message_kx
 
 Stamp = tuple[int, int, int]
 
@@ -338,95 +336,13 @@ def _changed_items(serial: str, old: ContainerContent, new: ContainerContent) ->
     return changed
 
 
-# -- proofs ---------------------------------------------------------------------------------
-
-
-_signers: dict[bytes, Signer] = {}  # container key -> the key loaded once (loading costs as much as signing)
-
-
-def _signer(key: bytes) -> Signer:
-    signer = _signers.get(key)
-    if signer is None:
-        if len(_signers) > 256:
-            _signers.clear()
-        signer = _signers[key] = Signer(key)
-    return signer
-
-
-def make_proof(content: ContainerContent, nonce: bytes, handle: int, firm: int, item_id: int,
-               units: int | None, valid_until: int | None) -> bytes:
-    """The container's signature over the program's challenge and the item's state."""
-    return _signer(content.sign_key).sign(
-        proof_message(nonce, handle, str(content.serial), firm, item_id, units, valid_until))
-
-
-class _Agreed:
-    """A proof key agreed with one program key for one container."""
-
-    __slots__ = ("mac", "program_kx", "runtime_kx", "sign_key")
-
-    def __init__(self, program_kx: bytes, runtime_kx: bytes, mac: MacKey, sign_key: bytes) -> None:
-        self.program_kx = program_kx
-        self.runtime_kx = runtime_kx
-        self.mac = mac
-        self.sign_key = sign_key
-
-
-class ProofKeys:
-    """One connection's proof keys: per container serial, the key agreed with the
-    program's ephemeral key (`kx`). Lives and dies with the connection, in memory only.
-
-    `prove` answers a request that carries a challenge: a MAC under the agreed key when
-    the program says it holds that key (`keyed` names the serial) for the same `kx`;
-    otherwise the container's signature, which also binds the program's and this side's
-    ephemeral keys when the program offered one (and a key is agreed, or kept, for the
-    next answers)."""
-
-    __slots__ = ("agreed",)
-
-    def __init__(self) -> None:
-        self.agreed: dict[str, _Agreed] = {}
-
-    def prove(self, content: ContainerContent, msg: dict[str, Any], handle: int, firm: int, item_id: int,
-              units: int | None, valid_until: int | None, serial: str | None = None) -> dict[str, bytes]:
-        """The proof fields of the answer to `msg` (which carries a `nonce`); `serial` is
-        str(content.serial), when the caller has it at hand."""
-        nonce: bytes = msg["nonce"]
-        if serial is None:
-            serial = str(content.serial)
-        kx = msg.get("kx")
-        if type(kx) is not bytes or len(kx) != KX_SIZE:
-            return {"proof": make_proof(content, nonce, handle, firm, item_id, units, valid_until)}
-        agreed = self.agreed.get(serial)
-        if agreed is not None and (agreed.program_kx != kx or (agreed.sign_key is not content.sign_key
-                                                               and agreed.sign_key != content.sign_key)):
-            agreed = None  # another program key (or container key): a new exchange
-        if agreed is not None:
-            keyed = msg.get("keyed")
-            if type(keyed) is list and serial in keyed:
-                return {"mac": agreed.mac.tag(proof_message(nonce, handle, serial, firm, item_id, units,
-                                                            valid_until))}
-        else:
-            exchange = KeyAgreement()
-            try:
-                key = exchange.agree(kx, proof_key_info(kx, exchange.public, serial))
-            except InvalidArtifact:  # not a usable key: the plain signature proves as well
-                return {"proof": make_proof(content, nonce, handle, firm, item_id, units, valid_until)}
-            agreed = self.agreed[serial] = _Agreed(kx, exchange.public, MacKey(key), content.sign_key)
-        signature = _signer(content.sign_key).sign(
-            proof_message_kx(nonce, handle, serial, firm, item_id, units, valid_until, kx, agreed.runtime_kx))
-        return {"proof": signature, "kx": agreed.runtime_kx}
-
-
 __all__ = [
     "SUFFIX",
     "Changes",
     "DecrementOp",
     "Loaded",
     "LocalContainers",
-    "ProofKeys",
     "decrement_op",
     "first_use_op",
-    "make_proof",
     "stamp_of",
 ]

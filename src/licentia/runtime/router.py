@@ -135,6 +135,15 @@ def _fast_access(msg: Message) -> bool:
         mode = msg.get("mode")
         if type(mode) is str:
             return mode in _MODES
+    elif n == 7 or n == 8:  # the SDK's challenge: its mode, nonce, exchange key (and the serials keyed)
+        mode = msg.get("mode")
+        if type(mode) is str and type(msg.get("nonce")) is bytes and type(msg.get("kx")) is bytes \
+                and mode in _MODES:
+            if n == 7:
+                return True
+            keyed = msg.get("keyed")
+            if type(keyed) is list and all(type(s) is str for s in keyed):
+                return True
     return _fits(msg, _ACCESS_TYPES, ("firm", "product"))
 
 
@@ -169,6 +178,8 @@ def _fits(msg: dict[Any, Any], types: dict[str, tuple[type, ...]], required: tup
             return False
         if (type(value) is dict or type(value) is list) and too_deep(value, MAX_DEPTH - 1):
             return False  # `_validate` says what is wrong
+        if name == "keyed" and not all(type(s) is str for s in value):
+            return False  # serials are text
     for name in required:
         if name not in msg:
             return False

@@ -23,7 +23,7 @@ from licentia.core.evaluate import evaluate
 from licentia.model import ErrorCode, ItemRequest, LicentiaError
 from licentia.protocol.frames import Message
 from licentia.runtime.config import RuntimeConfig
-from licentia.runtime.licenses import make_proof
+from licentia.runtime.proofs import make_proof
 from licentia.runtime.tokens import RuntimeContainers
 
 __all__ = ["TmrUpstream", "accept_front_ends", "front_end_of"]
