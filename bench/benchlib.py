@@ -116,12 +116,13 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interva
         time.sleep(interval)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the benchmark process dies (even by SIGKILL)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _die_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` started so that it gets SIGTERM when the benchmark process dies (even by
+    SIGKILL): util-linux's setpriv sets the parent-death signal, then execs it. Not a
+    preexec_fn: a fork of a process with busy gRPC threads (the etcd benchmarks' clients)
+    can break the child before it execs."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
 
 
 class Stopper:
@@ -131,7 +132,7 @@ class Stopper:
         self.children: list[subprocess.Popen[Any]] = []
 
     def spawn(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(list(argv), preexec_fn=_die_with_parent, **kwargs)
+        proc = subprocess.Popen(_die_with_parent(argv), **kwargs)
         self.children.append(proc)
         return proc
 

@@ -13,7 +13,6 @@ side), continue and restart one member at a time:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -36,10 +35,13 @@ def etcd_binary() -> str | None:
     return shutil.which("etcd")
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the test process dies, so no member outlives its test."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _die_with_parent(argv: list[str]) -> list[str]:
+    """`argv` started so that the member gets SIGKILL when the test process dies (no member
+    outlives its test): util-linux's setpriv sets the parent-death signal, then execs it. Not
+    a preexec_fn: a fork of a process whose gRPC threads are busy (the test's own etcd
+    clients) can break the child before it execs, and the member never starts."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 def _free_ports(n: int) -> list[int]:
@@ -106,8 +108,7 @@ class EtcdCluster:
         log = open(self.dir / f"{self.names[i]}.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self.procs[i] = subprocess.Popen(
-                self._args(i), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                _die_with_parent(self._args(i)), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         finally:
             log.close()
