@@ -13,8 +13,9 @@ Q is twice the concurrency, so a pair rarely waits for a seat. All clients run i
 asyncio process (one gRPC channel per client side), closed loop, one pair in flight each.
 - front end (`--front-end`): the same pairs as a client runtime sends them to a TMR front end
   (`licentia tmr serve`, TLS, one connection per client) of a real system on loopback
-  (tests/tmr/system.py: three upstream runtimes, two front ends), against the bare loop on
-  that system's cluster.
+  (tests/tmr/system.py: three upstream runtimes, two front ends) with its default client
+  timeout (30 s; each client keeps its lease alive every 7.5 s, as a runtime does) and poll
+  interval (1 s), against the bare loop on that system's cluster.
 
 Run alone: .venv/bin/python bench/tmr.py [--conc 10,100] [--window 5] [--front-end]
 """
@@ -35,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.tmr.etcd import EtcdCluster
 
 import benchlib as B
+
+
+FRONT_END_CLIENT_TIMEOUT = 30.0  # seconds: `licentia tmr serve`'s default
 
 
 async def _closed_loop(conc: int, pair: Any, warmup: float, window: float) -> dict[str, Any]:
@@ -139,7 +143,7 @@ async def front_end(address: str, pin: str, conc: int, warmup: float, window: fl
 
     async def keep_alive() -> None:  # what a client runtime does: its lease lives on its keep-alives
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(FRONT_END_CLIENT_TIMEOUT / 4)  # a runtime's pace (RuntimeConfig.keepalive_for)
             await asyncio.gather(*(c.request("keepalive") for c in clients))
 
     ka = asyncio.ensure_future(keep_alive())
@@ -161,8 +165,10 @@ def main_front_end(concs: list[int], warmup: float, window: float) -> int:
     rows = []
     doc: dict[str, Any] = {"versions": B.versions(), "window_s": window, "results": []}
     item = ProductItem(product_code=9, quantity=2 * max(concs), tmr_id=1)
-    with tempfile.TemporaryDirectory(prefix="licentia-bench-tmr-") as tmp, tmr_system(
-            Path(tmp), item, ("--max-connections-per-peer", str(max(concs) + 16))) as s:
+    # the front end as deployed (its defaults), not the tests' quick timeouts
+    args = ("--max-connections-per-peer", str(max(concs) + 16), "--client-timeout", str(FRONT_END_CLIENT_TIMEOUT),
+            "--poll-interval", "1.0")
+    with tempfile.TemporaryDirectory(prefix="licentia-bench-tmr-") as tmp, tmr_system(Path(tmp), item, args) as s:
         fe = s.front_ends[0]
         for conc in concs:
             floor = asyncio.run(bare(s.etcd.endpoints, conc, warmup, window))

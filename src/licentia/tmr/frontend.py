@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -149,6 +150,11 @@ class FrontEnd:
         await self.poll()
         self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._sweep_loop())]
         self.write_status()
+        # as a runtime does: what start-up built stays out of the collector's way, and young
+        # objects (many per etcd call) are collected less often
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 50, 50)
 
     def _server_files(self) -> tuple[Path, Path]:
         from licentia.crypto.tls import self_signed_server_certificate

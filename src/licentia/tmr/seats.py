@@ -2,7 +2,8 @@
 
 A TMR front end holds nothing of its own that matters: who holds which seat and how many
 units remain live in a 3-member etcd cluster (quorum 2), so two front ends can serve at
-once and either can die. Every grant, release and decrement is one etcd transaction.
+once and either can die. Every grant, release and decrement is one etcd transaction (the grants and releases of one
+turn of the event loop travel together: `licentia.tmr.batch`).
 The decisions are the core's (`licentia.core.seats.admit`, `licentia.core.evaluate.decrement`);
 this module reads what they need, asks them, and stores the answer.
 
@@ -11,7 +12,11 @@ version, or decimal text):
 
     c/<client>                      the client runtime's lease id (hex); on that lease
     h/<handle>                      one granted handle: item, mode, station, holder, slot
-    i/<item>/s/<slot>               a taken seat: "<handle> <client>"; on the holder's lease
+                                    (all but the per-access grants of counted items)
+    i/<item>/s/<slot>               a taken seat: a per-access grant's own record (its handle,
+                                    item, station, holder), or "<handle> <client>" for a seat
+                                    a h/ record names; on the holder's lease
+    n/<number>                      the item a slot handle's item number names (no lease)
     i/<item>/p/<station>/<lease>    per-station share: [slot, handles]; on the client's lease
     i/<item>/u                      units remaining (decimal); no lease
     d/<client>/<request>            a decrement's receipt (units remaining after); client's lease
@@ -23,10 +28,12 @@ and the quantity is never exceeded. Every key a client holds is attached to that
 etcd lease, refreshed by its keep-alives: when a client runtime dies, etcd deletes its
 handles and seats when the lease's time runs out, whichever front end it used.
 
-A per-access grant of a counted item is one transaction on a random slot (its handle names
-the slot); its release, through the front end that granted it, is one transaction comparing
-the slot's holder; elsewhere it first reads the handle. Per-station and uncounted grants
-read the item's seats first. A quantity lowered by an update takes effect as the seats above
+A per-access grant of a counted item is one transaction putting one key, a random slot that
+holds the grant's record; its handle names the item (by a number registered once under n/)
+and the slot, so any front end finds it without a second key. Its release, through the
+front end that granted it, is one transaction comparing the slot's record; elsewhere it
+first reads the slot. Per-station and uncounted grants read the item's seats first and
+keep their record under h/. A quantity lowered by an update takes effect as the seats above
 it are released.
 
 Per-station handles of one station share one seat per client lease: two client runtimes
@@ -47,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,6 +79,7 @@ from licentia.core.seats import (
     check_client_timeout,
 )
 from licentia.model import AccessMode, ErrorCode, ItemState, LicentiaError, ProductItem, SessionKind
+from licentia.tmr.batch import TxnBatch
 
 __all__ = ["DEFAULT_PREFIX", "RECORD_VERSION", "SeatStore", "StationShare"]
 
@@ -82,6 +91,11 @@ LEFT_MARK_TTL = 60  # seconds a client's leaving is remembered (its lease is nev
 PUT_BACK_KEYS = 60  # a revoked lease with more keys than this is not put back (one transaction)
 ALIVE_CACHE = 1 << 16  # leases a store remembers seeing alive (the oldest forgotten: not put back)
 HANDLE_BITS = 53  # handles fit an IEEE double (JSON, WebAdmin) and are never 0
+# a slot handle: bit 52 set, random bits, the item's number, the slot's index
+SLOT_INDEX_BITS = 20  # items of a larger quantity keep h/ records
+ITEM_NUMBER_BITS = 12  # an item whose number another item took keeps h/ records
+SLOT_RANDOM_BITS = HANDLE_BITS - 1 - ITEM_NUMBER_BITS - SLOT_INDEX_BITS
+SLOT_RECORD = 0x97  # the first byte of a slot's own record (a msgpack array of 7)
 
 T = TypeVar("T")
 
@@ -122,7 +136,7 @@ class SeatStore:
     `endpoints` are the members' client addresses (HOST:PORT or http://HOST:PORT); a member
     that fails or stays silent for `call_timeout` hands over to the next. With `count`, every
     grant and release also reads the item's seats in use (`Grant.used`, `Release.used`);
-    without, they say -1 and a pair costs two small transactions and one local read."""
+    without, they say -1 and a pair costs two small transactions, each changing one key."""
 
     def __init__(
         self,
@@ -139,6 +153,8 @@ class SeatStore:
         self._clients = [
             aetcd.Client(host=h, port=p, timeout=call_timeout) for h, p in self._endpoints
         ]
+        # the hot transactions (grants and releases of slots) go out in batches, one per member
+        self._batches = {c: TxnBatch(c) for c in self._clients}
         self._current = 0
         self._call_timeout = call_timeout
         self._op_timeout = op_timeout
@@ -148,7 +164,11 @@ class SeatStore:
         self._leases: dict[str, int] = {}
         # grants whose transaction went unanswered when the quorum was lost: they may be
         # applied once it returns, holding a seat no program knows of; released then
-        self._orphans: dict[int, bytes] = {}
+        # (handle -> the key and value the grant put)
+        self._orphans: dict[int, tuple[bytes, bytes]] = {}
+        # item prefix <-> item number of the slot handles (registered once, never changed)
+        self._numbers: dict[bytes, int | None] = {}
+        self._items: dict[int, bytes] = {}
         # handle -> (its session, slot key, slot value) of the per-access grants made here: a
         # cache that spares a release its read; etcd's compare decides, a miss reads
         self._granted: dict[int, tuple[Session, bytes, bytes]] = {}
@@ -299,8 +319,10 @@ class SeatStore:
             raise LicentiaError(ErrorCode.INVALID_PARAMETER, "a TMR seat holder is a network client")
         if mode is AccessMode.EXCLUSIVE:
             raise LicentiaError(ErrorCode.WRONG_ACCESS_MODE, f"{key}: TMR items are not used exclusively")
-        if mode is AccessMode.PER_ACCESS and quantity is not None and quantity > 0:
-            return await self._access_slot(key, quantity, station, holder, client_id, session, now)
+        if mode is AccessMode.PER_ACCESS and quantity is not None and 0 < quantity <= 1 << SLOT_INDEX_BITS:
+            number = await self._item_number(key)
+            if number is not None:
+                return await self._access_slot(key, number, quantity, station, holder, client_id, session, now)
         item = self._item_prefix(key)
         ckey = self._p + b"c/" + _enc(client_id)
         handle = secrets.randbits(HANDLE_BITS - 1) | 1
@@ -341,7 +363,7 @@ class SeatStore:
                 share_key if mode is AccessMode.PER_STATION else None,
             ])
             puts.append(t.put(hkey, record, lease=lease_id))
-            unsure[handle] = record
+            unsure[handle] = (hkey, record)
             ok, resp = await c.transaction(
                 compare=compare,
                 success=[*puts, *self._counting(t, item + b"s/")],
@@ -361,21 +383,21 @@ class SeatStore:
                 raise _Retry
             return Grant(Session(handle, key, mode, station, holder, now), new_seat, self._used(resp))
 
-        unsure: dict[int, bytes] = {}
+        unsure: dict[int, tuple[bytes, bytes]] = {}
         return await self._run(attempt, unsure)
 
     async def _access_slot(
-        self, key: ItemKey, quantity: int, station: Station, holder: Holder, client_id: str,
+        self, key: ItemKey, number: int, quantity: int, station: Station, holder: Holder, client_id: str,
         session: SessionKind, now: float,
     ) -> Grant:
-        """A per-access grant of a counted item: one transaction taking a random slot.
+        """A per-access grant of a counted item: one transaction putting one key, a random
+        slot holding the grant's record; the handle names the item's `number` and the slot.
 
         The slot's `create_revision == 0` is the capacity check: a slot below the quantity
         is free or it is not. Only when the slot was taken does the store look at which
         are, and ask `admit` again with that count (212 when all are)."""
         mode = AccessMode.PER_ACCESS
-        item = self._item_prefix(key)
-        sprefix = item + b"s/"
+        sprefix = self._item_prefix(key) + b"s/"
         ckey = self._p + b"c/" + _enc(client_id)
         taken: set[bytes] = set()  # the slots the last refused try saw taken
         pending: tuple[bytes, int] | None = None  # a try whose answer may be lost
@@ -389,32 +411,27 @@ class SeatStore:
                   session=session, now=now, used=len(taken), station_use=None)
             if pending is None:
                 index = _free_index(taken, quantity)
-                pending = (b"%06d" % index, _slot_handle(index))
+                pending = (b"%06d" % index, _slot_handle(number, index))
             slot, handle = pending
-            hkey = self._p + b"h/%d" % handle
-            tag = b"%d %s" % (handle, _enc(client_id))
-            record = _pack([
-                RECORD_VERSION, list(key), mode.value, list(station),
-                [client_id, holder.program, holder.user, holder.host], now, slot, None,
-            ])
+            skey = sprefix + slot
+            session_ = Session(handle, key, mode, station, holder, now)
+            record = _slot_record(session_)
             lease_hex = b"%x" % lease_id
-            unsure[handle] = record
+            unsure[handle] = (skey, record)
             # after a few collisions, the refusal also reads which slots are taken
             survey = [t.get(sprefix, _range_end(sprefix))] if collisions >= 3 else []
-            ok, resp = await c.transaction(
-                compare=[t.create(sprefix + slot) == 0, t.create(hkey) == 0, t.value(ckey) == lease_hex],
-                success=[t.put(sprefix + slot, tag, lease=lease_id), t.put(hkey, record, lease=lease_id),
-                         *self._counting(t, sprefix)],
-                failure=[t.get(ckey), t.get(sprefix + slot), *survey],
+            ok, resp = await self._batches[c].transaction(
+                [t.create(skey) == 0, t.value(ckey) == lease_hex],
+                [t.put(skey, record, lease=lease_id), *self._counting(t, sprefix)],
+                [t.get(ckey), t.get(skey), *survey],
             )
             del unsure[handle]
-            session_ = Session(handle, key, mode, station, holder, now)
             if ok:
-                self._remember(handle, session_, sprefix + slot, tag)
+                self._remember(handle, session_, skey, record)
                 return Grant(session_, True, self._used(resp))
             client, mine = resp[0], resp[1]
-            if mine and mine[0][0] == tag:  # an earlier try, its answer lost, took it
-                self._remember(handle, session_, sprefix + slot, tag)
+            if mine and mine[0][0] == record:  # an earlier try, its answer lost, took it
+                self._remember(handle, session_, skey, record)
                 return Grant(session_, True, -1)
             pending = None
             if not client:
@@ -429,7 +446,7 @@ class SeatStore:
                 taken.add(slot)
             raise _Retry
 
-        unsure: dict[int, bytes] = {}
+        unsure: dict[int, tuple[bytes, bytes]] = {}
         return await self._run(attempt, unsure)
 
     async def release(self, handle: int, now: float, *, holder: Holder | None = None) -> Release:
@@ -438,14 +455,12 @@ class SeatStore:
         hkey = self._p + b"h/%d" % handle
         known = self._granted.pop(handle, None)
         if known is not None and (holder is None or known[0].holder.client_id == holder.client_id):
-            sess_, skey, tag = known
+            sess_, skey, record = known
 
             async def direct(c: aetcd.Client) -> Release | None:
                 t = c.transactions
-                ok, resp = await c.transaction(
-                    compare=[t.value(skey) == tag, t.version(hkey) > 0],
-                    success=[t.delete(skey), t.delete(hkey), *self._counting(t, skey[: skey.rindex(b"/") + 1])],
-                    failure=[],
+                ok, resp = await self._batches[c].transaction(
+                    [t.value(skey) == record], [t.delete(skey), *self._counting(t, skey[: skey.rindex(b"/") + 1])], []
                 )
                 return Release(sess_, ReleaseReason.PROGRAM, True, self._used(resp), now) if ok else None
 
@@ -457,7 +472,20 @@ class SeatStore:
         async def attempt(c: aetcd.Client) -> Release:
             nonlocal tried
             t = c.transactions
-            # a local read is enough: the transaction compares the handle's revision
+            # a local read is enough: the transaction compares the record's revision
+            found = await self._slot_of(c, handle, local=not tried)
+            if found is not None:
+                skey, revision, sess_ = found
+                if holder is not None and sess_.holder.client_id != holder.client_id:
+                    raise LicentiaError(ErrorCode.INVALID_HANDLE, f"handle {handle} is not held by this client")
+                tried = True
+                ok, resp = await self._batches[c].transaction(
+                    [t.mod(skey) == revision], [t.delete(skey), *self._counting(t, skey[: skey.rindex(b"/") + 1])], []
+                )
+                if not ok:
+                    tried = False
+                    raise _Retry
+                return Release(sess_, ReleaseReason.PROGRAM, True, self._used(resp), now)
             got = await c.get(hkey, serializable=not tried)
             if got is None and not tried:
                 got = await c.get(hkey)
@@ -515,6 +543,9 @@ class SeatStore:
         hkey = self._p + b"h/%d" % handle
 
         async def attempt(c: aetcd.Client) -> Session | None:
+            found = await self._slot_of(c, handle, local=False)
+            if found is not None:
+                return found[2]
             got = await c.get(hkey)
             return None if got is None else _session_from_record(handle, got.value)[0]
 
@@ -523,12 +554,16 @@ class SeatStore:
     async def sessions(self) -> list[Session]:
         """Every handle held through any front end, oldest first."""
         prefix = self._p + b"h/"
+        items = self._p + b"i/"
 
         async def attempt(c: aetcd.Client) -> list[Session]:
             out = []
             for kv in await c.get_prefix(prefix):
                 handle = int(kv.key[len(prefix):])
                 out.append(_session_from_record(handle, kv.value)[0])
+            for kv in await c.get_prefix(items):  # i/<container>/<firm>/<product>/<item>/s/<slot>
+                if kv.value[:1] == bytes([SLOT_RECORD]) and kv.key[len(items):].split(b"/")[4:5] == [b"s"]:
+                    out.append(_session_from_slot(kv.value))
             return sorted(out, key=lambda s: (s.since, s.handle))
 
         return await self._run(attempt)
@@ -648,10 +683,60 @@ class SeatStore:
 
     # -- internals ---------------------------------------------------------------
 
-    def _remember(self, handle: int, sess: Session, skey: bytes, tag: bytes) -> None:
+    def _remember(self, handle: int, sess: Session, skey: bytes, record: bytes) -> None:
         if len(self._granted) >= GRANTED_CACHE:
             del self._granted[next(iter(self._granted))]
-        self._granted[handle] = (sess, skey, tag)
+        self._granted[handle] = (sess, skey, record)
+
+    async def _item_number(self, key: ItemKey) -> int | None:
+        """The number slot handles of `key` carry (a hash of the item, registered under n/
+        on first use), or None when another item holds that number: then its grants keep
+        h/ records. Both twins compute and find the same number."""
+        item = self._item_prefix(key)
+        if item in self._numbers:
+            return self._numbers[item]
+        rel = item[len(self._p):]
+        number = _number_of(rel)
+        nkey = self._p + b"n/%d" % number
+
+        async def attempt(c: aetcd.Client) -> bool:
+            t = c.transactions
+            ok, resp = await c.transaction(
+                compare=[t.create(nkey) == 0], success=[t.put(nkey, rel)], failure=[t.get(nkey)]
+            )
+            if ok:
+                return True
+            if not resp or not resp[0]:
+                raise _Retry
+            return bytes(resp[0][0][0]) == rel
+
+        mine = await self._run(attempt)
+        self._numbers[item] = number if mine else None
+        if mine:
+            self._items[number] = item
+        return self._numbers[item]
+
+    async def _slot_of(self, c: aetcd.Client, handle: int, *, local: bool) -> tuple[bytes, int, Session] | None:
+        """The slot key, its revision and the session of slot handle `handle`, or None when
+        `handle` is not a slot handle or its slot holds another grant (or none)."""
+        parts = _slot_parts(handle)
+        if parts is None:
+            return None
+        number, index = parts
+        item = self._items.get(number)
+        if item is None:
+            named = await c.get(self._p + b"n/%d" % number)
+            if named is None:
+                return None
+            item = self._items[number] = self._p + bytes(named.value)
+        skey = item + b"s/%06d" % index
+        got = await c.get(skey, serializable=local)
+        if got is None and local:
+            got = await c.get(skey)
+        if got is None or got.value[:1] != bytes([SLOT_RECORD]):
+            return None
+        sess = _session_from_slot(got.value)
+        return (skey, got.mod_revision, sess) if sess.handle == handle else None
 
     def _counting(self, t: Any, sprefix: bytes) -> list[Any]:
         """The read that counts an item's seats after a change, when the store counts."""
@@ -672,7 +757,9 @@ class SeatStore:
             lease_id = self._leases[client_id] = int(got.value, 16)
         return lease_id
 
-    async def _run(self, attempt: Callable[[aetcd.Client], Awaitable[T]], unsure: dict[int, bytes] | None = None) -> T:
+    async def _run(
+        self, attempt: Callable[[aetcd.Client], Awaitable[T]], unsure: dict[int, tuple[bytes, bytes]] | None = None
+    ) -> T:
         """Run `attempt` on a member until it answers: a member that fails or times out
         hands over to the next; contention re-reads. After `op_timeout` without a
         quorum, 130. `unsure` holds the grants `attempt` sent and got no answer for."""
@@ -717,13 +804,12 @@ class SeatStore:
     async def _release_orphans(self) -> None:
         """Release the grants that were sent while the quorum was lost and applied after."""
         client = self._clients[self._current]
-        for handle in list(self._orphans):
+        for handle, (key, record) in list(self._orphans.items()):
             try:
-                got = await client.get(self._p + b"h/%d" % handle)
+                got = await client.get(key)
             except aetcd.exceptions.ClientError:
                 return  # still no quorum: keep them for the next operation
-            record = self._orphans.pop(handle, None)
-            if record is not None and got is not None and got.value == record:
+            if self._orphans.pop(handle, None) is not None and got is not None and got.value == record:
                 with contextlib.suppress(LicentiaError):
                     await self.release(handle, time.time())
 
@@ -778,9 +864,50 @@ def _range_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
-def _slot_handle(index: int) -> int:
-    """A handle that owns slot `index`: bit 52 set, 20 random bits, the index below them."""
-    return (1 << (HANDLE_BITS - 1)) | (secrets.randbits(20) << 32) | index
+def _number_of(item: bytes) -> int:
+    """An item's number in its slot handles: a hash of its key (the same on every front end)."""
+    digest = hashlib.blake2b(item, digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (1 << ITEM_NUMBER_BITS)
+
+
+def _slot_handle(number: int, index: int) -> int:
+    """A handle that owns slot `index` of item `number`: bit 52 set, random bits, the number,
+    the index."""
+    random_bits = secrets.randbits(SLOT_RANDOM_BITS)
+    return (
+        (1 << (HANDLE_BITS - 1)) | (random_bits << (ITEM_NUMBER_BITS + SLOT_INDEX_BITS))
+        | (number << SLOT_INDEX_BITS) | index
+    )
+
+
+def _slot_parts(handle: int) -> tuple[int, int] | None:
+    """(item number, slot index) of a slot handle, or None for any other handle."""
+    if not (1 << (HANDLE_BITS - 1)) <= handle < (1 << HANDLE_BITS):
+        return None
+    return (handle >> SLOT_INDEX_BITS) & ((1 << ITEM_NUMBER_BITS) - 1), handle & ((1 << SLOT_INDEX_BITS) - 1)
+
+
+def _slot_record(sess: Session) -> bytes:
+    """A per-access grant's record, kept as its slot's value (`SLOT_RECORD` first)."""
+    h = sess.holder
+    return _pack([
+        RECORD_VERSION, sess.handle, list(sess.key), sess.mode.value, list(sess.station),
+        [h.client_id, h.program, h.user, h.host], sess.since,
+    ])
+
+
+def _session_from_slot(data: bytes) -> Session:
+    try:
+        version, handle, key, mode, station, holder, since = msgpack.unpackb(data, raw=False)
+        if version != RECORD_VERSION:
+            raise ValueError(f"record version {version}")
+        client_id, program, user, host = holder
+        return Session(
+            handle, ItemKey(*key), AccessMode(mode), Station(*station),
+            Holder.network(client_id, program=program, user=user, host=host), since,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise LicentiaError(ErrorCode.WRONG_CONTENT, f"a TMR slot record is damaged: {exc}") from None
 
 
 def _free_index(taken: set[bytes], quantity: int) -> int:
