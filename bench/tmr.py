@@ -37,7 +37,6 @@ from tests.tmr.etcd import EtcdCluster
 
 import benchlib as B
 
-
 FRONT_END_CLIENT_TIMEOUT = 30.0  # seconds: `licentia tmr serve`'s default
 
 

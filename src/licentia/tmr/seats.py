@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,7 +63,6 @@ from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions
-import msgpack
 
 from licentia.core.evaluate import decrement as core_decrement
 from licentia.core.seats import (
@@ -80,23 +78,33 @@ from licentia.core.seats import (
 )
 from licentia.model import AccessMode, ErrorCode, ItemState, LicentiaError, ProductItem, SessionKind
 from licentia.tmr.batch import TxnBatch
+from licentia.tmr.records import (
+    HANDLE_BITS,
+    SLOT_INDEX_BITS,
+    SLOT_RECORD,
+    handle_record,
+    item_number_of,
+    key_segment,
+    pack,
+    range_end,
+    session_from_record,
+    session_from_slot,
+    slot_handle,
+    slot_parts,
+    slot_record,
+    station_segment,
+    unknown_session,
+    unpack,
+)
 
-__all__ = ["DEFAULT_PREFIX", "RECORD_VERSION", "SeatStore", "StationShare"]
+__all__ = ["DEFAULT_PREFIX", "SeatStore", "StationShare"]
 
 DEFAULT_PREFIX = "/licentia/tmr/v1/"
-RECORD_VERSION = 1
 GRANTED_CACHE = 1 << 20  # handles a store remembers it granted (a cache)
 REVOKED_MARGIN = 1.0  # seconds: a lease gone this long before its time was revoked, not expired
 LEFT_MARK_TTL = 60  # seconds a client's leaving is remembered (its lease is never put back)
 PUT_BACK_KEYS = 60  # a revoked lease with more keys than this is not put back (one transaction)
 ALIVE_CACHE = 1 << 16  # leases a store remembers seeing alive (the oldest forgotten: not put back)
-HANDLE_BITS = 53  # handles fit an IEEE double (JSON, WebAdmin) and are never 0
-# a slot handle: bit 52 set, random bits, the item's number, the slot's index
-SLOT_INDEX_BITS = 20  # items of a larger quantity keep h/ records
-ITEM_NUMBER_BITS = 12  # an item whose number another item took keeps h/ records
-SLOT_RANDOM_BITS = HANDLE_BITS - 1 - ITEM_NUMBER_BITS - SLOT_INDEX_BITS
-SLOT_RECORD = 0x97  # the first byte of a slot's own record (a msgpack array of 7)
-
 T = TypeVar("T")
 
 
@@ -197,7 +205,7 @@ class SeatStore:
         """The lease of client runtime `client_id`, made with `timeout` seconds to live
         if it has none. Idempotent: a second front end gets the same lease."""
         ttl = max(1, round(check_client_timeout(timeout)))
-        key = self._p + b"c/" + _enc(client_id)
+        key = self._p + b"c/" + key_segment(client_id)
 
         async def attempt(c: aetcd.Client) -> int:
             lease = await c.lease(ttl)
@@ -253,7 +261,7 @@ class SeatStore:
         through the others). Such a lease's keys are put back, on a new lease, as they were
         just before the revocation (etcd's history), unless any of them was taken since or
         the client left (`close_client`)."""
-        key = self._p + b"c/" + _enc(client_id)
+        key = self._p + b"c/" + key_segment(client_id)
 
         async def attempt(c: aetcd.Client) -> bool:
             lease_id = self._leases.get(client_id)
@@ -280,7 +288,7 @@ class SeatStore:
 
     async def close_client(self, client_id: str) -> None:
         """The client runtime leaves: revoke its lease, freeing all its seats now."""
-        key = self._p + b"c/" + _enc(client_id)
+        key = self._p + b"c/" + key_segment(client_id)
 
         async def attempt(c: aetcd.Client) -> None:
             got = await c.get(key)
@@ -324,14 +332,14 @@ class SeatStore:
             if number is not None:
                 return await self._access_slot(key, number, quantity, station, holder, client_id, session, now)
         item = self._item_prefix(key)
-        ckey = self._p + b"c/" + _enc(client_id)
+        ckey = self._p + b"c/" + key_segment(client_id)
         handle = secrets.randbits(HANDLE_BITS - 1) | 1
 
         async def attempt(c: aetcd.Client) -> Grant:
             t = c.transactions
             lease_id = await self._lease_of(c, client_id, ckey)
             hkey = self._p + b"h/%d" % handle
-            share_key = item + b"p/" + _enc_station(station) + b"/%x" % lease_id
+            share_key = item + b"p/" + station_segment(station) + b"/%x" % lease_id
             taken = await c.get_prefix(item + b"s/", keys_only=True)
             slots = {kv.key[len(item) + 2:] for kv in taken}
             share = None
@@ -348,20 +356,17 @@ class SeatStore:
             if new_seat:
                 slot = _pick_slot(slots, quantity, handle)
                 compare.append(t.create(item + b"s/" + slot) == 0)
-                puts.append(t.put(item + b"s/" + slot, b"%d %s" % (handle, _enc(client_id)), lease=lease_id))
+                puts.append(t.put(item + b"s/" + slot, b"%d %s" % (handle, key_segment(client_id)), lease=lease_id))
             if mode is AccessMode.PER_STATION:
                 if share is None:
                     compare.append(t.create(share_key) == 0)
-                    puts.append(t.put(share_key, _pack([slot, 1]), lease=lease_id))
+                    puts.append(t.put(share_key, pack([slot, 1]), lease=lease_id))
                 else:
-                    slot, count = _unpack(share.value)
+                    slot, count = unpack(share.value)
                     compare.append(t.mod(share_key) == share.mod_revision)
-                    puts.append(t.put(share_key, _pack([slot, count + 1]), lease=lease_id))
-            record = _pack([
-                RECORD_VERSION, list(key), mode.value, list(station),
-                [client_id, holder.program, holder.user, holder.host], now, slot,
-                share_key if mode is AccessMode.PER_STATION else None,
-            ])
+                    puts.append(t.put(share_key, pack([slot, count + 1]), lease=lease_id))
+            record = handle_record(Session(handle, key, mode, station, holder, now), slot,
+                                   share_key if mode is AccessMode.PER_STATION else None)
             puts.append(t.put(hkey, record, lease=lease_id))
             unsure[handle] = (hkey, record)
             ok, resp = await c.transaction(
@@ -398,7 +403,7 @@ class SeatStore:
         are, and ask `admit` again with that count (212 when all are)."""
         mode = AccessMode.PER_ACCESS
         sprefix = self._item_prefix(key) + b"s/"
-        ckey = self._p + b"c/" + _enc(client_id)
+        ckey = self._p + b"c/" + key_segment(client_id)
         taken: set[bytes] = set()  # the slots the last refused try saw taken
         pending: tuple[bytes, int] | None = None  # a try whose answer may be lost
         collisions = 0
@@ -411,15 +416,15 @@ class SeatStore:
                   session=session, now=now, used=len(taken), station_use=None)
             if pending is None:
                 index = _free_index(taken, quantity)
-                pending = (b"%06d" % index, _slot_handle(number, index))
+                pending = (b"%06d" % index, slot_handle(number, index))
             slot, handle = pending
             skey = sprefix + slot
             session_ = Session(handle, key, mode, station, holder, now)
-            record = _slot_record(session_)
+            record = slot_record(session_)
             lease_hex = b"%x" % lease_id
             unsure[handle] = (skey, record)
             # after a few collisions, the refusal also reads which slots are taken
-            survey = [t.get(sprefix, _range_end(sprefix))] if collisions >= 3 else []
+            survey = [t.get(sprefix, range_end(sprefix))] if collisions >= 3 else []
             ok, resp = await self._batches[c].transaction(
                 [t.create(skey) == 0, t.value(ckey) == lease_hex],
                 [t.put(skey, record, lease=lease_id), *self._counting(t, sprefix)],
@@ -491,11 +496,11 @@ class SeatStore:
                 got = await c.get(hkey)
             if got is None:
                 if tried:  # our earlier try was applied, its answer lost
-                    return Release(_unknown_session(handle), ReleaseReason.PROGRAM, True, -1, now)
+                    return Release(unknown_session(handle), ReleaseReason.PROGRAM, True, -1, now)
                 raise LicentiaError(
                     ErrorCode.INVALID_HANDLE, f"handle {handle} is not held (released already, or never granted)"
                 )
-            sess, slot, share_key = _session_from_record(handle, got.value)
+            sess, slot, share_key = session_from_record(handle, got.value)
             if holder is not None and sess.holder.client_id != holder.client_id:
                 raise LicentiaError(ErrorCode.INVALID_HANDLE, f"handle {handle} is not held by this client")
             item = self._item_prefix(sess.key)
@@ -505,11 +510,11 @@ class SeatStore:
             if share_key is not None:
                 share = await c.get(share_key)
                 if share is not None:
-                    s_slot, count = _unpack(share.value)
+                    s_slot, count = unpack(share.value)
                     compare.append(t.mod(share_key) == share.mod_revision)
                     if count > 1:
                         freed = False
-                        ops.append(t.put(share_key, _pack([s_slot, count - 1]), lease=got.lease))
+                        ops.append(t.put(share_key, pack([s_slot, count - 1]), lease=got.lease))
                     else:
                         ops.append(t.delete(share_key))
                         slot = s_slot
@@ -517,7 +522,7 @@ class SeatStore:
             if freed and slot is not None:
                 ops.append(t.delete(item + b"s/" + slot.encode()))
                 if share_key is None:  # the slot is this handle's own
-                    compare.append(t.value(item + b"s/" + slot.encode()) == b"%d %s" % (handle, _enc(sess.holder.client_id or "")))
+                    compare.append(t.value(item + b"s/" + slot.encode()) == b"%d %s" % (handle, key_segment(sess.holder.client_id or "")))
             tried = True
             ok, resp = await c.transaction(
                 compare=compare, success=[*ops, *self._counting(t, item + b"s/")], failure=[]
@@ -547,7 +552,7 @@ class SeatStore:
             if found is not None:
                 return found[2]
             got = await c.get(hkey)
-            return None if got is None else _session_from_record(handle, got.value)[0]
+            return None if got is None else session_from_record(handle, got.value)[0]
 
         return await self._run(attempt)
 
@@ -560,10 +565,10 @@ class SeatStore:
             out = []
             for kv in await c.get_prefix(prefix):
                 handle = int(kv.key[len(prefix):])
-                out.append(_session_from_record(handle, kv.value)[0])
+                out.append(session_from_record(handle, kv.value)[0])
             for kv in await c.get_prefix(items):  # i/<container>/<firm>/<product>/<item>/s/<slot>
                 if kv.value[:1] == bytes([SLOT_RECORD]) and kv.key[len(items):].split(b"/")[4:5] == [b"s"]:
-                    out.append(_session_from_slot(kv.value))
+                    out.append(session_from_slot(kv.value))
             return sorted(out, key=lambda s: (s.since, s.handle))
 
         return await self._run(attempt)
@@ -600,8 +605,8 @@ class SeatStore:
         if await self.units(key, item) is None:
             core_decrement(item, ItemState(), units)  # raises: no unit counter
         ukey = self._item_prefix(key) + b"u"
-        ckey = self._p + b"c/" + _enc(client_id)
-        rkey = None if request_id is None else self._p + b"d/" + _enc(client_id) + b"/" + _enc(request_id)
+        ckey = self._p + b"c/" + key_segment(client_id)
+        rkey = None if request_id is None else self._p + b"d/" + key_segment(client_id) + b"/" + key_segment(request_id)
 
         async def attempt(c: aetcd.Client) -> int:
             t = c.transactions
@@ -636,7 +641,7 @@ class SeatStore:
         self._alive[lease_id] = (time.monotonic(), ttl, revision)
 
     def _left_mark(self, client_id: str, lease_id: int) -> bytes:
-        return self._p + b"x/" + _enc(client_id) + b"/%x" % lease_id
+        return self._p + b"x/" + key_segment(client_id) + b"/%x" % lease_id
 
     async def _put_back(self, c: aetcd.Client, client_id: str, lease_id: int, seen: tuple[float, int, int]) -> bool:
         """Put the keys of `client_id`'s revoked lease back as they were just before the
@@ -645,7 +650,7 @@ class SeatStore:
         is put back) and the client not gone on purpose. True when they are back."""
         _at, ttl, revision = seen
         wait = self._call_timeout
-        ckey = self._p + b"c/" + _enc(client_id)
+        ckey = self._p + b"c/" + key_segment(client_id)
         lease_hex = b"%x" % lease_id
         try:
             held, _ = await _range_at(c, ckey, None, revision, wait)
@@ -659,7 +664,7 @@ class SeatStore:
                     revision = mid
                 else:
                     hi = mid
-            before, _ = await _range_at(c, self._p, _range_end(self._p), hi - 1, wait)
+            before, _ = await _range_at(c, self._p, range_end(self._p), hi - 1, wait)
         except _Compacted:
             return False
         keys = [(kv.key, kv.value) for kv in before if kv.lease == lease_id]
@@ -696,7 +701,7 @@ class SeatStore:
         if item in self._numbers:
             return self._numbers[item]
         rel = item[len(self._p):]
-        number = _number_of(rel)
+        number = item_number_of(rel)
         nkey = self._p + b"n/%d" % number
 
         async def attempt(c: aetcd.Client) -> bool:
@@ -719,7 +724,7 @@ class SeatStore:
     async def _slot_of(self, c: aetcd.Client, handle: int, *, local: bool) -> tuple[bytes, int, Session] | None:
         """The slot key, its revision and the session of slot handle `handle`, or None when
         `handle` is not a slot handle or its slot holds another grant (or none)."""
-        parts = _slot_parts(handle)
+        parts = slot_parts(handle)
         if parts is None:
             return None
         number, index = parts
@@ -735,18 +740,18 @@ class SeatStore:
             got = await c.get(skey)
         if got is None or got.value[:1] != bytes([SLOT_RECORD]):
             return None
-        sess = _session_from_slot(got.value)
+        sess = session_from_slot(got.value)
         return (skey, got.mod_revision, sess) if sess.handle == handle else None
 
     def _counting(self, t: Any, sprefix: bytes) -> list[Any]:
         """The read that counts an item's seats after a change, when the store counts."""
-        return [t.get(sprefix, _range_end(sprefix))] if self._count else []
+        return [t.get(sprefix, range_end(sprefix))] if self._count else []
 
     def _used(self, resp: list[Any]) -> int:
         return len(resp[-1]) if self._count else -1
 
     def _item_prefix(self, key: ItemKey) -> bytes:
-        return self._p + b"i/%s/%d/%d/%d/" % (_enc(key.container), key.firm_code, key.product_code, key.item_id)
+        return self._p + b"i/%s/%d/%d/%d/" % (key_segment(key.container), key.firm_code, key.product_code, key.item_id)
 
     async def _lease_of(self, c: aetcd.Client, client_id: str, ckey: bytes) -> int:
         lease_id = self._leases.get(client_id)
@@ -834,82 +839,6 @@ async def _range_at(
     return list(response.kvs), int(response.header.revision)
 
 
-# --------------------------------------------------------------------------- encoding
-
-
-def _enc(text: str) -> bytes:
-    """A key segment: any text, with no '/' (percent-encoded like a URL path segment)."""
-    out = text.encode()
-    if any(b in out for b in b"/%\x00"):
-        out = out.replace(b"%", b"%25").replace(b"/", b"%2F").replace(b"\x00", b"%00")
-    return out
-
-
-def _enc_station(station: Station) -> bytes:
-    return bytes(msgpack.packb(list(station))).hex().encode()
-
-
-def _pack(value: Any) -> bytes:
-    return bytes(msgpack.packb(value, use_bin_type=True))
-
-
-def _unpack(data: bytes) -> Any:
-    value = msgpack.unpackb(data, raw=False)
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        value[0] = value[0].decode()
-    return value
-
-
-def _range_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
-def _number_of(item: bytes) -> int:
-    """An item's number in its slot handles: a hash of its key (the same on every front end)."""
-    digest = hashlib.blake2b(item, digest_size=8).digest()
-    return int.from_bytes(digest, "big") % (1 << ITEM_NUMBER_BITS)
-
-
-def _slot_handle(number: int, index: int) -> int:
-    """A handle that owns slot `index` of item `number`: bit 52 set, random bits, the number,
-    the index."""
-    random_bits = secrets.randbits(SLOT_RANDOM_BITS)
-    return (
-        (1 << (HANDLE_BITS - 1)) | (random_bits << (ITEM_NUMBER_BITS + SLOT_INDEX_BITS))
-        | (number << SLOT_INDEX_BITS) | index
-    )
-
-
-def _slot_parts(handle: int) -> tuple[int, int] | None:
-    """(item number, slot index) of a slot handle, or None for any other handle."""
-    if not (1 << (HANDLE_BITS - 1)) <= handle < (1 << HANDLE_BITS):
-        return None
-    return (handle >> SLOT_INDEX_BITS) & ((1 << ITEM_NUMBER_BITS) - 1), handle & ((1 << SLOT_INDEX_BITS) - 1)
-
-
-def _slot_record(sess: Session) -> bytes:
-    """A per-access grant's record, kept as its slot's value (`SLOT_RECORD` first)."""
-    h = sess.holder
-    return _pack([
-        RECORD_VERSION, sess.handle, list(sess.key), sess.mode.value, list(sess.station),
-        [h.client_id, h.program, h.user, h.host], sess.since,
-    ])
-
-
-def _session_from_slot(data: bytes) -> Session:
-    try:
-        version, handle, key, mode, station, holder, since = msgpack.unpackb(data, raw=False)
-        if version != RECORD_VERSION:
-            raise ValueError(f"record version {version}")
-        client_id, program, user, host = holder
-        return Session(
-            handle, ItemKey(*key), AccessMode(mode), Station(*station),
-            Holder.network(client_id, program=program, user=user, host=host), since,
-        )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise LicentiaError(ErrorCode.WRONG_CONTENT, f"a TMR slot record is damaged: {exc}") from None
-
-
 def _free_index(taken: set[bytes], quantity: int) -> int:
     """A random slot index below `quantity` not in `taken` (the caller asked `admit`)."""
     for _ in range(16):
@@ -931,26 +860,6 @@ def _pick_slot(taken: set[bytes], quantity: int | None, handle: int) -> bytes:
     if not free:  # taken by slots above a lowered quantity: admit counted them
         raise _Retry
     return b"%06d" % free[secrets.randbelow(len(free))]
-
-
-def _session_from_record(handle: int, data: bytes) -> tuple[Session, str | None, bytes | None]:
-    try:
-        version, key, mode, station, holder, since, slot, share_key = msgpack.unpackb(data, raw=False)
-        if version != RECORD_VERSION:
-            raise ValueError(f"record version {version}")
-        client_id, program, user, host = holder
-        sess = Session(
-            handle, ItemKey(*key), AccessMode(mode), Station(*station),
-            Holder.network(client_id, program=program, user=user, host=host), since,
-        )
-        slot_text = slot.decode() if isinstance(slot, bytes) else slot
-        return sess, slot_text, share_key
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise LicentiaError(ErrorCode.WRONG_CONTENT, f"the TMR seat record of handle {handle} is damaged: {exc}") from None
-
-
-def _unknown_session(handle: int) -> Session:
-    return Session(handle, ItemKey("", 0, 1), AccessMode.PER_ACCESS, Station(""), Holder.network("?"), 0.0)
 
 
 def _lease_gone(client_id: str) -> LicentiaError:
