@@ -15,7 +15,8 @@ asyncio process (one gRPC channel per client side), closed loop, one pair in fli
   (`licentia tmr serve`, TLS, one connection per client) of a real system on loopback
   (tests/tmr/system.py: three upstream runtimes, two front ends) with its default client
   timeout (30 s; each client keeps its lease alive every 7.5 s, as a runtime does) and poll
-  interval (1 s), against the bare loop on that system's cluster.
+  interval (1 s), against the bare loop on that system's cluster, and the same pairs sent to
+  a single network server (one runtime, the same item without TMR, TLS).
 
 Run alone: .venv/bin/python bench/tmr.py [--conc 10,100] [--window 5] [--front-end]
 """
@@ -154,7 +155,24 @@ async def front_end(address: str, pin: str, conc: int, warmup: float, window: fl
             await c.close()
 
 
+def single_server(s: Any, item: Any, max_peer: int) -> Any:
+    """A network server of the same vendor, not TMR: one runtime with `item` in a soft
+    container of its own, started in the system `s` (its processes stop with it)."""
+    import socket
+
+    from tests.runtime.harness import Runtime, make_home
+
+    home = s.tmp / "single-server"
+    make_home(home, s.tmp / "machine", s.vendor, [item])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return Runtime(s.procs, home, s.tmp / "machine", "--network", "--network-port", str(port),
+                   "--network-address", "127.0.0.1", "--max-connections-per-peer", str(max_peer))
+
+
 def main_front_end(concs: list[int], warmup: float, window: float) -> int:
+    import dataclasses
     import tempfile
 
     from tests.tmr.system import tmr_system
@@ -169,13 +187,18 @@ def main_front_end(concs: list[int], warmup: float, window: float) -> int:
             "--poll-interval", "1.0")
     with tempfile.TemporaryDirectory(prefix="licentia-bench-tmr-") as tmp, tmr_system(Path(tmp), item, args) as s:
         fe = s.front_ends[0]
+        single = single_server(s, dataclasses.replace(item, tmr_id=None), max(concs) + 16)
         for conc in concs:
             floor = asyncio.run(bare(s.etcd.endpoints, conc, warmup, window))
             ours = asyncio.run(front_end(fe.address, fe.status["certificate_pin"], conc, warmup, window))
+            one = asyncio.run(front_end(single.network_address, single.status["certificate_pin"], conc, warmup, window))
             ratio = ours["pairs_s"] / floor["pairs_s"] if floor["pairs_s"] else 0.0
+            one_ratio = one["pairs_s"] / floor["pairs_s"] if floor["pairs_s"] else 0.0
             rows.append([conc, "bare aetcd (floor)", floor["pairs_s"], floor["p50_ms"], floor["p99_ms"], "1.00"])
             rows.append([conc, "TMR front end", ours["pairs_s"], ours["p50_ms"], ours["p99_ms"], f"{ratio:.2f}"])
-            doc["results"].append({"conc": conc, "bare_aetcd": floor, "front_end": {**ours, "ratio": round(ratio, 2)}})
+            rows.append([conc, "single network server", one["pairs_s"], one["p50_ms"], one["p99_ms"], f"{one_ratio:.2f}"])
+            doc["results"].append({"conc": conc, "bare_aetcd": floor, "front_end": {**ours, "ratio": round(ratio, 2)},
+                                   "single_server": {**one, "ratio": round(one_ratio, 2)}})
     print("TMR front end: access+release pairs/s through `licentia tmr serve` (loopback, this machine)")
     print(B.table(["clients", "path", "pairs/s", "p50 ms", "p99 ms", "/ floor"], rows,
                   right=[True, False, True, True, True, True]))
