@@ -37,6 +37,7 @@ from licentia.runtime.ident import Ident
 from licentia.runtime.limits import KEEPALIVE_PACE, ConnectionLimits
 from licentia.runtime.proofs import ProofKeys
 from licentia.runtime.replies import FRAME_HEAD
+from licentia.runtime.router import Router
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
 _FRAME_HEAD_unpack_from = FRAME_HEAD.unpack_from
@@ -51,8 +52,7 @@ class ConnectionHost(Protocol):
     connection_count: int
     limits: ConnectionLimits
     seats: Any
-
-    def dispatch(self, conn: Any, msg: Message) -> None: ...
+    router: Router
 
     def check_process_soon(self, process: ProcessId) -> None: ...
 
@@ -62,6 +62,7 @@ class Connection:
 
     def __init__(self, runtime: ConnectionHost, listener: str, *, admitted: bool = False) -> None:
         self.runtime = runtime
+        self.router = runtime.router  # held as what it is: each request is a direct call
         self.listener = listener  # "unix", "local" or "network"
         self.counted = admitted  # counted in the limits as it was accepted (limits.AdmittingListener)
         self.decoder = FrameDecoder(runtime.config.max_program_frame)
@@ -132,7 +133,7 @@ class Connection:
                 except Exception:
                     one = None  # the decoder below says what is wrong
                 if type(one) is dict and type(one.get("id")) is int and one.get("op") != "keepalive":
-                    self.runtime.dispatch(self, one)
+                    self.router.dispatch(self, one)
                     if not self._sized:
                         self._size_frames()
                     return
@@ -164,7 +165,7 @@ class Connection:
             self._later.cancel()
             self._later = None
         queue = self._queue
-        dispatch = self.runtime.dispatch
+        router = self.router
         budget = self.runtime.config.frames_per_read
         loop = asyncio.get_running_loop()
         while queue and budget:
@@ -179,7 +180,7 @@ class Connection:
                     self._keepalive_due = now + KEEPALIVE_PACE
                 queue.popleft()
                 budget -= 1
-                dispatch(self, item)
+                router.dispatch(self, item)
                 if not self._sized:
                     self._size_frames()
                 continue

@@ -54,6 +54,14 @@ class Client(Protocol):
     def log_template(self, log: UsageLog, ev: Any, granted: bool) -> LineTemplate: ...
 
 
+class SnapshotSchedule(Protocol):
+    """When the seat snapshot is written (`licentia.runtime.housekeeping`)."""
+
+    snapshot_pending: bool  # one is due and not begun: a change now is in it
+
+    def seats_changed(self) -> None: ...
+
+
 class GrantsHost(Protocol):
     """What the grants use of the runtime."""
 
@@ -68,6 +76,9 @@ class GrantsHost(Protocol):
     log: UsageLog | None
     gate: AccessGate | None  # the access list in force (`licentia.runtime.aclwatch`), or None
 
+    @property
+    def housekeeping(self) -> SnapshotSchedule: ...
+
     def _seats_changed(self) -> None: ...
 
     def after_release(self, events: tuple[Any, ...]) -> None: ...
@@ -76,6 +87,9 @@ class GrantsHost(Protocol):
 class LocalGrants:
     def __init__(self, rt: GrantsHost) -> None:
         self.rt = rt
+        # the runtime's own for its life (the seat table is not: a restored snapshot replaces
+        # it), held here as what it is: the calls on the plain path are direct
+        self.events: Events = rt.events
         self.local_first = rt.config.order in ("local", "local-first")  # where a plain access looks first
         self._plans: dict[tuple[int, int, bool], Plan] = {}
         self._requests: dict[tuple[int, str | None, int | None, bool], ItemRequest] = {}
@@ -156,17 +170,20 @@ class LocalGrants:
         except LicentiaError:
             return None  # the rest of the handler logs the refusal and answers it
         ev = grant.events[0]
-        log = rt.log
+        events = self.events
+        log = events.log
         assert log is not None
         extra = gate.granted(grant, decision) if gate is not None else None
         if extra is None:
             log.record_in(conn.log_template(log, ev, True), ev)
         else:
             log.record_in(log.template(ev, extra), ev)
-        rt.events.remember(ev)
+        events.remember(ev)
         if ident.pid is not None and ident.holder.process is None:
-            rt.events.net_pids[grant.handle] = ident.pid
-        rt._seats_changed()
+            events.net_pids[grant.handle] = ident.pid
+        snapshot = rt.housekeeping
+        if not snapshot.snapshot_pending:
+            snapshot.seats_changed()
         return self.grant_frame(msg, ld, entry, grant.handle, mode, ident.local, conn.proof_keys)
 
     def plan(self, firm: int, product: int, in_vm: bool, now: int) -> Plan | None:
@@ -331,7 +348,7 @@ class LocalGrants:
         encoded, valid until), kept by container, item, mode and location while `entry`
         (immutable: a changed item is a new entry) is current; or the whole reply when it
         does not fit a fixmap."""
-        ck = (ld.serial, msg["firm"], entry.item_id, mode.value, local)
+        ck = (ld.serial, msg["firm"], entry.item_id, mode, local)  # mode: a str (StrEnum), hashed as one
         hit = self._tails.get(ck)
         if hit is None or hit[0] is not entry or hit[1] is not ld:
             reply = self.grant_reply({"id": msg["id"]}, ld, entry, handle, mode, local)
@@ -384,7 +401,7 @@ class LocalGrants:
     def op_release(self, conn: Client, msg: Message) -> Message | bytes | Awaitable[Message]:
         own = conn.ident
         assert own is not None
-        ident = acting_for(own, msg)
+        ident = own if own.kind != "runtime" else acting_for(own, msg)
         handle = msg["handle"]
         rt = self.rt
         if handle >= REMOTE_BASE:
@@ -395,7 +412,8 @@ class LocalGrants:
             return ok_frame(self._pack(msg["id"]))
         rel = rt.seats.release(handle, time.time(), holder=ident.holder)
         ev = rel.events[0]
-        log = rt.log
+        events = self.events
+        log = events.log
         assert log is not None
         if ev.holder is own.holder and ev.station is own.station:
             # a handle this connection took: its line differs from the last one only in
@@ -403,9 +421,11 @@ class LocalGrants:
             log.record_in(conn.log_template(log, ev, False), ev)
         else:
             log.record(ev)
-        rt.events.remember(ev)
-        rt.events.freed(handle)
-        rt._seats_changed()
+        events.remember(ev)
+        events.freed(handle)
+        snapshot = rt.housekeeping
+        if not snapshot.snapshot_pending:
+            snapshot.seats_changed()
         return ok_frame(self._pack(msg["id"]))
 
     def session_for(self, ident: Ident, handle: int) -> Session:

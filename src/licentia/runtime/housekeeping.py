@@ -50,11 +50,23 @@ class Housekeeping:
     def __init__(self, rt: HousekeepingHost) -> None:
         self.rt = rt
         self._snapshot_handle: asyncio.TimerHandle | None = None
+        # a snapshot is due and not begun: a change now is in it (so callers on the license
+        # path may skip `seats_changed`)
+        self.snapshot_pending = False
         self._snapshot_running = False
         self._snapshot_again = False
         self._snapshot_future: asyncio.Future[None] | None = None
         self._log_timer: asyncio.TimerHandle | None = None
         self._rescan_lock = asyncio.Lock()
+        # the runtime's loop, once known: asking asyncio costs a getpid() system call
+        # (Python 3.11), too much for every batch of the usage log and every seat change
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # ================================================================== reaping
 
@@ -152,11 +164,11 @@ class Housekeeping:
         """The usage log has entries to write: a full batch is written right after the
         requests at hand; else one timer bounds how long any entry waits (no timer runs
         while nothing happens)."""
-        loop = asyncio.get_running_loop()
         if full:
-            loop.call_soon(self.flush_log)
+            self._running_loop().call_soon(self.flush_log)
         elif self._log_timer is None:
-            self._log_timer = loop.call_later(self.rt.config.log_flush_interval, self._log_timer_fired)
+            self._log_timer = self._running_loop().call_later(self.rt.config.log_flush_interval,
+                                                              self._log_timer_fired)
 
     def _log_timer_fired(self) -> None:
         self._log_timer = None
@@ -178,8 +190,9 @@ class Housekeeping:
 
     def seats_changed(self) -> None:
         if self._snapshot_handle is None and not self._snapshot_running:
-            loop = asyncio.get_running_loop()
-            self._snapshot_handle = loop.call_later(self.rt.config.snapshot_delay, self._start_snapshot)
+            self._snapshot_handle = self._running_loop().call_later(self.rt.config.snapshot_delay,
+                                                                    self._start_snapshot)
+            self.snapshot_pending = True
         elif self._snapshot_running:
             self._snapshot_again = True
 
@@ -193,6 +206,7 @@ class Housekeeping:
 
     def _start_snapshot(self) -> None:
         self._snapshot_handle = None
+        self.snapshot_pending = False
         self._snapshot_running = True
         data = self._snapshot_bytes()
         loop = asyncio.get_running_loop()

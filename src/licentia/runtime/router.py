@@ -43,8 +43,7 @@ class Router:
         rid = msg.get("id", CONNECTION_ID)
         try:
             raw_op: Any = msg.get("op")
-            fast = _FAST.get(raw_op) if type(raw_op) is str else None
-            op: str = raw_op if fast is not None and fast(msg) else self._validate(msg)
+            op: str = raw_op if _fast(raw_op, msg) else self._validate(msg)
             if conn.ident is None and op != "hello":
                 raise LicentiaError(ErrorCode.PROTOCOL_ERROR, "say hello first: the first request names the client")
             result = self.handlers[op](conn, msg)
@@ -160,8 +159,16 @@ def _fast_handle(msg: Message) -> bool:
     return len(msg) == 3 or _fits(msg, _HANDLE_TYPES, ("handle",))
 
 
-_FAST: dict[str, Callable[[Message], bool]] = {"access": _fast_access, "release": _fast_handle, "check": _fast_handle,
-                                               "decrement": _fast_decrement}
+def _fast(op: Any, msg: Message) -> bool:
+    """Whether `msg` is one of the frequent requests in the exact shape the inline checks
+    accept (direct calls: this runs for every request)."""
+    if op == "access":
+        return _fast_access(msg)
+    if op == "release" or op == "check":
+        return _fast_handle(msg)
+    if op == "decrement":
+        return _fast_decrement(msg)
+    return False
 
 
 def _text_keys(msg: dict[Any, Any]) -> bool:

@@ -136,7 +136,6 @@ class Runtime:
             handlers["tmr.prove"] = upstream.op_prove
         self.limits = ConnectionLimits(self)
         self.router = Router(handlers, self._note_problem, self._spawn, config)
-        self.dispatch = self.router.dispatch
 
     # ================================================================== life
 

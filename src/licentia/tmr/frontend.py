@@ -124,7 +124,6 @@ class FrontEnd:
         self.network = _NoUpstreamSeats()
         self.limits = ConnectionLimits(self)  # connections, buffers and the hello timeout
         self.router = Router(handlers, self._note_problem, self._spawn, self.config)
-        self.dispatch = self.router.dispatch
 
     # ================================================================== life
 
