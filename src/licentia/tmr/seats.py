@@ -235,16 +235,18 @@ class SeatStore:
         """The key the front ends derive client identities from, made once and kept in
         etcd: an identity one front end issued is proved to its twin, and to itself after
         a restart, so a client runtime that moves keeps its id, its lease and its seats."""
-        key = self._p + b"identity-key"
-        fresh = secrets.token_bytes(32)
+        return await self._put_once(self._p + b"identity-key", secrets.token_bytes(32))
+
+    async def _put_once(self, key: bytes, value: bytes) -> bytes:
+        """Put `key` (no lease) unless it exists; the value it holds either way."""
 
         async def attempt(c: aetcd.Client) -> bytes:
             t = c.transactions
             ok, resp = await c.transaction(
-                compare=[t.create(key) == 0], success=[t.put(key, fresh)], failure=[t.get(key)]
+                compare=[t.create(key) == 0], success=[t.put(key, value)], failure=[t.get(key)]
             )
             if ok:
-                return fresh
+                return value
             if not resp or not resp[0]:
                 raise _Retry
             return bytes(resp[0][0][0])
@@ -702,20 +704,7 @@ class SeatStore:
             return self._numbers[item]
         rel = item[len(self._p):]
         number = item_number_of(rel)
-        nkey = self._p + b"n/%d" % number
-
-        async def attempt(c: aetcd.Client) -> bool:
-            t = c.transactions
-            ok, resp = await c.transaction(
-                compare=[t.create(nkey) == 0], success=[t.put(nkey, rel)], failure=[t.get(nkey)]
-            )
-            if ok:
-                return True
-            if not resp or not resp[0]:
-                raise _Retry
-            return bytes(resp[0][0][0]) == rel
-
-        mine = await self._run(attempt)
+        mine = await self._put_once(self._p + b"n/%d" % number, rel) == rel
         self._numbers[item] = number if mine else None
         if mine:
             self._items[number] = item
