@@ -696,7 +696,7 @@ class SeatStore:
         self._granted[handle] = (sess, skey, record)
 
     async def _item_number(self, key: ItemKey) -> int | None:
-        """The number slot handles of `key` carry (a hash of the item, registered under n/
+        """The number slot handles of `key` carry (a checksum of the item, registered under n/
         on first use), or None when another item holds that number: then its grants keep
         h/ records. Both twins compute and find the same number."""
         item = self._item_prefix(key)
