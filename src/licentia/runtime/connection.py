@@ -41,6 +41,7 @@ from licentia.runtime.router import Router
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
 _FRAME_HEAD_unpack_from = FRAME_HEAD.unpack_from
+BEAT_PACE = 0.25  # seconds: see `Connection.data_received`
 _NO_LINE = LineTemplate("", "", "", "", False)  # a placeholder: never used while its key is None
 
 
@@ -69,6 +70,8 @@ class Connection:
         self.admitted = False
         self.opened = self.last_active = time.monotonic()
         self._buffered = 0  # bytes of an incomplete frame, as counted in the limits
+        self._failed = False  # the decoder met a frame it cannot read past: nothing more is read
+        self._beat_due = 0.0  # a request before this (monotonic) needs no heartbeat of its own
         self._queue: collections.deque[Message | ProtocolError] = collections.deque()
         self._paused: set[str] = set()  # why reading is paused: "queue", "write"
         self._sized = False  # the frame limit follows the identity once hello is done
@@ -117,15 +120,19 @@ class Connection:
     def data_received(self, data: bytes) -> None:
         if not self.admitted:
             return
-        self.last_active = time.monotonic()
-        ident = self.ident
-        if ident is not None and ident.client_id is not None:  # any request is a keep-alive
-            self.runtime.seats.heartbeat(ident.client_id, time.time())
+        self.last_active = now = time.monotonic()
+        if now >= self._beat_due:  # any request is a keep-alive (a network client's last sign of
+            # life is kept to within BEAT_PACE: client timeouts are seconds, requests come faster)
+            ident = self.ident
+            if ident is not None and ident.client_id is not None:
+                self._beat_due = now + BEAT_PACE
+                self.runtime.seats.heartbeat(ident.client_id, time.time())
         # the usual read: exactly one whole, good frame, and nothing held back from before
-        # (FrameDecoder.feed's first step, without building a list)
+        # (FrameDecoder.feed's first step, without building a list; `_buffered` is the
+        # decoder's `buffered` after every read)
         decoder = self.decoder
         end = len(data)
-        if end > 5 and type(data) is bytes and not self._queue and decoder.idle():
+        if end > 5 and type(data) is bytes and not self._queue and not self._buffered and not self._failed:
             length, version = _FRAME_HEAD_unpack_from(data)
             if length + 4 == end and version == VERSION_BYTE and length <= decoder.max_frame:
                 try:
@@ -146,6 +153,7 @@ class Connection:
                 queue.extend(exc.messages)
                 queue.append(exc)
                 if exc.fatal:
+                    self._failed = True
                     break
                 data = b""
         held = decoder.buffered

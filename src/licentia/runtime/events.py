@@ -38,6 +38,7 @@ class Events:
     def __init__(self) -> None:
         self.log: UsageLog | None = None
         self.recent: collections.deque[tuple[int, Event | dict[str, Any]]] = collections.deque(maxlen=RECENT)
+        self._keep = self.recent.append  # bound once: `remember` runs on every grant and release
         self.seq = 0
         self.handle_events: dict[int, set[str]] = {}  # handle -> notices for its program's next check()
         self.gone: collections.OrderedDict[int, str] = collections.OrderedDict()
@@ -46,7 +47,7 @@ class Events:
 
     def remember(self, ev: Event | dict[str, Any]) -> None:
         self.seq += 1
-        self.recent.append((self.seq, ev))
+        self._keep((self.seq, ev))
         gate = self.gate
         if gate is not None and type(ev) is Event:
             gate.released(ev)

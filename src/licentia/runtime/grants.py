@@ -90,6 +90,8 @@ class LocalGrants:
         # the runtime's own for its life (the seat table is not: a restored snapshot replaces
         # it), held here as what it is: the calls on the plain path are direct
         self.events: Events = rt.events
+        self.containers: RuntimeContainers = rt.containers
+        self.schedule: SnapshotSchedule = rt.housekeeping
         self.local_first = rt.config.order in ("local", "local-first")  # where a plain access looks first
         self._plans: dict[tuple[int, int, bool], Plan] = {}
         self._requests: dict[tuple[int, str | None, int | None, bool], ItemRequest] = {}
@@ -144,7 +146,7 @@ class LocalGrants:
         inow = int(now)
         firm, product = msg["firm"], msg["product"]
         plan = self._plans.get((firm, product, ident.in_vm))
-        if plan is None or plan[0] != inow or plan[1] != rt.containers.generation:
+        if plan is None or plan[0] != inow or plan[1] != self.containers.generation:
             plan = self.plan(firm, product, ident.in_vm, inow)
             if plan is None:
                 return None
@@ -181,16 +183,16 @@ class LocalGrants:
         events.remember(ev)
         if ident.pid is not None and ident.holder.process is None:
             events.net_pids[grant.handle] = ident.pid
-        snapshot = rt.housekeeping
-        if not snapshot.snapshot_pending:
-            snapshot.seats_changed()
+        schedule = self.schedule
+        if not schedule.snapshot_pending:
+            schedule.seats_changed()
         return self.grant_frame(msg, ld, entry, grant.handle, mode, ident.local, conn.proof_keys)
 
     def plan(self, firm: int, product: int, in_vm: bool, now: int) -> Plan | None:
         """What `access_local` decides before counting, for a plain access at second `now`,
         when that is to grant the first candidate without a write; kept for that second and
         generation of the containers (a changed content is a new generation)."""
-        containers = self.rt.containers
+        containers = self.containers
         candidates = containers.candidates(firm, product, None)
         if not candidates:
             return None
@@ -367,7 +369,7 @@ class LocalGrants:
         for a challenge that a connection's proof key answers, the proof fields after it
         (a MAC, or the signature that opens the key)."""
         if msg.get("nonce"):
-            if keys is None or ld.serial in self.rt.containers.external:
+            if keys is None or ld.serial in self.containers.external:
                 return self.grant_reply(msg, ld, entry, handle, mode, local)
             hit = self._tail(msg, ld, entry, handle, mode, local)
             until = valid_until(entry.item, entry.state) if isinstance(hit, dict) else hit[4]
@@ -423,9 +425,9 @@ class LocalGrants:
             log.record(ev)
         events.remember(ev)
         events.freed(handle)
-        snapshot = rt.housekeeping
-        if not snapshot.snapshot_pending:
-            snapshot.seats_changed()
+        schedule = self.schedule
+        if not schedule.snapshot_pending:
+            schedule.seats_changed()
         return ok_frame(self._pack(msg["id"]))
 
     def session_for(self, ident: Ident, handle: int) -> Session:
