@@ -1,4 +1,5 @@
-"""Compile the license path (seat table, usage log, connection, router, grants, proofs) to C extensions with mypyc.
+"""Compile the license path (seat table, usage log, connection, router, grants, proofs, identities) to C extensions
+with mypyc.
 
 The compiled modules are built from the very same Python sources, so there is no second
 implementation to keep in step: without a C compiler, or when the build fails, licentia
@@ -34,7 +35,8 @@ from licentia.native import MANIFEST, source_of  # noqa: E402
 
 # the modules whose code runs on every access and release (see docs/performance.md)
 MODULES = ("licentia.core.seats", "licentia.runtime.usagelog", "licentia.runtime.connection", "licentia.runtime.router",
-           "licentia.runtime.grants", "licentia.runtime.events", "licentia.runtime.replies", "licentia.runtime.proofs")
+           "licentia.runtime.grants", "licentia.runtime.events", "licentia.runtime.replies", "licentia.runtime.proofs",
+           "licentia.runtime.ident")
 GROUP = "licentia._native"  # the shared library of the group: src/licentia/_native__mypyc.*.so
 
 

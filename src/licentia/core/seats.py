@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from licentia.model import AccessMode, ErrorCode, LicentiaError, SessionKind
 
@@ -39,10 +39,10 @@ MIN_CLIENT_TIMEOUT = 5.0  # the shortest timeout an administrator may set
 SNAPSHOT_FORMAT = "licentia.seats"
 SNAPSHOT_VERSION = 1
 
-_PER_ACCESS = AccessMode.PER_ACCESS
-_PER_STATION = AccessMode.PER_STATION
-_EXCLUSIVE = AccessMode.EXCLUSIVE
-_NONE = AccessMode.NONE
+_PER_ACCESS: Final = AccessMode.PER_ACCESS
+_PER_STATION: Final = AccessMode.PER_STATION
+_EXCLUSIVE: Final = AccessMode.EXCLUSIVE
+_NONE: Final = AccessMode.NONE
 
 
 # --------------------------------------------------------------------------- types
@@ -152,7 +152,8 @@ class EventKind(StrEnum):
     RELEASE = "release"
 
 
-_GRANT, _RELEASE = EventKind.GRANT, EventKind.RELEASE
+_GRANT: Final = EventKind.GRANT
+_RELEASE: Final = EventKind.RELEASE
 
 
 class ReleaseReason(StrEnum):
@@ -182,7 +183,7 @@ class Event(NamedTuple):
 # Made on every access and release: `tuple.__new__` skips the generated `__new__` (a
 # Python-level call that binds each field by name), about three times faster. Every
 # field is given, in order.
-_make: Any = tuple.__new__
+_make: Final[Any] = tuple.__new__
 
 
 class Grant(NamedTuple):
@@ -199,8 +200,7 @@ class Grant(NamedTuple):
 
     @property
     def events(self) -> tuple[Event, ...]:
-        s = self.session
-        return (_make(Event, (_GRANT, s.since, s.key, s.mode, s.station, s.holder, s.handle, self.used, None, None)),)
+        return (grant_event(self),)
 
 
 class Release(NamedTuple):
@@ -216,11 +216,22 @@ class Release(NamedTuple):
 
     @property
     def events(self) -> tuple[Event, ...]:
-        s = self.session
-        return (
-            _make(Event, (_RELEASE, self.at, s.key, s.mode, s.station, s.holder, s.handle, self.used, self.reason,
-                          None)),
-        )
+        return (release_event(self),)
+
+
+def grant_event(grant: Grant) -> Event:
+    """The event of `grant` (its `events`' only one), made for a caller that logs it."""
+    s = grant.session
+    event: Event = _make(Event, (_GRANT, s.since, s.key, s.mode, s.station, s.holder, s.handle, grant.used, None, None))
+    return event
+
+
+def release_event(release: Release) -> Event:
+    """The event of `release` (its `events`' only one), made for a caller that logs it."""
+    s = release.session
+    event: Event = _make(Event, (_RELEASE, release.at, s.key, s.mode, s.station, s.holder, s.handle, release.used,
+                                 release.reason, None))
+    return event
 
 
 class SeatRefused(LicentiaError):
@@ -654,7 +665,7 @@ class SeatTable:
         return _make(Release, (sess, reason, freed, item.seats, now))  # type: ignore[no-any-return]
 
 
-_PROGRAM = ReleaseReason.PROGRAM
+_PROGRAM: Final = ReleaseReason.PROGRAM
 
 
 def _refuse(

@@ -17,7 +17,7 @@ import collections
 import contextlib
 import socket
 import time
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from licentia.core.seats import Event, ItemKey, ProcessId
 from licentia.model import AccessMode, ErrorCode
@@ -40,9 +40,9 @@ from licentia.runtime.replies import FRAME_HEAD
 from licentia.runtime.router import Router
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
-_FRAME_HEAD_unpack_from = FRAME_HEAD.unpack_from
-BEAT_PACE = 0.25  # seconds: see `Connection.data_received`
-_NO_LINE = LineTemplate("", "", "", "", False)  # a placeholder: never used while its key is None
+_FRAME_HEAD_unpack_from: Final = FRAME_HEAD.unpack_from
+BEAT_PACE: Final = 0.25  # seconds: see `Connection.data_received`
+_NO_LINE: Final = LineTemplate("", "", "", "", False)  # a placeholder: never used while its key is None
 
 
 class ConnectionHost(Protocol):

@@ -13,12 +13,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgpack
 
 from licentia.core.evaluate import status_of, valid_until
-from licentia.core.seats import ItemKey, ReleaseReason, SeatRefused, SeatTable, Session
+from licentia.core.seats import (
+    ItemKey,
+    ReleaseReason,
+    SeatRefused,
+    SeatTable,
+    Session,
+    grant_event,
+    release_event,
+)
 from licentia.model import AccessMode, ErrorCode, ItemRequest, LicentiaError, parse_version
 from licentia.protocol.frames import Message
 from licentia.runtime.acl import AccessGate
@@ -33,7 +41,7 @@ from licentia.runtime.replies import frame, ok_frame
 from licentia.runtime.tokens import RuntimeContainers, RuntimeTokens
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
-MODES = {m.value: m for m in AccessMode}
+MODES: Final = {m.value: m for m in AccessMode}
 
 Reply = Message | bytes | Awaitable[Message | bytes]
 
@@ -171,7 +179,8 @@ class LocalGrants:
                                     holder=ident.holder, local=ident.local, session=ident.session, now=now)
         except LicentiaError:
             return None  # the rest of the handler logs the refusal and answers it
-        ev = grant.events[0]
+        ev = grant_event(grant)
+        handle = grant.session.handle
         events = self.events
         log = events.log
         assert log is not None
@@ -182,11 +191,11 @@ class LocalGrants:
             log.record_in(log.template(ev, extra), ev)
         events.remember(ev)
         if ident.pid is not None and ident.holder.process is None:
-            events.net_pids[grant.handle] = ident.pid
+            events.net_pids[handle] = ident.pid
         schedule = self.schedule
         if not schedule.snapshot_pending:
             schedule.seats_changed()
-        return self.grant_frame(msg, ld, entry, grant.handle, mode, ident.local, conn.proof_keys)
+        return self.grant_frame(msg, ld, entry, handle, mode, ident.local, conn.proof_keys)
 
     def plan(self, firm: int, product: int, in_vm: bool, now: int) -> Plan | None:
         """What `access_local` decides before counting, for a plain access at second `now`,
@@ -413,7 +422,7 @@ class LocalGrants:
             rt.after_release(rel.events)
             return ok_frame(self._pack(msg["id"]))
         rel = rt.seats.release(handle, time.time(), holder=ident.holder)
-        ev = rel.events[0]
+        ev = release_event(rel)
         events = self.events
         log = events.log
         assert log is not None

@@ -4,12 +4,13 @@ stay the same are encoded once by who keeps them, the request id and handle each
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from licentia.protocol.frames import VERSION_BYTE
 
-FRAME_HEAD = struct.Struct(">IB")  # licentia.protocol.frames: length, version byte
-_OK_HEAD = b"\x82\xa2id"  # {"id": ..., "ok": True}
-_OK_TAIL = b"\xa2ok\xc3"
+FRAME_HEAD: Final = struct.Struct(">IB")  # licentia.protocol.frames: length, version byte
+_OK_HEAD: Final = b"\x82\xa2id"  # {"id": ..., "ok": True}
+_OK_TAIL: Final = b"\xa2ok\xc3"
 
 
 def frame(*parts: bytes) -> bytes:
@@ -19,8 +20,8 @@ def frame(*parts: bytes) -> bytes:
 
 
 # {"id": rid, "ok": True} by the length of the encoded id (msgpack: 1, 2, 3, 5 or 9 bytes)
-_OK_START = {n: FRAME_HEAD.pack(len(_OK_HEAD) + n + len(_OK_TAIL) + 1, VERSION_BYTE) + _OK_HEAD
-             for n in (1, 2, 3, 5, 9)}
+_OK_START: Final = {n: FRAME_HEAD.pack(len(_OK_HEAD) + n + len(_OK_TAIL) + 1, VERSION_BYTE) + _OK_HEAD
+                    for n in (1, 2, 3, 5, 9)}
 
 
 def ok_frame(packed_id: bytes) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import reprlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from licentia.model import AccessMode, ErrorCode, LicentiaError
 from licentia.protocol.frames import CONNECTION_ID, Message, error_reply
@@ -109,18 +109,18 @@ _short = _repr.repr  # a value for the log, bounded
 
 # ====================================================================== inline checks
 
-_MODES = frozenset(m.value for m in AccessMode)
+_MODES: Final = frozenset(m.value for m in AccessMode)
 
 # field -> the exact types allowed (bool is not int here); a request that does not fit
 # goes through `validate_request` for its error
-_ACCESS_TYPES: dict[str, tuple[type, ...]] = {
+_ACCESS_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "id": (int,), "op": (str,), "firm": (int,), "product": (int,), "mode": (str,), "feature": (int,),
     "version": (str,), "release_date": (int,), "nonce": (bytes,), "where": (str,), "container": (str,),
     "server": (str,), "client": (dict,), "kx": (bytes,), "keyed": (list,),
 }
-_HANDLE_TYPES: dict[str, tuple[type, ...]] = {"id": (int,), "op": (str,), "handle": (int,), "nonce": (bytes,),
+_HANDLE_TYPES: Final[dict[str, tuple[type, ...]]] = {"id": (int,), "op": (str,), "handle": (int,), "nonce": (bytes,),
                                               "kx": (bytes,), "keyed": (list,)}
-_WHERE = frozenset(("local", "network", "local-first", "network-first"))
+_WHERE: Final = frozenset(("local", "network", "local-first", "network-first"))
 
 
 def _fast_access(msg: Message) -> bool:
