@@ -42,7 +42,7 @@ from licentia.runtime.usagelog import LineTemplate, UsageLog
 
 _FRAME_HEAD_unpack_from: Final = FRAME_HEAD.unpack_from
 BEAT_PACE: Final = 0.25  # seconds: see `Connection.data_received`
-_NO_LINE: Final = LineTemplate("", "", "", "", False)  # a placeholder: never used while its key is None
+_NO_LINE: Final = LineTemplate("", "", "", "")  # a placeholder: never used while its key is None
 
 
 class ConnectionHost(Protocol):
@@ -66,7 +66,8 @@ class Connection:
         self.router = runtime.router  # held as what it is: each request is a direct call
         self.listener = listener  # "unix", "local" or "network"
         self.counted = admitted  # counted in the limits as it was accepted (limits.AdmittingListener)
-        self.decoder = FrameDecoder(runtime.config.max_program_frame)
+        self.max_frame = runtime.config.max_program_frame  # the decoder's, kept beside it for the usual read
+        self.decoder = FrameDecoder(self.max_frame)
         self.admitted = False
         self.opened = self.last_active = time.monotonic()
         self._buffered = 0  # bytes of an incomplete frame, as counted in the limits
@@ -134,9 +135,10 @@ class Connection:
         end = len(data)
         if end > 5 and type(data) is bytes and not self._queue and not self._buffered and not self._failed:
             length, version = _FRAME_HEAD_unpack_from(data)
-            if length + 4 == end and version == VERSION_BYTE and length <= decoder.max_frame:
+            max_frame = self.max_frame
+            if length + 4 == end and version == VERSION_BYTE and length <= max_frame:
                 try:
-                    one = unpack_body(data[5:], decoder.max_frame)  # the decoder's own bounds
+                    one = unpack_body(data[5:], max_frame)  # the decoder's own bounds
                 except Exception:
                     one = None  # the decoder below says what is wrong
                 if type(one) is dict and type(one.get("id")) is int and one.get("op") != "keepalive":
@@ -212,7 +214,7 @@ class Connection:
         if ident is not None:
             self._sized = True
             if ident.kind == "admin":
-                self.decoder.max_frame = self.runtime.config.max_frame
+                self.decoder.max_frame = self.max_frame = self.runtime.config.max_frame
 
     def _pause(self, why: str) -> None:
         t = self.transport

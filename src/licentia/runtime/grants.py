@@ -37,7 +37,7 @@ from licentia.runtime.ident import Ident, acting_for
 from licentia.runtime.licenses import Loaded, decrement_op, first_use_op
 from licentia.runtime.network import REMOTE_BASE, NetworkClient, better
 from licentia.runtime.proofs import ProofKeys, make_proof
-from licentia.runtime.replies import frame, ok_frame
+from licentia.runtime.replies import frame, ok_frame, packed_uint
 from licentia.runtime.tokens import RuntimeContainers, RuntimeTokens
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
@@ -389,14 +389,13 @@ class LocalGrants:
                 reply.update(proved)
                 return reply
             pack = self._pack  # the proof fields: a map of them without its (fixmap's one-byte) header
-            return frame(bytes((0x80 | (len(proved) + (hit[2][0] & 0x0F)),)), hit[2][1:], pack(msg["id"]),
-                         b"\xa6handle", pack(handle), hit[3], pack(proved)[1:])
+            return frame(bytes((0x80 | (len(proved) + (hit[2][0] & 0x0F)),)), hit[2][1:], packed_uint(msg["id"]),
+                         b"\xa6handle", packed_uint(handle), hit[3], pack(proved)[1:])
         hit = self._tail(msg, ld, entry, handle, mode, local)
         if isinstance(hit, dict):
             hit["handle"] = handle
             return hit
-        pack = self._pack
-        return frame(hit[2], pack(msg["id"]), b"\xa6handle", pack(handle), hit[3])
+        return frame(hit[2], packed_uint(msg["id"]), b"\xa6handle", packed_uint(handle), hit[3])
 
     def proof(self, keys: ProofKeys | None, ld: Loaded, msg: Message, handle: int, firm: int, item_id: int,
               units: int | None, until: int | None) -> dict[str, bytes]:
@@ -420,7 +419,7 @@ class LocalGrants:
         if ident.role == "admin" and handle in rt.seats and not ident.owns(rt.seats.get(handle).holder):
             rel = rt.seats.force_release(handle, time.time())  # logged as the administrator's release
             rt.after_release(rel.events)
-            return ok_frame(self._pack(msg["id"]))
+            return ok_frame(packed_uint(msg["id"]))
         rel = rt.seats.release(handle, time.time(), holder=ident.holder)
         ev = release_event(rel)
         events = self.events
@@ -437,7 +436,7 @@ class LocalGrants:
         schedule = self.schedule
         if not schedule.snapshot_pending:
             schedule.seats_changed()
-        return ok_frame(self._pack(msg["id"]))
+        return ok_frame(packed_uint(msg["id"]))
 
     def session_for(self, ident: Ident, handle: int) -> Session:
         rt = self.rt

@@ -27,3 +27,22 @@ _OK_START: Final = {n: FRAME_HEAD.pack(len(_OK_HEAD) + n + len(_OK_TAIL) + 1, VE
 def ok_frame(packed_id: bytes) -> bytes:
     """`{"id": rid, "ok": True}` as a frame, from the msgpack of `rid`."""
     return _OK_START[len(packed_id)] + packed_id + _OK_TAIL
+
+
+def packed_uint(n: int) -> bytes:
+    """msgpack's encoding of the non-negative int `n` (a request id, a handle, units left),
+    the same bytes as `msgpack.packb(n)`: the shortest of positive fixint, uint 8, 16, 32
+    and 64. Made here rather than by a Packer, whose call costs more than the encoding."""
+    if n < 0x100:
+        if n < 0:
+            raise ValueError(f"{n} is negative")
+        return _UINT8[n]
+    if n < 0x10000:
+        return b"\xcd" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\xce" + n.to_bytes(4, "big")
+    return b"\xcf" + n.to_bytes(8, "big")  # OverflowError beyond 64 bits, as msgpack raises
+
+
+# 0..255: a positive fixint below 0x80, else a uint 8
+_UINT8: Final = tuple(bytes((i,)) if i < 0x80 else bytes((0xCC, i)) for i in range(0x100))

@@ -60,18 +60,17 @@ _json_str = json.JSONEncoder(ensure_ascii=False).encode
 class LineTemplate:
     """The fixed text of one kind of line, in the pieces around what changes from line to
     line: `{"seq":` seq `before_at` at `before_handle` [handle `before_used`] used
-    `before_prev` prev `"}`. (Pieces joined by concatenation, not %-formatting: that is the
+    `before_prev` prev `"}` (the handle and `before_used` for an event with a handle only;
+    its template is another). (Pieces joined by concatenation, not %-formatting: that is the
     cheaper of the two where this module is compiled.)"""
 
-    __slots__ = ("before_at", "before_handle", "before_prev", "before_used", "has_handle")
+    __slots__ = ("before_at", "before_handle", "before_prev", "before_used")
 
-    def __init__(self, before_at: str, before_handle: str, before_used: str, before_prev: str,
-                 has_handle: bool) -> None:
+    def __init__(self, before_at: str, before_handle: str, before_used: str, before_prev: str) -> None:
         self.before_at = before_at
         self.before_handle = before_handle
         self.before_used = before_used
         self.before_prev = before_prev
-        self.has_handle = has_handle
 
 
 class _Formatter:
@@ -112,8 +111,9 @@ class _Formatter:
     def text(self, t: LineTemplate, ev: Event, seq: int, prev: str) -> str:
         """The line of `ev` made with its template `t` (without the newline)."""
         at = self.at_text(ev.at)
-        if t.has_handle:
-            return f'{{"seq":{seq}{t.before_at}{at}{t.before_handle}{ev.handle}{t.before_used}{ev.used}' \
+        handle = ev.handle  # None exactly when `t` has no place for one (`template` keys on it)
+        if handle is not None:
+            return f'{{"seq":{seq}{t.before_at}{at}{t.before_handle}{handle}{t.before_used}{ev.used}' \
                    f'{t.before_prev}{prev}"}}'
         return f'{{"seq":{seq}{t.before_at}{at}{t.before_handle}{ev.used}{t.before_prev}{prev}"}}'
 
@@ -141,8 +141,8 @@ def _template(ev: Event, extra: Mapping[str, Any] | None = None) -> LineTemplate
         tail += f',{_json_str(name)}:{_encode(value)}'
     before_at = ',"event":' + _json_str(ev.kind.value) + ',"at":'
     if ev.handle is not None:
-        return LineTemplate(before_at, fixed + ',"handle":', ',"used":', tail + ',"prev":"', True)
-    return LineTemplate(before_at, fixed + ',"used":', "", tail + ',"prev":"', False)
+        return LineTemplate(before_at, fixed + ',"handle":', ',"used":', tail + ',"prev":"')
+    return LineTemplate(before_at, fixed + ',"used":', "", tail + ',"prev":"')
 
 
 def event_fields(ev: Event, extra: dict[str, Any] | None = None) -> dict[str, Any]:
