@@ -6,7 +6,7 @@ import msgpack
 import pytest
 from hypothesis import given, strategies as st
 
-from licentia.runtime.replies import ok_frame, packed_uint
+from licentia.runtime.replies import map_head_id, ok_frame, packed_bin_fields, packed_uint
 
 
 @given(st.integers(min_value=0, max_value=2**64 - 1))
@@ -31,3 +31,18 @@ def test_ok_frame_decodes_to_the_ok_reply(rid: int) -> None:
     frame = ok_frame(packed_uint(rid))
     assert int.from_bytes(frame[:4], "big") == len(frame) - 4
     assert msgpack.unpackb(frame[5:]) == {"id": rid, "ok": True}
+
+
+@given(st.dictionaries(st.text(max_size=300), st.binary(max_size=70_000), max_size=4))
+def test_packed_bin_fields_are_msgpacks_map_entries(fields: dict[str, bytes]) -> None:
+    header = len(msgpack.packb(len(fields) * [None])) - len(fields)  # a map's header is as long as an array's
+    assert packed_bin_fields(fields) == msgpack.packb(fields)[header:]
+
+
+@given(st.integers(min_value=0, max_value=15))
+def test_map_head_id_starts_a_map_whose_first_key_is_id(count: int) -> None:
+    fields = {"id": 1, **{f"f{i}": i for i in range(count - 1)}} if count else {}
+    packed = msgpack.packb(fields)
+    assert map_head_id(count)[:1] == packed[:1]
+    if count:
+        assert packed.startswith(map_head_id(count))

@@ -37,7 +37,7 @@ from licentia.runtime.ident import Ident, acting_for
 from licentia.runtime.licenses import Loaded, decrement_op, first_use_op
 from licentia.runtime.network import REMOTE_BASE, NetworkClient, better
 from licentia.runtime.proofs import ProofKeys, make_proof
-from licentia.runtime.replies import frame, ok_frame, packed_uint
+from licentia.runtime.replies import frame, map_head_id, ok_frame, packed_bin_fields, packed_uint
 from licentia.runtime.tokens import RuntimeContainers, RuntimeTokens
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
@@ -368,7 +368,7 @@ class LocalGrants:
                 return reply
             if len(self._tails) > 1000:
                 self._tails.clear()
-            hit = self._tails[ck] = (entry, ld, bytes((0x80 | (len(rest) + 2),)) + b"\xa2id", self._pack(rest)[1:],
+            hit = self._tails[ck] = (entry, ld, map_head_id(len(rest) + 2), self._pack(rest)[1:],
                                      reply["valid_until"])
         return hit
 
@@ -384,13 +384,13 @@ class LocalGrants:
             until = valid_until(entry.item, entry.state) if isinstance(hit, dict) else hit[4]
             proved = keys.prove(ld.content, msg, handle, msg["firm"], entry.item_id, entry.state.units_remaining,
                                 until, ld.serial)
-            if isinstance(hit, dict) or len(proved) + (hit[2][0] & 0x0F) > 15:  # more than a fixmap holds
+            count = 16 if isinstance(hit, dict) else len(proved) + (hit[2][0] & 0x0F)
+            if isinstance(hit, dict) or count > 15:  # more than a fixmap holds
                 reply = self.grant_reply({"id": msg["id"]}, ld, entry, handle, mode, local)
                 reply.update(proved)
                 return reply
-            pack = self._pack  # the proof fields: a map of them without its (fixmap's one-byte) header
-            return frame(bytes((0x80 | (len(proved) + (hit[2][0] & 0x0F)),)), hit[2][1:], packed_uint(msg["id"]),
-                         b"\xa6handle", packed_uint(handle), hit[3], pack(proved)[1:])
+            return frame(map_head_id(count), packed_uint(msg["id"]), b"\xa6handle", packed_uint(handle), hit[3],
+                         packed_bin_fields(proved))
         hit = self._tail(msg, ld, entry, handle, mode, local)
         if isinstance(hit, dict):
             hit["handle"] = handle

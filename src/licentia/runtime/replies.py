@@ -46,3 +46,45 @@ def packed_uint(n: int) -> bytes:
 
 # 0..255: a positive fixint below 0x80, else a uint 8
 _UINT8: Final = tuple(bytes((i,)) if i < 0x80 else bytes((0xCC, i)) for i in range(0x100))
+
+
+def map_head_id(count: int) -> bytes:
+    """The header of a map of `count` entries (at most 15: a fixmap) and the key of its
+    first entry, "id" (a reply's first entry is the id of the request it answers)."""
+    return _MAP_HEAD_ID[count]
+
+
+def packed_bin_fields(fields: dict[str, bytes]) -> bytes:
+    """The entries of `fields` (text keys, binary values: the proof fields of a reply) as
+    msgpack writes them inside a map: `msgpack.packb(fields)` without the map's header."""
+    out: list[bytes] = []
+    for key, value in fields.items():
+        raw = key.encode()
+        out.append(_str_head(len(raw)))
+        out.append(raw)
+        out.append(_bin_head(len(value)))
+        out.append(value)
+    return b"".join(out)
+
+
+def _str_head(n: int) -> bytes:
+    if n < 0x20:
+        return _FIXSTR[n]
+    if n < 0x100:
+        return b"\xd9" + _BYTE[n]
+    if n < 0x10000:
+        return b"\xda" + n.to_bytes(2, "big")
+    return b"\xdb" + n.to_bytes(4, "big")
+
+
+def _bin_head(n: int) -> bytes:
+    if n < 0x100:
+        return b"\xc4" + _BYTE[n]
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+_BYTE: Final = tuple(bytes((i,)) for i in range(0x100))
+_FIXSTR: Final = tuple(bytes((0xA0 | n,)) for n in range(0x20))
+_MAP_HEAD_ID: Final = tuple(bytes((0x80 | n,)) + b"\xa2id" for n in range(0x10))
