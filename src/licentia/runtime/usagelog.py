@@ -303,6 +303,11 @@ class UsageLog:
         self._write_pending()
         self._write(self._signed("seal"))
         os.fsync(self._fd)
+        # the sealed file is on disk and rarely read again: let the kernel drop it from the page
+        # cache (a busy runtime writes tens of MB a second; kept cached, the log would claim
+        # ever more memory, and allocating fresh pages makes the next writes slower)
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(self._fd)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         # names sort in chain order: time of rotation, then the sequence number of the seal
