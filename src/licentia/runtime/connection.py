@@ -42,6 +42,7 @@ from licentia.runtime.usagelog import LineTemplate, UsageLog
 
 _FRAME_HEAD_unpack_from: Final = FRAME_HEAD.unpack_from
 BEAT_PACE: Final = 0.25  # seconds: see `Connection.data_received`
+_monotonic: Final = time.monotonic  # held, not looked up in `time` on every request
 _NO_LINE: Final = LineTemplate("", "", "", "")  # a placeholder: never used while its key is None
 
 
@@ -121,7 +122,7 @@ class Connection:
     def data_received(self, data: bytes) -> None:
         if not self.admitted:
             return
-        self.last_active = now = time.monotonic()
+        self.last_active = now = _monotonic()
         if now >= self._beat_due:  # any request is a keep-alive (a network client's last sign of
             # life is kept to within BEAT_PACE: client timeouts are seconds, requests come faster)
             ident = self.ident

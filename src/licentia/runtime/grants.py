@@ -42,6 +42,7 @@ from licentia.runtime.tokens import RuntimeContainers, RuntimeTokens
 from licentia.runtime.usagelog import LineTemplate, UsageLog
 
 MODES: Final = {m.value: m for m in AccessMode}
+_time: Final = time.time  # held, not looked up in `time` on every grant and release
 
 Reply = Message | bytes | Awaitable[Message | bytes]
 
@@ -150,7 +151,7 @@ class LocalGrants:
         """The plain access: the seat counted on the planned candidate, or None (nothing
         changed) when there is no plan or the seat table refuses."""
         rt = self.rt
-        now = time.time()
+        now = _time()
         inow = int(now)
         firm, product = msg["firm"], msg["product"]
         plan = self._plans.get((firm, product, ident.in_vm))
@@ -420,7 +421,7 @@ class LocalGrants:
             rel = rt.seats.force_release(handle, time.time())  # logged as the administrator's release
             rt.after_release(rel.events)
             return ok_frame(packed_uint(msg["id"]))
-        rel = rt.seats.release(handle, time.time(), holder=ident.holder)
+        rel = rt.seats.release(handle, _time(), holder=ident.holder)
         ev = release_event(rel)
         events = self.events
         log = events.log
