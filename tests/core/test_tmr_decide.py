@@ -51,6 +51,18 @@ def test_served_exactly_when_two_upstreams_agree(variants: tuple[int | None, ...
     assert (item.error is not None) == (top - agreeing_refusals < 2)
 
 
+def test_a_license_one_upstream_holds_twice_refused_once_counts_as_not_refused() -> None:
+    """The same license in two of one upstream's containers, refused in one of them (expired
+    there): that upstream stands for it with the one it does not refuse, whichever it lists
+    first (the order decided the answer before)."""
+    ok, expired = constituent("up2", 1, tmr_id=2), constituent("up2", 1, tmr_id=2, error=210)
+    other = constituent("up3", 1, tmr_id=2)
+    for both in ([ok, expired], [expired, ok]):
+        [item] = decide({"up1": None, "up2": both, "up3": [other]})
+        assert item.available and item.agreeing == ("up2", "up3")
+        assert item.error is None and item.reason == ""
+
+
 def test_one_upstream_reporting_a_license_twice_counts_once() -> None:
     one = constituent("up1", 0)
     items = decide({"up1": [one, dataclasses.replace(one, container="130-9")], "up2": [], "up3": None})

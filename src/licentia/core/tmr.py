@@ -59,14 +59,15 @@ def decide(reports: Mapping[str, Sequence[Constituent] | None]) -> list[VirtualI
     did not answer), one per TMR license any upstream reported, ordered by firm and TMR id.
 
     An upstream counts once per license: of two constituents it reports for one license,
-    the one whose signed form sorts first. The answer does not depend on the order of the
-    reports nor of the constituents in them."""
+    the one whose signed form sorts first, and of two with the same signed form (the same
+    license in two of its containers) the one it does not refuse. The answer does not
+    depend on the order of the reports nor of the constituents in them."""
     by_license: dict[tuple[int, int], list[Constituent]] = {}
     for _name, cons in sorted(reports.items()):
         mine: dict[tuple[int, int], Constituent] = {}
         for c in cons or ():
             lic = (c.firm, c.tmr_id)
-            if lic not in mine or (c.firm_key, c.signed) < (mine[lic].firm_key, mine[lic].signed):
+            if lic not in mine or _preferred(c) < _preferred(mine[lic]):
                 mine[lic] = c
         for lic, c in mine.items():
             by_license.setdefault(lic, []).append(c)
@@ -90,3 +91,10 @@ def decide(reports: Mapping[str, Sequence[Constituent] | None]) -> list[VirtualI
             out.append(VirtualItem(firm, tmr_id, first.item.product_code, None, (), int(
                 ErrorCode.REDUNDANCY_SERVER_MISSING), f"{len(best)} of 3 constituents reachable and identical"))
     return out
+
+
+def _preferred(c: Constituent) -> tuple[bytes, bytes, bool, int, str, str]:
+    """The order in which one upstream's constituents of a license stand for it: by signed
+    form, then not refused before refused, then by verdict and container (a total order:
+    the choice never depends on which came first)."""
+    return c.firm_key, c.signed, c.error is not None, c.error or 0, c.reason, c.container
