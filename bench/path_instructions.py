@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B
+from path_cpu import MemoryTransport
 
 SERVERS = ("none", "floor", "runtime", "runtime + proof")
 
@@ -43,25 +44,6 @@ class NoServer:
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(b"\x00\x00\x00\x12\xb1\x83\xa2id\x02\xa2ok\xc3\xa6handle\x01")
-
-
-class MemoryTransport:
-    """What a protocol writes, kept (the last reply) instead of sent."""
-
-    def __init__(self) -> None:
-        self.last = b""
-
-    def write(self, data: bytes) -> None:
-        self.last = data
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
 
 
 def handle_of(reply: bytes) -> int:

@@ -118,10 +118,6 @@ class FrameDecoder:
         self._buf = bytearray()
         self._failed = False
 
-    def idle(self) -> bool:
-        """Nothing held back and not failed: the next read starts a new frame."""
-        return not self._buf and not self._failed
-
     @property
     def buffered(self) -> int:
         """Bytes held back: the start of a frame not yet complete."""
